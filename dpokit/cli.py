@@ -1,0 +1,131 @@
+"""Command line: ``dpokit sft|dpo|eval|quickstart|losses``. Each subcommand builds a config and
+calls the library; a user error ends with one message and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from typing import Any, Literal
+
+from dpokit.config import FLAG_FIELDS, EvalConfig, RunConfig, load_config
+from dpokit.errors import UserError
+
+EVAL_FLAGS = {"dpo_beta": "beta", **{f: f for f in (
+    "model", "ref_model", "prompts", "judge", "pairs", "max_new_tokens", "temperature", "top_p", "num_prompts",
+    "batch_size", "max_length", "max_prompt_length", "seed", "bf16", "output", "trust_remote_code")}}
+
+
+def _field(root: Any, dotted: str) -> tuple[Any, str]:
+    """(annotation, docstring) of a config field, for the flag's type and help."""
+    import ast
+    import inspect
+
+    *parents, name = dotted.split(".")
+    cls = type(root)
+    for p in parents:
+        cls = typing.get_type_hints(cls)[p]
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    doc = ""
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and node.target.id == name and isinstance(nxt, ast.Expr):
+            doc = nxt.value.value
+    return typing.get_type_hints(cls)[name], doc
+
+
+def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, str], root: Any) -> None:
+    for flag, dotted in flags.items():
+        tp, doc = _field(root, dotted)
+        name = "--" + flag.replace("_", "-")
+        args = typing.get_args(tp)
+        base = next((a for a in args if a is not type(None)), tp) if args and typing.get_origin(tp) is not Literal else tp
+        if base is bool:
+            parser.add_argument(name, dest=flag, action=argparse.BooleanOptionalAction, default=None, help=doc)
+        elif typing.get_origin(tp) is Literal:
+            parser.add_argument(name, dest=flag, choices=args, default=None, help=doc)
+        else:
+            parser.add_argument(name, dest=flag, type=base, default=None, help=doc)
+
+
+def _overrides(ns: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
+    return {dotted: getattr(ns, flag) for flag, dotted in flags.items() if getattr(ns, flag) is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dpokit", description="Preference fine-tuning: SFT, DPO, evaluation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("sft", "supervised fine-tuning on completions (or chosen answers)"),
+                            ("dpo", "preference optimization (default loss: sigmoid = DPO)")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", help="YAML file with model/lora/data/loss/train sections; flags override it")
+        _add_flags(p, FLAG_FIELDS, RunConfig())
+    p = sub.add_parser("eval", help="win rate under a judge and sampled KL of a policy against a reference")
+    p.add_argument("--config", help="YAML file with EvalConfig keys; flags override it")
+    _add_flags(p, EVAL_FLAGS, EvalConfig())
+    p = sub.add_parser("quickstart", help="SFT then DPO on the embedded SmolLM2-135M-Instruct, then evaluation")
+    p.add_argument("--tiny", action="store_true", help="run the same pipeline on a tiny random model (< 1 minute)")
+    p.add_argument("--output", default="runs/quickstart", help="run folder")
+    sub.add_parser("losses", help="list the registered losses")
+    return parser
+
+
+def run_train(ns: argparse.Namespace) -> int:
+    from dpokit.train import train
+
+    overrides = _overrides(ns, FLAG_FIELDS)
+    if ns.command == "sft":
+        overrides.setdefault("loss.name", "sft")
+    cfg = load_config(ns.config, overrides)
+    result = train(cfg)
+    print(f"final model: {result.final}")
+    for k, v in result.eval_metrics.items():
+        print(f"  eval/{k}: {v:.4f}")
+    return 0
+
+
+def run_eval(ns: argparse.Namespace) -> int:
+    from dpokit.eval import evaluate_models, format_report
+
+    cfg = load_config(ns.config, _overrides(ns, EVAL_FLAGS), root=EvalConfig)
+    print(format_report(evaluate_models(cfg)))
+    return 0
+
+
+def run_quickstart(ns: argparse.Namespace) -> int:
+    from dpokit.quickstart import quickstart
+
+    quickstart(output=ns.output, tiny=ns.tiny)
+    return 0
+
+
+def run_losses(ns: argparse.Namespace) -> int:
+    from dpokit.losses import all_losses
+
+    for spec in all_losses().values():
+        needs = "reference" if spec.needs_reference else "no reference"
+        print(f"{spec.name:12s} {spec.input_kind:6s} {needs:13s} {spec.summary}")
+    return 0
+
+
+COMMANDS = {"sft": run_train, "dpo": run_train, "eval": run_eval, "quickstart": run_quickstart,
+            "losses": run_losses}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bar shows progress; theirs repeats per model load
+    try:
+        return COMMANDS[ns.command](ns)
+    except UserError as exc:
+        print(f"dpokit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dpokit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

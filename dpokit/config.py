@@ -1,0 +1,306 @@
+"""Typed run configuration: one dataclass per component, loaded from YAML, overridden by flags.
+
+Every field has its default and a docstring here and nowhere else. ``load_config`` checks
+that each key names an existing field with a value of the right type, and
+``RunConfig.validate`` holds every cross-field rule, so a bad setting fails before any
+model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from dpokit.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""
+    """Local HF model folder, a ``.gguf`` file, or ``builtin:smollm2-135m-instruct``."""
+    ref_path: str | None = None
+    """A separate reference model; by default the reference is the policy's starting weights."""
+    trust_remote_code: bool = False
+    """Run model code shipped inside the model folder (off unless asked)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    """Train LoRA adapters instead of all weights."""
+    r: int = 16
+    """Adapter rank."""
+    alpha: int = 32
+    """Adapter scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the adapter input; 0 keeps the reference and policy passes comparable."""
+    target_modules: str = "all-linear"
+    """Comma-separated module names, or ``all-linear``."""
+    merge: bool = False
+    """Save ``final/`` with the adapter merged into the base weights."""
+
+
+@dataclass
+class DataConfig:
+    train: str = ""
+    """Training records (JSON or JSONL)."""
+    eval: str | None = None
+    """Held-out records evaluated with the same metrics."""
+    max_length: int = 512
+    """Token budget for prompt + completion; completions keep their start."""
+    max_prompt_length: int = 256
+    """Token budget for the prompt; prompts keep their end."""
+
+
+@dataclass
+class LossConfig:
+    name: str = "sigmoid"
+    """Registered loss name (``dpokit losses`` lists them)."""
+    beta: float = 0.1
+    """DPO β: the strength of the pull towards the reference (smaller moves further)."""
+    label_smoothing: float = 0.0
+    """cDPO ε: the assumed probability that a preference label is flipped (0 ≤ ε < 0.5)."""
+
+
+@dataclass
+class TrainConfig:
+    output: str = "runs/dpokit"
+    """Run folder: metrics.jsonl, checkpoint-STEP/, final/."""
+    ref: Literal["copy", "adapter", "precomputed", "none"] = "precomputed"
+    """Reference strategy: frozen copy, LoRA adapters off, log-probs cached on disk, or none."""
+    max_steps: int = -1
+    """Optimizer steps; -1 runs ``epochs`` full passes."""
+    epochs: int = 1
+    """Passes over the training data when ``max_steps`` is -1."""
+    batch_size: int = 4
+    """Records per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float = 5e-7
+    """Peak learning rate."""
+    optimizer: Literal["adamw", "sgd", "rmsprop"] = "adamw"
+    """Optimizer."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (AdamW) or L2 penalty (SGD, RMSprop)."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW β1, β2."""
+    momentum: float = 0.0
+    """Momentum for SGD and RMSprop."""
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warm-up."""
+    warmup_steps: int = 0
+    """Linear warm-up steps from 0 to ``lr``."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this; 0 disables clipping."""
+    seed: int = 0
+    """Seeds shuffling, initialisation of adapters, and sampling."""
+    bf16: bool = False
+    """bf16 autocast for forward passes (weights and optimizer stay fp32)."""
+    logging_steps: int = 1
+    """Write metrics every N optimizer steps."""
+    eval_steps: int = 0
+    """Evaluate on ``data.eval`` every N steps (0: only at the end)."""
+    save_steps: int = 0
+    """Write ``checkpoint-STEP/`` every N steps (0: only ``final/``)."""
+    save_total_limit: int = 2
+    """Keep this many most recent checkpoints (0 keeps all)."""
+    resume: bool = False
+    """Continue from the newest checkpoint in ``output``."""
+    progress: bool = True
+    """Show a live progress bar."""
+    cache_dir: str | None = None
+    """Where precomputed reference log-probs live (default ``~/.cache/dpokit/reflogps``)."""
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> RunConfig:
+        """Cross-field rules; raises UserError naming the offending setting."""
+        from dpokit.losses import get_loss
+
+        try:
+            spec = get_loss(self.loss.name)
+        except KeyError as exc:
+            raise UserError(exc.args[0], where="config", field="loss.name") from None
+        t, d = self.train, self.data
+        checks = [
+            (not self.model.path, "model.path", "is required (--model)"),
+            (not d.train, "data.train", "is required (--data)"),
+            (t.batch_size < 1, "train.batch_size", "must be ≥ 1"),
+            (t.grad_accum < 1, "train.grad_accum", "must be ≥ 1"),
+            (t.max_steps == 0 or t.max_steps < -1, "train.max_steps", "must be -1 or ≥ 1"),
+            (t.epochs < 1, "train.epochs", "must be ≥ 1"),
+            (t.lr <= 0, "train.lr", "must be > 0"),
+            (t.warmup_steps < 0, "train.warmup_steps", "must be ≥ 0"),
+            (t.max_grad_norm < 0, "train.max_grad_norm", "must be ≥ 0"),
+            (d.max_length < 2, "data.max_length", "must be ≥ 2"),
+            (not 1 <= d.max_prompt_length < d.max_length, "data.max_prompt_length",
+             "must be ≥ 1 and smaller than data.max_length"),
+            (self.loss.beta <= 0, "loss.beta", "must be > 0"),
+            (not 0 <= self.loss.label_smoothing < 0.5, "loss.label_smoothing", "must be in [0, 0.5)"),
+            (self.lora.r < 1, "lora.r", "must be ≥ 1"),
+            (spec.needs_reference and t.ref == "none", "train.ref",
+             f"loss '{spec.name}' needs a reference; use copy, adapter or precomputed"),
+            (t.ref == "adapter" and not self.lora.enabled, "train.ref",
+             "'adapter' needs LoRA (--lora): the reference is the policy with adapters off"),
+            (t.ref == "adapter" and self.model.ref_path is not None, "train.ref",
+             "'adapter' uses the policy's own base weights; drop --ref-model or use copy/precomputed"),
+        ]
+        for bad, key, msg in checks:
+            if bad:
+                raise UserError(msg, where="config", field=key)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class EvalConfig:
+    model: str = ""
+    """The policy to evaluate (folder, .gguf or builtin:...)."""
+    ref_model: str = ""
+    """The model to compare against (usually the model training started from)."""
+    prompts: str = ""
+    """Held-out prompts: records with a ``prompt`` field (pairs files work too)."""
+    judge: str = ""
+    """``package.module:function`` scoring (prompt, response) or comparing (prompt, a, b)."""
+    pairs: str | None = None
+    """Held-out preference pairs for reward accuracy and margins under the implicit reward."""
+    beta: float = 0.1
+    """β of the implicit reward β·log π/π_ref used for ``pairs``."""
+    max_new_tokens: int = 64
+    """Answer budget per sample."""
+    temperature: float = 1.0
+    """Sampling temperature; 1.0 with top_p 1.0 samples π itself, as the KL estimate assumes."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    num_prompts: int = 0
+    """Use the first N prompts (0: all)."""
+    batch_size: int = 16
+    """Prompts per generation batch."""
+    max_length: int = 512
+    """Token budget for prompt + completion when scoring pairs."""
+    max_prompt_length: int = 256
+    """Prompts keep their last this-many tokens."""
+    seed: int = 0
+    """Sampling seed (the same for policy and reference)."""
+    bf16: bool = False
+    """bf16 autocast for generation and scoring."""
+    output: str | None = None
+    """Write ``eval_report.json`` and ``samples.jsonl`` here."""
+    trust_remote_code: bool = False
+    """Run model code shipped inside the model folders."""
+
+    def validate(self) -> EvalConfig:
+        checks = [
+            (not self.model, "model", "is required (--model)"),
+            (not self.ref_model, "ref_model", "is required (--ref-model)"),
+            (not self.prompts, "prompts", "is required (--prompts)"),
+            (not self.judge, "judge", "is required (--judge package.module:function)"),
+            (self.max_new_tokens < 1, "max_new_tokens", "must be ≥ 1"),
+            (self.temperature < 0, "temperature", "must be ≥ 0"),
+            (not 0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
+            (self.batch_size < 1, "batch_size", "must be ≥ 1"),
+            (self.beta <= 0, "beta", "must be > 0"),
+        ]
+        for bad, key, msg in checks:
+            if bad:
+                raise UserError(msg, where="config", field=key)
+        return self
+
+
+# Flags that the CLI offers, mapped to config fields. Kept here so the CLI stays thin and
+# the help text comes from the field docstrings.
+FLAG_FIELDS: dict[str, str] = {
+    "model": "model.path", "ref_model": "model.ref_path", "trust_remote_code": "model.trust_remote_code",
+    "gradient_checkpointing": "model.gradient_checkpointing",
+    "lora": "lora.enabled", "lora_r": "lora.r", "lora_alpha": "lora.alpha", "merge_lora": "lora.merge",
+    "data": "data.train", "eval_data": "data.eval",
+    "max_length": "data.max_length", "max_prompt_length": "data.max_prompt_length",
+    "loss": "loss.name", "dpo_beta": "loss.beta", "label_smoothing": "loss.label_smoothing",
+    "output": "train.output", "ref": "train.ref", "max_steps": "train.max_steps", "epochs": "train.epochs",
+    "batch_size": "train.batch_size", "grad_accum": "train.grad_accum", "lr": "train.lr",
+    "optimizer": "train.optimizer", "scheduler": "train.scheduler", "warmup_steps": "train.warmup_steps",
+    "seed": "train.seed", "bf16": "train.bf16", "save_steps": "train.save_steps",
+    "eval_steps": "train.eval_steps", "resume": "train.resume", "max_grad_norm": "train.max_grad_norm",
+}
+
+
+def _coerce(value: Any, tp: Any, where: str, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are due."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            return _coerce(value, arg, where, key)
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"must be one of {', '.join(map(str, args))}; got {value!r}", where, key)
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise UserError(f"must be a list of {len(args)} numbers; got {value!r}", where, key)
+        return tuple(_coerce(v, a, where, key) for v, a in zip(value, args))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise UserError(f"must be {tp.__name__}; got {type(value).__name__} {value!r}", where, key)
+    return value
+
+
+def _apply(obj: Any, values: dict[str, Any], where: str, prefix: str) -> None:
+    if not isinstance(values, dict):
+        raise UserError(f"must be a mapping; got {type(values).__name__}", where, prefix.rstrip("."))
+    hints = typing.get_type_hints(type(obj))
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in hints:
+            known = ", ".join(f"{prefix}{k}" for k in hints)
+            raise UserError(f"unknown key (known: {known})", where, name)
+        if dataclasses.is_dataclass(hints[key]):
+            _apply(getattr(obj, key), value, where, f"{name}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], where, name))
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                root: type = RunConfig) -> Any:
+    """Build a config (RunConfig or EvalConfig) from a YAML file and dotted overrides, then validate it."""
+    cfg = root()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError("config file not found", where=str(path))
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise UserError(f"not valid YAML: {str(exc).splitlines()[0]}", where=str(path)) from None
+        _apply(cfg, data, str(path), "")
+    for dotted, value in (overrides or {}).items():
+        nested: Any = value
+        for part in reversed(dotted.split(".")):
+            nested = {part: nested}
+        _apply(cfg, nested, "command line", "")
+    return cfg.validate()
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    data = cfg.to_dict()
+    data["train"]["adam_betas"] = list(data["train"]["adam_betas"])
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")

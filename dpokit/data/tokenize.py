@@ -1,0 +1,135 @@
+"""Records -> token ids with exact prompt/completion boundaries, truncation and a report.
+
+Chat records are rendered with the tokenizer's chat template: the prompt with the
+generation prompt (the assistant header), the full conversation without it, and the
+completion is what the full rendering adds after the prompt. The prompt's tokens must be an
+exact prefix of the full rendering's tokens, or the record is refused: a template that
+re-renders earlier turns differently would otherwise train on the wrong tokens.
+
+Plain-text records are used as they are: the prompt is tokenized with the tokenizer's own
+special tokens (a BOS where the tokenizer adds one), each completion without, plus EOS.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from dpokit.data.records import Messages, Pair, SFTExample, Text
+from dpokit.errors import UserError
+
+
+@dataclass
+class TokenizedRecord:
+    prompt_ids: list[int]
+    completion_ids: list[list[int]]
+    """One list per response: (chosen, rejected) for pairs, (completion,) for SFT."""
+    source: str
+
+
+@dataclass
+class TokenizeReport:
+    records_in: int = 0
+    records_out: int = 0
+    prompts_truncated: int = 0
+    completions_truncated: int = 0
+    dropped: Counter = field(default_factory=Counter)
+
+    def lines(self) -> list[str]:
+        out = [f"{self.records_out}/{self.records_in} records kept; "
+               f"{self.prompts_truncated} prompts and {self.completions_truncated} completions truncated"]
+        out += [f"dropped {n}: {reason}" for reason, n in sorted(self.dropped.items())]
+        return out
+
+
+def _render_chat(tokenizer, prompt: Messages, completion: Messages, where: str) -> tuple[list[int], list[int]]:
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError("the record is chat messages but the tokenizer has no chat template; "
+                        "give plain strings or a tokenizer with a template", where, "prompt")
+    try:
+        prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+    except Exception as exc:  # template errors are jinja exceptions of many kinds
+        raise UserError(f"chat template failed: {exc}", where, "prompt") from None
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
+    if full_ids[: len(prompt_ids)] != prompt_ids:
+        raise UserError("the rendered prompt's tokens are not a prefix of the rendered conversation's "
+                        "tokens (the chat template changes earlier turns)", where, "prompt")
+    completion_ids = full_ids[len(prompt_ids):]
+    eos = tokenizer.eos_token_id
+    if eos in completion_ids:  # drop what the template puts after the final EOS (e.g. "\n")
+        completion_ids = completion_ids[: len(completion_ids) - completion_ids[::-1].index(eos)]
+    else:
+        completion_ids = completion_ids + [eos]
+    return prompt_ids, completion_ids
+
+
+def encode_prompt(tokenizer, prompt: Text, where: str) -> list[int]:
+    """Token ids of a prompt ready for generation (chat: with the assistant header)."""
+    if isinstance(prompt, list):
+        if not getattr(tokenizer, "chat_template", None):
+            raise UserError("chat prompt but the tokenizer has no chat template", where, "prompt")
+        text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt)["input_ids"]
+
+
+def encode(tokenizer, prompt: Text, completions: list[Text], where: str) -> tuple[list[int], list[list[int]]]:
+    """Prompt ids and one id list per completion, each completion ending with EOS."""
+    if tokenizer.eos_token_id is None:
+        raise UserError("the tokenizer has no EOS token", where="tokenizer")
+    if isinstance(prompt, list):
+        rendered = [_render_chat(tokenizer, prompt, c, where) for c in completions]
+        prompt_ids = rendered[0][0]
+        return prompt_ids, [c for _, c in rendered]
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    comps = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in completions]
+    return prompt_ids, comps
+
+
+def tokenize_records(records: list[Pair] | list[SFTExample], tokenizer, max_length: int,
+                     max_prompt_length: int) -> tuple[list[TokenizedRecord], TokenizeReport]:
+    """Tokenize, then truncate: the prompt keeps its last ``max_prompt_length`` tokens, each
+    completion keeps its first ``max_length - len(prompt)`` tokens."""
+    report = TokenizeReport(records_in=len(records))
+    out = []
+    for rec in records:
+        prompt_ids, comps = encode(tokenizer, rec.prompt, rec.completions, rec.source)
+        if not prompt_ids:
+            report.dropped["empty prompt after tokenization"] += 1
+            continue
+        if len(prompt_ids) > max_prompt_length:
+            prompt_ids = prompt_ids[-max_prompt_length:]
+            report.prompts_truncated += 1
+        budget = max_length - len(prompt_ids)
+        report.completions_truncated += sum(len(c) > budget for c in comps)
+        comps = [c[:budget] for c in comps]
+        if len(comps) > 1 and len(set(map(tuple, comps))) < len(comps):
+            report.dropped["responses identical (after truncation)"] += 1
+            continue
+        out.append(TokenizedRecord(prompt_ids, comps, rec.source))
+    report.records_out = len(out)
+    return out, report
+
+
+def collate(records: list[TokenizedRecord], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded rows, grouped by response: rows [g·B, (g+1)·B) hold response g of each record.
+
+    ``completion_mask`` is True at completion-token positions; positions are the tokens
+    being predicted, so the log-prob of token t comes from the logits at t−1.
+    """
+    rows = [(r.prompt_ids, c) for g in range(len(records[0].completion_ids)) for r in records
+            for c in (r.completion_ids[g],)]
+    width = max(len(p) + len(c) for p, c in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    cmask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (p, c) in enumerate(rows):
+        n = len(p) + len(c)
+        ids[i, :n] = torch.tensor(p + c)
+        attn[i, :n] = 1
+        cmask[i, len(p):n] = True
+    return {"input_ids": ids, "attention_mask": attn, "completion_mask": cmask}

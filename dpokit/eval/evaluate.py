@@ -1,0 +1,137 @@
+"""``dpokit eval``: sample policy and reference on held-out prompts, judge, and estimate KL.
+
+- Win rate: mean over prompts of the judge's P(policy answer beats reference answer), ties
+  0.5, with a 95% percentile-bootstrap interval over prompts.
+- Sampled KL(π‖π_ref): mean over answers y ~ π(·|x) of log π(y|x) − log π_ref(y|x), unbiased
+  when sampling π itself (temperature 1, top-p 1), with its standard error.
+- With ``pairs``: reward accuracy and margins of the implicit reward β·log π/π_ref.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from dpokit.config import EvalConfig, RunConfig
+from dpokit.data import encode_prompt, iter_json_objects, read_records, tokenize_records
+from dpokit.data.readers import text_field
+from dpokit.data.tokenize import collate
+from dpokit.errors import UserError
+from dpokit.eval.generate import sample
+from dpokit.eval.judges import as_compare, import_judge, is_scorer
+from dpokit.logprobs import completion_logps
+from dpokit.losses import get_loss
+from dpokit.models import disable_dropout, load_model, load_tokenizer
+from dpokit.reference import CopyReference
+from dpokit.train.loop import bf16_autocast, evaluate
+
+
+def read_prompts(path: str, limit: int):
+    prompts = [(text_field(obj, "prompt", where), where) for where, obj in iter_json_objects(path)]
+    return prompts[:limit] if limit > 0 else prompts
+
+
+def prompt_text(prompt) -> str:
+    """What the judge sees: the prompt string, or the last user message of a chat."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m["role"] == "user"]
+    return users[-1] if users else prompt[-1]["content"]
+
+
+def bootstrap_ci(values: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(resamples))
+    return means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
+
+
+@torch.no_grad()
+def sequence_logps(model, prompt_ids: list[list[int]], answers: list[list[int]], pad_id: int,
+                   batch_size: int, autocast) -> list[float]:
+    """log π(y|x) summed over answer tokens, for each (prompt, answer)."""
+    from dpokit.data.tokenize import TokenizedRecord
+
+    records = [TokenizedRecord(p, [a], "") for p, a in zip(prompt_ids, answers)]
+    out: list[float] = []
+    for start in range(0, len(records), batch_size):
+        batch = {k: v.to(model.device) for k, v in collate(records[start:start + batch_size], pad_id).items()}
+        with autocast():
+            out += completion_logps(model, batch, 1).sum[0].tolist()
+    return out
+
+
+def win_rate(outcomes: list[float], seed: int) -> dict:
+    lo, hi = bootstrap_ci(outcomes, seed=seed)
+    return {"win_rate": sum(outcomes) / len(outcomes), "win_rate_ci95": [lo, hi],
+            "wins": sum(o > 0.5 for o in outcomes), "ties": sum(o == 0.5 for o in outcomes),
+            "losses": sum(o < 0.5 for o in outcomes)}
+
+
+def evaluate_models(cfg: EvalConfig, policy=None, reference=None, tokenizer=None) -> dict:
+    """The whole evaluation; models may be passed in to avoid reloading them."""
+    accelerator = Accelerator()
+    autocast = bf16_autocast(accelerator.device, cfg.bf16)
+    tokenizer = tokenizer or load_tokenizer(cfg.model, cfg.trust_remote_code)
+    policy = policy or load_model(cfg.model, cfg.trust_remote_code)
+    reference = reference or load_model(cfg.ref_model, cfg.trust_remote_code)
+    for m in (policy, reference):
+        disable_dropout(m)
+        m.to(accelerator.device).eval()
+    judge_fn = import_judge(cfg.judge)
+    judge = as_compare(judge_fn)
+    prompts = read_prompts(cfg.prompts, cfg.num_prompts)
+    if not prompts:
+        raise UserError("no prompts", where=cfg.prompts)
+    prompt_ids = [encode_prompt(tokenizer, p, where)[-cfg.max_prompt_length:] for p, where in prompts]
+    with autocast():
+        gen = {name: sample(m, tokenizer, prompt_ids, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                            cfg.batch_size, cfg.seed) for name, m in (("policy", policy), ("reference", reference))}
+    texts = {k: [tokenizer.decode(a, skip_special_tokens=True).strip() for a in v] for k, v in gen.items()}
+    outcomes = [judge(prompt_text(p), a, b) for (p, _), a, b in zip(prompts, texts["policy"], texts["reference"])]
+    # KL(π‖π_ref) from the policy's own samples.
+    pad = tokenizer.pad_token_id
+    lp_pol = sequence_logps(policy, prompt_ids, gen["policy"], pad, cfg.batch_size, autocast)
+    lp_ref = sequence_logps(reference, prompt_ids, gen["policy"], pad, cfg.batch_size, autocast)
+    diffs = [a - b for a, b in zip(lp_pol, lp_ref)]
+    report = {
+        "prompts": len(prompts), **win_rate(outcomes, cfg.seed),
+        "kl_sampled": statistics.fmean(diffs),
+        "kl_sampled_stderr": statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0,
+        "mean_length_policy": statistics.fmean(map(len, gen["policy"])),
+        "mean_length_reference": statistics.fmean(map(len, gen["reference"])),
+    }
+    if is_scorer(judge_fn):
+        for name in ("policy", "reference"):
+            report[f"mean_score_{name}"] = statistics.fmean(
+                judge_fn(prompt_text(p), a) for (p, _), a in zip(prompts, texts[name]))
+    if cfg.pairs:
+        report.update(pair_metrics(cfg, policy, reference, tokenizer, autocast, accelerator.device))
+    if cfg.output:
+        write_report(Path(cfg.output), report, prompts, texts, outcomes)
+    return report
+
+
+def pair_metrics(cfg: EvalConfig, policy, reference, tokenizer, autocast, device) -> dict:
+    """Reward accuracy and margins of β·log π/π_ref on held-out pairs (same code as training)."""
+    run = RunConfig()
+    run.loss.beta, run.train.batch_size = cfg.beta, cfg.batch_size
+    records, _ = tokenize_records(read_records(cfg.pairs, "pair"), tokenizer, cfg.max_length, cfg.max_prompt_length)
+    m = evaluate(get_loss("sigmoid"), run, policy, CopyReference(reference, autocast), records,
+                 tokenizer.pad_token_id, autocast, device)
+    return {"pairs": len(records), "reward_accuracy": m["rewards/accuracies"],
+            "reward_margin": m["rewards/margins"], "dpo_loss": m["loss"]}
+
+
+def write_report(folder: Path, report: dict, prompts, texts: dict, outcomes: list[float]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "eval_report.json").write_text(json.dumps(report, indent=2))
+    with (folder / "samples.jsonl").open("w", encoding="utf-8") as f:
+        for (p, where), a, b, o in zip(prompts, texts["policy"], texts["reference"], outcomes):
+            f.write(json.dumps({"source": where, "prompt": prompt_text(p), "policy": a, "reference": b,
+                                "judge": o}, ensure_ascii=False) + "\n")

@@ -1,0 +1,133 @@
+"""The reference policy π_ref behind one interface, with three strategies.
+
+- ``CopyReference``: a frozen model (a copy of the starting policy, or ``--ref-model``).
+- ``AdapterReference``: the LoRA policy itself with its adapters switched off.
+- ``CachedReference``: log-probs computed once before training and stored on disk, keyed by
+  hashes of the model weights, the tokenizer, the tokenized data and the settings; the
+  reference model is then freed, so training holds one model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dpokit.data.tokenize import TokenizedRecord, collate
+from dpokit.logprobs import completion_logps
+from dpokit.losses import Logps
+
+CACHE_FORMAT = 1
+
+
+class CopyReference:
+    def __init__(self, model, autocast: Callable[[], contextlib.AbstractContextManager]):
+        self.model, self.autocast = model.eval().requires_grad_(False), autocast
+
+    @torch.no_grad()
+    def logps(self, batch: dict, group_size: int) -> Logps:
+        with self.autocast():
+            return completion_logps(self.model, batch, group_size)
+
+
+class AdapterReference:
+    """Reads the policy at call time, so it always sees the prepared (wrapped) model."""
+
+    def __init__(self, get_policy: Callable, autocast: Callable[[], contextlib.AbstractContextManager]):
+        self.get_policy, self.autocast = get_policy, autocast
+
+    @torch.no_grad()
+    def logps(self, batch: dict, group_size: int) -> Logps:
+        policy = self.get_policy()
+        with policy.disable_adapter(), self.autocast():
+            return completion_logps(policy, batch, group_size)
+
+
+class CachedReference:
+    """Per-token reference log-probs of every record, looked up by dataset name and record index."""
+
+    def __init__(self, values: dict[str, list[list[torch.Tensor]]]):
+        self.values = values  # values[dataset][record][response] -> (len(completion),) float32
+
+    def logps(self, batch: dict, group_size: int) -> Logps:
+        index, values = batch["index"].tolist(), self.values[batch["dataset"]]
+        mask = batch["completion_mask"]
+        first = int(mask.float().argmax(dim=1).min())
+        mask = mask[:, first:]
+        tokens = torch.zeros(mask.shape, dtype=torch.float32)
+        tokens[mask] = torch.cat([values[i][g] for g in range(group_size) for i in index])
+        n = len(index)
+        return Logps(tokens.view(group_size, n, -1), mask.view(group_size, n, -1))
+
+
+def model_hash(model) -> str:
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tensor.dtype).encode())
+        h.update(tensor.detach().contiguous().view(torch.uint8).numpy().tobytes()
+                 if tensor.numel() else b"")
+    return h.hexdigest()
+
+
+def tokenizer_hash(tokenizer) -> str:
+    payload = json.dumps([sorted(tokenizer.get_vocab().items()), tokenizer.chat_template,
+                          tokenizer.all_special_tokens], default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def data_hash(records: list[TokenizedRecord]) -> str:
+    h = hashlib.sha256()
+    for r in records:
+        h.update(json.dumps([r.prompt_ids, r.completion_ids]).encode())
+    return h.hexdigest()
+
+
+def cache_key(model_digest: str, tokenizer, records: list[TokenizedRecord], settings: dict) -> str:
+    parts = [f"v{CACHE_FORMAT}", model_digest, tokenizer_hash(tokenizer), data_hash(records),
+             json.dumps(settings, sort_keys=True)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+def compute_reference_logps(model, records: list[TokenizedRecord], pad_id: int, batch_size: int,
+                            autocast: Callable, progress: Iterable | None = None) -> list[list[torch.Tensor]]:
+    """One no-grad pass over ``records``: per-token log-probs of every completion."""
+    model.eval()
+    group = len(records[0].completion_ids)
+    out: list[list[torch.Tensor]] = []
+    with torch.no_grad():
+        for start in range(0, len(records), batch_size):
+            chunk = records[start:start + batch_size]
+            with autocast():
+                lp = completion_logps(model, collate(chunk, pad_id), group)
+            for b in range(len(chunk)):
+                out.append([lp.tokens[g, b][lp.mask[g, b]].clone() for g in range(group)])
+            if progress is not None:
+                progress.update(len(chunk))
+    return out
+
+
+def save_cache(path: Path, values: list[list[torch.Tensor]]) -> None:
+    flat = [t for rec in values for t in rec]
+    lengths = torch.tensor([len(t) for t in flat], dtype=torch.long)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"logps": torch.cat(flat).contiguous(), "lengths": lengths}, str(tmp),
+              metadata={"group": str(len(values[0])), "format": str(CACHE_FORMAT)})
+    os.replace(tmp, path)
+
+
+def load_cache(path: Path) -> list[list[torch.Tensor]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        group = int(f.metadata()["group"])
+    data = load_file(str(path))
+    flat = list(torch.split(data["logps"], data["lengths"].tolist()))
+    return [flat[i:i + group] for i in range(0, len(flat), group)]

@@ -1,0 +1,1 @@
+"""Shipped example tasks: data builders and judges used by the quickstart."""

@@ -1,0 +1,201 @@
+"""The training loop: one loop on accelerate for SFT and every preference loss.
+
+It never looks at a loss's name: the loss spec says which records it takes (pairs or single
+completions), whether it needs reference log-probs, and what its batch loss averages over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from dpokit.config import RunConfig, save_config
+from dpokit.data import TokenizedRecord, collate
+from dpokit.logprobs import completion_logps
+from dpokit.losses import LossSpec, get_loss
+from dpokit.models import load_tokenizer
+from dpokit.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint, save_model
+from dpokit.train.metrics import MetricsLog, MetricSums, batch_metrics
+from dpokit.train.optim import build_optimizer, build_scheduler
+from dpokit.train.setup import build_policy, build_reference, load_data
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    final: Path
+    steps: int
+    last_metrics: dict
+    eval_metrics: dict
+
+
+class BatchStream:
+    """Record indices for each optimizer step: ``grad_accum`` consecutive slices of
+    ``batch_size`` from a per-epoch permutation seeded by (seed, epoch).
+
+    A step of k micro-batches of b therefore sees exactly the records one batch of k·b
+    would, and the position in the data is two integers, saved in every checkpoint.
+    """
+
+    def __init__(self, n: int, batch_size: int, grad_accum: int, seed: int):
+        self.n, self.b, self.k, self.seed = n, batch_size, grad_accum, seed
+        self.steps_per_epoch = math.ceil(n / (batch_size * grad_accum))
+
+    def _order(self, epoch: int) -> list[int]:
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+
+    def next_step(self, state: TrainState) -> list[list[int]]:
+        if state.position >= self.n:
+            state.epoch, state.position = state.epoch + 1, 0
+        take = self._order(state.epoch)[state.position: state.position + self.b * self.k]
+        state.position += len(take)
+        return [take[i:i + self.b] for i in range(0, len(take), self.b)]
+
+
+def bf16_autocast(device: torch.device, enabled: bool):
+    """Autocast factory for forward passes. Precision is not handed to accelerate, whose state is
+    a process-wide singleton, so runs with and without bf16 can follow each other in one process."""
+    return functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def make_batch(records: list[TokenizedRecord], indices: list[int], pad_id: int, dataset: str, device) -> dict:
+    batch = {k: v.to(device) for k, v in collate([records[i] for i in indices], pad_id).items()}
+    batch["index"], batch["dataset"] = torch.tensor(indices), dataset
+    return batch
+
+
+def unit_count(spec: LossSpec, batch: dict, group_size: int) -> int:
+    """What the batch loss is averaged over: examples, or completion tokens."""
+    if spec.unit == "token":
+        return int(batch["completion_mask"].sum())
+    return batch["input_ids"].shape[0] // group_size
+
+
+def forward_loss(spec: LossSpec, cfg: RunConfig, policy, reference, batch: dict, group: int, autocast):
+    """Policy (and reference) log-probs of a batch, then the loss's per-example output."""
+    with autocast():
+        pol = completion_logps(policy, batch, group)
+    ref = reference.logps(batch, group) if reference is not None else None
+    return pol, ref, spec.fn(pol, ref, cfg.loss)
+
+
+@torch.no_grad()
+def evaluate(spec: LossSpec, cfg: RunConfig, policy, reference, records: list[TokenizedRecord],
+             pad_id: int, autocast, device) -> dict[str, float]:
+    """The training metrics over a whole dataset, each averaged exactly."""
+    was_training = policy.training
+    policy.eval()
+    group = len(records[0].completion_ids)
+    sums = MetricSums()
+    for start in range(0, len(records), cfg.train.batch_size):
+        batch = make_batch(records, list(range(start, min(start + cfg.train.batch_size, len(records)))),
+                           pad_id, "eval", device)
+        pol, ref, out = forward_loss(spec, cfg, policy, reference, batch, group, autocast)
+        sums.add("loss", out.losses.sum(), unit_count(spec, batch, group))
+        sums.merge(batch_metrics(spec.input_kind, pol, ref, out))
+    policy.train(was_training)
+    return sums.means()
+
+
+def train(cfg: RunConfig, log=print) -> TrainResult:
+    t, spec = cfg.train, get_loss(cfg.loss.name)
+    out = Path(t.output)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    accelerator = Accelerator()
+    autocast = bf16_autocast(accelerator.device, t.bf16)
+    set_seed(t.seed)
+
+    # 1. Data, tokenized once; the reference cache is keyed by these exact token ids.
+    tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+    datasets = {"train": load_data(cfg.data.train, spec.input_kind, tokenizer, cfg, "train", log)}
+    if cfg.data.eval:
+        datasets["eval"] = load_data(cfg.data.eval, spec.input_kind, tokenizer, cfg, "eval", log)
+    train_records, pad_id = datasets["train"], tokenizer.pad_token_id
+    group = len(train_records[0].completion_ids)
+
+    # 2. Policy and reference, both from the starting weights, before any checkpoint is loaded.
+    policy = build_policy(cfg)
+    reference, policy = build_reference(cfg, spec, policy, tokenizer, datasets, autocast, log)
+    stream = BatchStream(len(train_records), t.batch_size, t.grad_accum, t.seed)
+    total = t.max_steps if t.max_steps > 0 else t.epochs * stream.steps_per_epoch
+    optimizer = build_optimizer(policy.parameters(), t)
+    scheduler = build_scheduler(optimizer, t, total)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    if hasattr(reference, "model"):
+        reference.model.to(accelerator.device)
+
+    # 3. Resume: weights, optimizer, schedule, RNG and data position from the newest checkpoint.
+    state = TrainState()
+    ckpt = latest_checkpoint(out) if t.resume else None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, accelerator.unwrap_model(policy), optimizer, scheduler)
+        log(f"[resume] from {ckpt} at step {state.step}")
+    metrics_log = MetricsLog(out / "metrics.jsonl", state.step if t.resume else None)
+
+    policy.train()
+    window, window_tokens, window_start = MetricSums(), 0, time.perf_counter()
+    bar = tqdm(total=total, initial=state.step, desc=f"{spec.name}", disable=not t.progress)
+    last: dict = {}
+    eval_metrics: dict = {}
+    while state.step < total:
+        # 4. One optimizer step over k micro-batches. Each micro-batch loss is its sum of
+        #    per-example losses over the *whole step's* count, so the k backward passes add
+        #    up to the gradient of the full-batch mean, exactly.
+        batches = [make_batch(train_records, ix, pad_id, "train", accelerator.device)
+                   for ix in stream.next_step(state)]
+        denom = accelerator.reduce(torch.tensor(float(sum(unit_count(spec, b, group) for b in batches)),
+                                                device=accelerator.device), "sum")
+        denom = denom / accelerator.num_processes  # DDP averages gradients over processes
+        step_loss = 0.0
+        for i, batch in enumerate(batches):
+            sync = contextlib.nullcontext() if i == len(batches) - 1 else accelerator.no_sync(policy)
+            with sync:
+                pol, ref, lo = forward_loss(spec, cfg, policy, reference, batch, group, autocast)
+                loss = lo.losses.sum() / denom
+                accelerator.backward(loss)
+            step_loss += loss.item()
+            window.merge(batch_metrics(spec.input_kind, pol, ref, lo))
+            window_tokens += int(batch["attention_mask"].sum())
+        grad_norm = accelerator.clip_grad_norm_(policy.parameters(), t.max_grad_norm if t.max_grad_norm > 0
+                                                else float("inf"))
+        window.add("grad_norm", grad_norm, 1)
+        window.add("loss", step_loss, 1)
+        window.add("lr", scheduler.get_last_lr()[0], 1)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        bar.update(1)
+
+        # 5. Log, evaluate and save at their intervals.
+        if state.step % t.logging_steps == 0 or state.step == total:
+            elapsed = time.perf_counter() - window_start
+            last = {"step": state.step, "epoch": state.epoch + state.position / len(train_records),
+                    **window.means(), "tokens_per_s": window_tokens / max(elapsed, 1e-9)}
+            metrics_log.write(last)
+            bar.set_postfix(loss=f"{last['loss']:.4f}", **({"acc": f"{last['rewards/accuracies']:.2f}"}
+                                                          if "rewards/accuracies" in last else {}))
+            window, window_tokens, window_start = MetricSums(), 0, time.perf_counter()
+        if "eval" in datasets and ((t.eval_steps and state.step % t.eval_steps == 0) or state.step == total):
+            eval_metrics = evaluate(spec, cfg, policy, reference, datasets["eval"], pad_id, autocast,
+                                    accelerator.device)
+            metrics_log.write({"step": state.step, **{f"eval/{k}": v for k, v in eval_metrics.items()}})
+        if t.save_steps and state.step % t.save_steps == 0 and state.step < total:
+            save_checkpoint(out, state, accelerator.unwrap_model(policy), optimizer, scheduler, cfg)
+    bar.close()
+
+    # 6. The final model, loadable with from_pretrained (LoRA: the adapter, or merged).
+    final = out / "final"
+    save_model(accelerator.unwrap_model(policy), final, merge_lora=cfg.lora.merge)
+    tokenizer.save_pretrained(final)
+    return TrainResult(out, final, state.step, last, eval_metrics)

@@ -1,0 +1,69 @@
+"""Exact metric averages and the metrics.jsonl log.
+
+Metrics are kept as (sum, count) so that averages over several micro-batches, steps or a
+whole eval set weigh every example (or token) once, never averaging averages.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from dpokit.losses import Logps, LossOutput
+
+GROUP_NAMES = {"pair": ("chosen", "rejected"), "sft": ("completion",)}
+
+
+class MetricSums:
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, float] = defaultdict(float)
+
+    def add(self, name: str, total: float, count: float) -> None:
+        self.sums[name] += float(total)
+        self.counts[name] += float(count)
+
+    def add_values(self, name: str, values: torch.Tensor) -> None:
+        self.add(name, values.detach().float().sum(), values.numel())
+
+    def merge(self, other: "MetricSums") -> None:
+        for k in other.sums:
+            self.add(k, other.sums[k], other.counts[k])
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k] > 0}
+
+
+def batch_metrics(kind: str, policy: Logps, reference: Logps | None, out: LossOutput) -> MetricSums:
+    """What every run logs: the loss's own metrics, log-probs, and an approximate KL."""
+    m = MetricSums()
+    for name, values in out.metrics.items():
+        m.add_values(name, values)
+    for g, name in enumerate(GROUP_NAMES[kind]):
+        m.add_values(f"logps/{name}", policy.sum[g])
+        m.add_values(f"logps/{name}_per_token", policy.mean[g])
+    if reference is not None:
+        # k3 estimator per token, exp(d) − d − 1 with d = log π_ref − log π: ≥ 0, and unbiased
+        # for KL(π‖π_ref) when tokens are sampled from π; on dataset tokens an approximation.
+        d = (reference.tokens - policy.tokens.detach())[policy.mask]
+        m.add("kl/approx", (torch.expm1(d) - d).sum(), d.numel())
+    return m
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl``; on resume, lines after the checkpoint's step are cut."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        if resume_step is None:
+            path.write_text("")
+        elif path.exists():
+            keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
+            path.write_text("".join(ln + "\n" for ln in keep))
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")

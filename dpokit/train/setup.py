@@ -1,0 +1,93 @@
+"""Everything the loop needs before its first step: data, policy, reference."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from dpokit import reference as ref_lib
+from dpokit.config import RunConfig
+from dpokit.data import TokenizedRecord, read_records, tokenize_records
+from dpokit.errors import UserError
+from dpokit.losses import LossSpec
+from dpokit.models import apply_lora, cache_root, disable_dropout, load_model
+
+
+def load_data(path: str, kind: str, tokenizer, cfg: RunConfig, name: str, log) -> list[TokenizedRecord]:
+    """Read and tokenize one file, print what truncation dropped or changed, and keep a report."""
+    records = read_records(path, kind)
+    tokenized, report = tokenize_records(records, tokenizer, cfg.data.max_length, cfg.data.max_prompt_length)
+    for line in report.lines():
+        log(f"[data:{name}] {line}")
+    out = Path(cfg.train.output)
+    (out / f"data_report_{name}.json").write_text(json.dumps({
+        "file": path, "records_in": report.records_in, "records_out": report.records_out,
+        "prompts_truncated": report.prompts_truncated, "completions_truncated": report.completions_truncated,
+        "dropped": dict(report.dropped)}, indent=2))
+    if not tokenized:
+        raise UserError("no usable records after tokenization and truncation", where=path)
+    return tokenized
+
+
+def build_policy(cfg: RunConfig):
+    """(policy, starting weights for a copied reference or None)."""
+    policy = load_model(cfg.model.path, cfg.model.trust_remote_code)
+    disable_dropout(policy)
+    if cfg.model.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+        policy.config.use_cache = False
+    return policy
+
+
+def build_reference(cfg: RunConfig, spec: LossSpec, policy, tokenizer, datasets: dict[str, list],
+                    autocast, log):
+    """The reference strategy the config asks for, built from the *starting* weights.
+
+    Must run before LoRA is applied and before a checkpoint is loaded into the policy.
+    Returns (reference or None, policy possibly wrapped with LoRA).
+    """
+    strategy = cfg.train.ref if spec.needs_reference else "none"
+    ref_model = None
+    if cfg.model.ref_path is not None and strategy in ("copy", "precomputed"):
+        ref_model = load_model(cfg.model.ref_path, cfg.model.trust_remote_code)
+        disable_dropout(ref_model)
+    if strategy == "copy" and ref_model is None:
+        ref_model = copy.deepcopy(policy)
+    reference = None
+    if strategy == "precomputed":
+        source = ref_model if ref_model is not None else policy
+        reference = _cached(cfg, source, tokenizer, datasets, autocast, log)
+        ref_model = None  # freed: training holds one model
+    if cfg.lora.enabled:
+        torch.manual_seed(cfg.train.seed)
+        policy = apply_lora(policy, cfg.lora)
+    if strategy == "copy":
+        reference = ref_lib.CopyReference(ref_model, autocast)
+    elif strategy == "adapter":
+        reference = ref_lib.AdapterReference(lambda: policy, autocast)
+    return reference, policy
+
+
+def _cached(cfg: RunConfig, model, tokenizer, datasets: dict[str, list], autocast, log):
+    """Reference log-probs for every record of every dataset, from disk or computed now."""
+    folder = Path(cfg.train.cache_dir) if cfg.train.cache_dir else cache_root() / "reflogps"
+    digest = ref_lib.model_hash(model)
+    settings = {"bf16": cfg.train.bf16}
+    values: dict[str, list] = {}
+    for name, records in datasets.items():
+        path = folder / f"{ref_lib.cache_key(digest, tokenizer, records, settings)}.safetensors"
+        if path.is_file():
+            log(f"[reference] {name}: cached log-probs from {path}")
+            values[name] = ref_lib.load_cache(path)
+            continue
+        with tqdm(total=len(records), desc=f"reference log-probs ({name})", disable=not cfg.train.progress,
+                  leave=False) as bar:
+            values[name] = ref_lib.compute_reference_logps(model, records, tokenizer.pad_token_id,
+                                                           cfg.train.batch_size, autocast, bar)
+        ref_lib.save_cache(path, values[name])
+        log(f"[reference] {name}: computed and cached at {path}")
+    return ref_lib.CachedReference(values)
