@@ -217,6 +217,8 @@ class EvalConfig:
             (not 0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
             (self.batch_size < 1, "batch_size", "must be ≥ 1"),
             (self.beta <= 0, "beta", "must be > 0"),
+            (not 1 <= self.max_prompt_length < self.max_length, "max_prompt_length",
+             "must be ≥ 1 and smaller than max_length"),
         ]
         for bad, key, msg in checks:
             if bad:

@@ -135,3 +135,13 @@ def test_losses_command(capsys):
     assert main(["losses"]) == 0
     out = capsys.readouterr().out
     assert "sigmoid" in out and "sft" in out
+
+
+def test_quickstart_tiny(tmp_path, capsys):
+    """The quickstart pipeline end to end on a tiny model: SFT, DPO, eval, table."""
+    assert main(["quickstart", "--tiny", "--output", str(tmp_path / "qs")]) == 0
+    out = capsys.readouterr().out
+    assert "judge win rate vs base" in out and "reward accuracy" in out
+    report = json.loads((tmp_path / "qs" / "eval" / "eval_report.json").read_text())
+    assert report["prompts"] == 64 and report["pairs"] == 64
+    assert (tmp_path / "qs" / "dpo" / "final" / "model.safetensors").is_file()

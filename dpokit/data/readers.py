@@ -59,7 +59,7 @@ def _check_object(obj: Any, where: str) -> tuple[str, dict[str, Any]]:
 
 
 def text_field(obj: dict, key: str, where: str) -> Text:
-    """A field that is a non-empty string or a non-empty list of chat messages."""
+    """A field that is a string or a non-empty list of chat messages."""
     if key not in obj:
         raise UserError("missing", where, key)
     value = obj[key]
