@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from dpokit.data.records import Messages, Pair, SFTExample, Text
+from dpokit.data.records import Messages, Pair, RankedList, Record, SFTExample, Text, Unpaired
 from dpokit.errors import UserError
 
 
@@ -143,10 +143,66 @@ def parse_sft(obj: dict[str, Any], where: str) -> SFTExample:
     return SFTExample(prompt, completion, where)
 
 
-def read_records(path: str | Path, kind: str) -> list[Pair] | list[SFTExample]:
-    """All records of a file as ``kind`` ('pair' or 'sft')."""
-    parse = {"pair": parse_pair, "sft": parse_sft}[kind]
-    records = [parse(obj, where) for where, obj in iter_json_objects(path)]
+def _number(value: Any, where: str, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+        raise UserError(f"must be a finite number; got {value!r}", where, key)
+    return float(value)
+
+
+def parse_list(obj: dict[str, Any], where: str) -> RankedList:
+    """``prompt`` with ``completions`` best first (optional ``scores``), or ``responses`` with
+    ``scores`` (ordered here by score, highest first; equal scores keep file order)."""
+    key = "completions" if "completions" in obj else "responses"
+    answers = obj.get(key)
+    if not isinstance(answers, list) or len(answers) < 2:
+        raise UserError("must be a list of at least 2 answers", where, key)
+    texts = [text_field({key: a}, key, where) for a in answers]
+    scores = None
+    if "scores" in obj:
+        raw = obj["scores"]
+        if not isinstance(raw, list) or len(raw) != len(texts):
+            raise UserError(f"must be a list of {len(texts)} numbers, one per answer", where, "scores")
+        scores = [_number(v, where, f"scores[{i}]") for i, v in enumerate(raw)]
+        order = sorted(range(len(texts)), key=lambda i: -scores[i])
+        texts, scores = [texts[i] for i in order], [scores[i] for i in order]
+    elif key == "responses":
+        raise UserError("missing: 'responses' needs 'scores' to be ordered (or use 'completions', best first)",
+                        where, "scores")
+    prompt, texts = _align(text_field(obj, "prompt", where), texts)
+    return RankedList(prompt, texts, where, scores)
+
+
+def parse_unpaired(obj: dict[str, Any], where: str) -> Unpaired:
+    """``prompt``, ``completion`` and a boolean ``label`` (true: desirable)."""
+    label = obj.get("label")
+    if not isinstance(label, bool):
+        raise UserError(f"must be true or false; got {label!r}", where, "label")
+    prompt, completion = text_field(obj, "prompt", where), text_field(obj, "completion", where)
+    prompt, (completion,) = _align(prompt, [completion])
+    return Unpaired(prompt, completion, label, where)
+
+
+def _records(obj: dict[str, Any], where: str, kind: str) -> list[Record]:
+    if kind == "pair":
+        return [parse_pair(obj, where)]
+    if kind == "sft":
+        return [parse_sft(obj, where)]
+    if kind == "list":
+        if "chosen" in obj:  # a pair is a list of two
+            pair = parse_pair(obj, where)
+            return [RankedList(pair.prompt, pair.completions, where)]
+        return [parse_list(obj, where)]
+    if kind == "unpaired":
+        if "chosen" in obj:  # a pair gives one desirable and one undesirable example
+            pair = parse_pair(obj, where)
+            return [Unpaired(pair.prompt, pair.chosen, True, where), Unpaired(pair.prompt, pair.rejected, False, where)]
+        return [parse_unpaired(obj, where)]
+    raise ValueError(f"unknown record kind {kind!r}")
+
+
+def read_records(path: str | Path, kind: str) -> list[Record]:
+    """All records of a file as ``kind`` ('pair', 'list', 'unpaired' or 'sft')."""
+    records = [rec for where, obj in iter_json_objects(path) for rec in _records(obj, where, kind)]
     if not records:
         raise UserError("no records", where=str(path))
     return records

@@ -22,10 +22,51 @@ class Pair:
     rejected: Text
     source: str
     """Where the record came from (``file:line``), for error messages and reports."""
+    weight: float = 1.0
+    """Relative weight of this pair in the loss (e.g. a click log's position-bias weight)."""
 
     @property
     def completions(self) -> list[Text]:
         return [self.chosen, self.rejected]
+
+    @property
+    def labels(self) -> None:
+        return None
+
+
+@dataclass
+class RankedList:
+    """k answers to one prompt, best first (listwise losses)."""
+
+    prompt: Text
+    completions: list[Text]
+    source: str
+    scores: list[float] | None = None
+    """Graded relevance of each answer (higher is better, same order), when the data has it."""
+    weight: float = 1.0
+
+    @property
+    def labels(self) -> list[float] | None:
+        return self.scores
+
+
+@dataclass
+class Unpaired:
+    """One answer with a binary judgement: desirable (thumbs up) or undesirable (KTO)."""
+
+    prompt: Text
+    completion: Text
+    desirable: bool
+    source: str
+    weight: float = 1.0
+
+    @property
+    def completions(self) -> list[Text]:
+        return [self.completion]
+
+    @property
+    def labels(self) -> list[float]:
+        return [1.0 if self.desirable else 0.0]
 
 
 @dataclass
@@ -35,7 +76,17 @@ class SFTExample:
     prompt: Text
     completion: Text
     source: str
+    weight: float = 1.0
 
     @property
     def completions(self) -> list[Text]:
         return [self.completion]
+
+    @property
+    def labels(self) -> None:
+        return None
+
+
+Record = Union[Pair, RankedList, Unpaired, SFTExample]
+KINDS = {"pair": Pair, "list": RankedList, "unpaired": Unpaired, "sft": SFTExample}
+"""Record kind names, as losses declare them in ``LossSpec.input_kind``."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dpokit.data.records import Messages, Pair, SFTExample, Text
+from dpokit.data.records import Messages, Record, Text, Unpaired
 from dpokit.errors import UserError
 
 
@@ -25,8 +25,12 @@ from dpokit.errors import UserError
 class TokenizedRecord:
     prompt_ids: list[int]
     completion_ids: list[list[int]]
-    """One list per response: (chosen, rejected) for pairs, (completion,) for SFT."""
+    """One list per response: (chosen, rejected) for pairs, (completion,) for SFT, k answers best
+    first for lists, and (completion, mismatched completion) for unpaired records."""
     source: str
+    labels: list[float] | None = None
+    """Unpaired: [1.0 desirable / 0.0 undesirable]; lists: per-answer scores when known."""
+    weight: float = 1.0
 
 
 @dataclass
@@ -90,7 +94,7 @@ def encode(tokenizer, prompt: Text, completions: list[Text], where: str) -> tupl
     return prompt_ids, comps
 
 
-def tokenize_records(records: list[Pair] | list[SFTExample], tokenizer, max_length: int,
+def tokenize_records(records: list[Record], tokenizer, max_length: int,
                      max_prompt_length: int) -> tuple[list[TokenizedRecord], TokenizeReport]:
     """Tokenize, then truncate: the prompt keeps its last ``max_prompt_length`` tokens, each
     completion keeps its first ``max_length - len(prompt)`` tokens."""
@@ -110,9 +114,35 @@ def tokenize_records(records: list[Pair] | list[SFTExample], tokenizer, max_leng
         if len(comps) > 1 and len(set(map(tuple, comps))) < len(comps):
             report.dropped["responses identical (after truncation)"] += 1
             continue
-        out.append(TokenizedRecord(prompt_ids, comps, rec.source))
+        out.append(TokenizedRecord(prompt_ids, comps, rec.source, rec.labels, rec.weight))
+    sizes = {len(r.completion_ids) for r in out}
+    if len(sizes) > 1:
+        raise UserError(f"records have different numbers of answers ({', '.join(map(str, sorted(sizes)))}); "
+                        "every list in one file must have the same length", where=records[0].source.split(":")[0])
+    if len({r.labels is None for r in out}) > 1:
+        raise UserError("some lists have scores and some do not; give scores for all or none",
+                        where=records[0].source.split(":")[0], field="scores")
+    if out and isinstance(records[0], Unpaired):
+        _add_mismatched(out, max_length)
     report.records_out = len(out)
     return out, report
+
+
+def _add_mismatched(records: list[TokenizedRecord], max_length: int) -> None:
+    """Give each unpaired record a second completion taken from another record, answering a
+    different prompt: KTO estimates its reference point z0 from such mismatched pairs.
+
+    The partner is fixed here, half the dataset away, rather than chosen per batch, so the
+    reference log-probs of the mismatched completions can be cached like any other.
+    """
+    n = len(records)
+    for i, rec in enumerate(records):
+        j = (i + max(n // 2, 1)) % n
+        for _ in range(n):  # skip partners that answer the same prompt, if another exists
+            if records[j].prompt_ids != rec.prompt_ids:
+                break
+            j = (j + 1) % n
+        rec.completion_ids = [rec.completion_ids[0], records[j].completion_ids[0][: max_length - len(rec.prompt_ids)]]
 
 
 def collate(records: list[TokenizedRecord], pad_id: int) -> dict[str, torch.Tensor]:
@@ -132,4 +162,8 @@ def collate(records: list[TokenizedRecord], pad_id: int) -> dict[str, torch.Tens
         ids[i, :n] = torch.tensor(p + c)
         attn[i, :n] = 1
         cmask[i, len(p):n] = True
-    return {"input_ids": ids, "attention_mask": attn, "completion_mask": cmask}
+    batch = {"input_ids": ids, "attention_mask": attn, "completion_mask": cmask,
+             "weights": torch.tensor([r.weight for r in records], dtype=torch.float32)}
+    if records[0].labels is not None:
+        batch["labels"] = torch.tensor([r.labels for r in records], dtype=torch.float32)
+    return batch
