@@ -43,7 +43,7 @@ def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, str], root: Any
         if base is bool:
             parser.add_argument(name, dest=flag, action=argparse.BooleanOptionalAction, default=None, help=doc)
         elif typing.get_origin(tp) is Literal:
-            parser.add_argument(name, dest=flag, choices=args, default=None, help=doc)
+            parser.add_argument(name, dest=flag, choices=args, type=type(args[0]), default=None, help=doc)
         else:
             parser.add_argument(name, dest=flag, type=base, default=None, help=doc)
 
@@ -104,7 +104,7 @@ def run_losses(ns: argparse.Namespace) -> int:
 
     for spec in all_losses().values():
         needs = "reference" if spec.needs_reference else "no reference"
-        print(f"{spec.name:12s} {spec.input_kind:6s} {needs:13s} {spec.summary}")
+        print(f"{spec.name:14s} {'/'.join(spec.kinds):14s} {needs:13s} {spec.summary}")
     return 0
 
 

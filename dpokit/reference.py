@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dpokit.data.tokenize import TokenizedRecord, collate
-from dpokit.logprobs import completion_logps
+from dpokit.logprobs import completion_log_probs, completion_logps
 from dpokit.losses import Logps
 
 CACHE_FORMAT = 1
@@ -35,6 +35,12 @@ class CopyReference:
         with self.autocast():
             return completion_logps(self.model, batch, group_size)
 
+    @torch.no_grad()
+    def log_probs(self, batch: dict) -> torch.Tensor:
+        """Full per-position log-distributions, for token-level losses."""
+        with self.autocast():
+            return completion_log_probs(self.model, batch)
+
 
 class AdapterReference:
     """Reads the policy at call time, so it always sees the prepared (wrapped) model."""
@@ -47,6 +53,12 @@ class AdapterReference:
         policy = self.get_policy()
         with policy.disable_adapter(), self.autocast():
             return completion_logps(policy, batch, group_size)
+
+    @torch.no_grad()
+    def log_probs(self, batch: dict) -> torch.Tensor:
+        policy = self.get_policy()
+        with policy.disable_adapter(), self.autocast():
+            return completion_log_probs(policy, batch)
 
 
 class CachedReference:

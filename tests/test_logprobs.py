@@ -125,3 +125,36 @@ def test_gradients_reach_parameters_and_match_naive(tiny_tokenizer, tiny_model):
                  "model.layers.1.mlp.down_proj.weight"):
         want = dict(model.named_parameters())[name].grad
         torch.testing.assert_close(grads[name], want, atol=1e-6, rtol=1e-4)
+
+
+def test_token_kl_matches_full_softmax(tiny_tokenizer):
+    """KL(π_ref(·|x, y_<t) ‖ π(·|x, y_<t)) per completion token, from two different models, equals
+    Σ_v p_ref·(log p_ref − log p) computed from full forwards; 0 for a model against itself;
+    and the reference's token log-probs read from its distributions equal its own logps."""
+    from dpokit.logprobs import completion_log_probs, logps_from_log_probs
+    from dpokit.tiny import tiny_model
+
+    policy = tiny_model(len(tiny_tokenizer), seed=1).float().eval()
+    ref = tiny_model(len(tiny_tokenizer), seed=2).float().eval()
+    _, batch = batch_for(tiny_tokenizer, RECORDS)
+    with torch.no_grad():
+        ref_lp = completion_log_probs(ref, batch)
+        out = completion_logps(policy, batch, 2, ref_lp)
+        full_p = torch.log_softmax(policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, -1)
+        full_r = torch.log_softmax(ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, -1)
+        self_kl = completion_logps(ref, batch, 2, ref_lp).kl
+    cmask = batch["completion_mask"]
+    n = cmask.shape[0] // 2
+    for row in range(cmask.shape[0]):
+        positions = cmask[row].nonzero().flatten().tolist()
+        expected = [(full_r[row, t - 1].exp() * (full_r[row, t - 1] - full_p[row, t - 1])).sum().item()
+                    for t in positions]
+        g, b = divmod(row, n)
+        got = out.kl[g, b][out.mask[g, b]].tolist()
+        assert got == pytest.approx(expected, abs=1e-5)
+        assert min(expected) > 0
+    assert self_kl.abs().max().item() < 1e-5
+    same = logps_from_log_probs(ref_lp, batch, 2)
+    with torch.no_grad():
+        direct = completion_logps(ref, batch, 2)
+    torch.testing.assert_close(same.tokens, direct.tokens, atol=1e-5, rtol=0)

@@ -121,6 +121,7 @@ def pair_metrics(cfg: EvalConfig, policy, reference, tokenizer, autocast, device
     """Reward accuracy and margins of β·log π/π_ref on held-out pairs (same code as training)."""
     run = RunConfig()
     run.loss.beta, run.train.batch_size = cfg.beta, cfg.batch_size
+    run.loss.resolve_defaults(())
     records, _ = tokenize_records(read_records(cfg.pairs, "pair"), tokenizer, cfg.max_length, cfg.max_prompt_length)
     m = evaluate(get_loss("sigmoid"), run, policy, CopyReference(reference, autocast), records,
                  tokenizer.pad_token_id, autocast, device)

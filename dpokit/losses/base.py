@@ -2,7 +2,8 @@
 
 Losses import torch and this module, nothing else of dpokit. A loss sees the responses of a
 batch as groups: ``G`` responses for each of ``B`` prompts (pairs: G=2, chosen first;
-SFT: G=1; listwise: G=k in rank order).
+SFT: G=1; listwise: G=k, best first; unpaired: G=2, the example's own completion and a
+completion of another prompt, used by KTO to estimate its reference point).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, Callable, Literal
 
 import torch
 from torch import Tensor
+from torch.nn.functional import logsigmoid
 
 
 @dataclass
@@ -19,10 +21,13 @@ class Logps:
     """Per-token log-probs of completion tokens.
 
     ``tokens``: (G, B, T) float32, zero wherever ``mask`` is False; ``mask``: (G, B, T) bool.
+    ``kl``: (G, B, T) per-token KL(π_ref(·|x, y_<t) ‖ π(·|x, y_<t)) over the whole vocabulary,
+    present only for losses that declare ``token_kl`` (token-level DPO).
     """
 
     tokens: Tensor
     mask: Tensor
+    kl: Tensor | None = None
 
     @property
     def sum(self) -> Tensor:
@@ -47,14 +52,28 @@ class LossOutput:
     ``losses`` (B,): per-example loss *numerators*; the trainer divides their sum over the
     whole optimizer batch by the batch's count of the spec's ``unit`` (examples or tokens),
     so gradient accumulation gives exactly the full-batch loss.
-    ``metrics``: name -> (B,) per-example values, averaged over examples by the trainer.
+    ``metrics``: name -> (B,) per-example values, averaged over examples by the trainer;
+    NaN marks an example a metric does not apply to (e.g. KTO's rewards of the other label).
     """
 
     losses: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)
 
 
-LossFn = Callable[[Logps, "Logps | None", Any], LossOutput]
+@dataclass
+class LossContext:
+    """What a loss may need besides log-probs."""
+
+    labels: Tensor | None = None
+    """(B, L) per-record labels: unpaired [1 desirable / 0 undesirable]; lists: answer scores."""
+    state: dict[str, Any] = field(default_factory=dict)
+    """Running statistics a loss keeps across steps (β-DPO); saved with checkpoints."""
+    training: bool = True
+    """Only training batches update ``state``."""
+
+
+LossFn = Callable[[Logps, "Logps | None", Any, LossContext], LossOutput]
+Kind = Literal["pair", "list", "unpaired", "sft"]
 
 
 @dataclass(frozen=True)
@@ -65,34 +84,53 @@ class LossSpec:
     fn: LossFn
     needs_reference: bool
     """The trainer must supply reference log-probs."""
-    input_kind: Literal["pair", "sft"]
-    """How records are grouped: pairs (chosen, rejected) or single SFT completions."""
+    kinds: tuple[str, ...]
+    """Record kinds the loss accepts, the first preferred: pair, list, unpaired, sft."""
     unit: Literal["example", "token"]
     """What the batch loss is averaged over."""
     has_nll: bool = False
     """The loss contains an NLL term on the chosen completion."""
+    token_kl: bool = False
+    """The loss needs per-token KL to the reference (full distributions: live reference only)."""
+    batch_stats: bool = False
+    """The loss uses statistics of the micro-batch, so accumulation changes its value."""
+    defaults: tuple[tuple[str, float], ...] = ()
+    """LossConfig fields whose default differs for this loss (e.g. SimPO's β)."""
     summary: str = ""
+
+    @property
+    def input_kind(self) -> str:
+        return self.kinds[0]
 
 
 _REGISTRY: dict[str, LossSpec] = {}
 
 
-def register(name: str, *, needs_reference: bool, input_kind: str, unit: str = "example",
-             has_nll: bool = False) -> Callable[[LossFn], LossFn]:
+def register(name: str, *, needs_reference: bool, input_kind: str | tuple[str, ...], unit: str = "example",
+             has_nll: bool = False, token_kl: bool = False, batch_stats: bool = False,
+             defaults: dict[str, float] | None = None) -> Callable[[LossFn], LossFn]:
     """Decorator: add a loss function to the registry under its CLI name."""
+    kinds = (input_kind,) if isinstance(input_kind, str) else tuple(input_kind)
 
     def wrap(fn: LossFn) -> LossFn:
         if name in _REGISTRY:
             raise ValueError(f"loss {name!r} registered twice")
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        _REGISTRY[name] = LossSpec(name, fn, needs_reference, input_kind, unit, has_nll, summary)
+        _REGISTRY[name] = LossSpec(name, fn, needs_reference, kinds, unit, has_nll, token_kl, batch_stats,
+                                   tuple(sorted((defaults or {}).items())), summary)
         return fn
 
     return wrap
 
 
 def get_loss(name: str) -> LossSpec:
-    """The registered loss; KeyError (listing the known names) for an unknown one."""
+    """The registered loss, or a weighted sum such as ``sigmoid:1.0,nll:0.2``.
+
+    KeyError (listing the known names) for an unknown name; ValueError for a combination
+    whose parts cannot share a batch.
+    """
+    if "," in name or ":" in name:
+        return _combine(name)
     if name not in _REGISTRY:
         raise KeyError(f"unknown loss {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
@@ -102,6 +140,71 @@ def all_losses() -> dict[str, LossSpec]:
     return dict(_REGISTRY)
 
 
+def _combine(text: str) -> LossSpec:
+    parts: list[tuple[LossSpec, float]] = []
+    for item in text.split(","):
+        name, _, weight = item.strip().partition(":")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"weight of {name!r} must be a number; got {weight!r}") from None
+        if not w > 0 or w == float("inf"):
+            raise ValueError(f"weight of {name!r} must be a positive number; got {weight!r}")
+        parts.append((get_loss(name), w))
+    if len({s.name for s, _ in parts}) < len(parts):
+        raise ValueError(f"a loss appears twice in {text!r}")
+    kinds = [k for k in parts[0][0].kinds if all(k in s.kinds for s, _ in parts)]
+    if not kinds:
+        raise ValueError(f"the losses in {text!r} take different record kinds: "
+                         + ", ".join(f"{s.name} ({'/'.join(s.kinds)})" for s, _ in parts))
+    if len({s.unit for s, _ in parts}) > 1:
+        raise ValueError(f"the losses in {text!r} average over different units (examples and tokens)")
+
+    def combined(policy: Logps, reference: Logps | None, cfg: Any, ctx: LossContext) -> LossOutput:
+        total, metrics = None, {}
+        for spec, w in parts:
+            out = spec.fn(policy, reference, cfg, ctx)
+            total = w * out.losses if total is None else total + w * out.losses
+            metrics[f"loss/{spec.name}"] = out.losses.detach()
+            for k, v in out.metrics.items():
+                metrics.setdefault(k, v)  # the first loss's rewards are the ones reported
+        return LossOutput(total, metrics)
+
+    first = parts[0][0]
+    return LossSpec(text, combined, any(s.needs_reference for s, _ in parts), tuple(kinds), first.unit,
+                    any(s.has_nll for s, _ in parts), any(s.token_kl for s, _ in parts),
+                    any(s.batch_stats for s, _ in parts), first.defaults,
+                    " + ".join(f"{w:g}·{s.name}" for s, w in parts))
+
+
+# ----------------------------------------------------------------------------- shared pieces
+
 def sigmoid_xent(logits: Tensor, target: float) -> Tensor:
     """-[t·log σ(x) + (1-t)·log σ(-x)], stable for large |x|."""
-    return -(target * torch.nn.functional.logsigmoid(logits) + (1 - target) * torch.nn.functional.logsigmoid(-logits))
+    return -(target * logsigmoid(logits) + (1 - target) * logsigmoid(-logits))
+
+
+def log_ratios(policy: Logps, reference: Logps) -> Tensor:
+    """(G, B) log π(y|x) − log π_ref(y|x) of every response."""
+    return policy.sum - reference.sum
+
+
+def reward_metrics(chosen: Tensor, rejected: Tensor) -> dict[str, Tensor]:
+    """Per-pair reward metrics (detached); accuracy counts a tie as wrong, as TRL does."""
+    chosen, rejected = chosen.detach(), rejected.detach()
+    return {
+        "rewards/chosen": chosen,
+        "rewards/rejected": rejected,
+        "rewards/accuracies": (chosen > rejected).float(),
+        "rewards/margins": chosen - rejected,
+    }
+
+
+def chosen_nll(policy: Logps) -> Tensor:
+    """(B,) per-token mean NLL of the first (chosen / best) response: −log π(y_w|x)/|y_w|."""
+    return -policy.mean[0]
+
+
+def masked(values: Tensor, keep: Tensor) -> Tensor:
+    """``values`` where ``keep``, NaN elsewhere (a metric that does not apply to that example)."""
+    return torch.where(keep, values.detach(), torch.full_like(values, float("nan")))

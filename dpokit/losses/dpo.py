@@ -1,41 +1,116 @@
-"""Direct Preference Optimization (Rafailov et al. 2023) and its label-smoothed form (cDPO)."""
+"""DPO (Rafailov et al. 2023) and the variants that change its sigmoid's argument or weighting.
+
+Notation: u = [log π(y_w|x) − log π_ref(y_w|x)] − [log π(y_l|x) − log π_ref(y_l|x)] from
+summed token log-probs; ``policy``/``reference`` hold (2, B) values, row 0 chosen, row 1
+rejected. Rewards are β·(log π − log π_ref), the implicit reward each of these optimises.
+"""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
+from torch.nn.functional import logsigmoid
 
-from dpokit.losses.base import Logps, LossOutput, register, sigmoid_xent
-
-
-def pair_rewards(policy: Logps, reference: Logps, beta: float) -> tuple[Tensor, Tensor]:
-    """Implicit rewards r(x, y) = β·(log π(y|x) − log π_ref(y|x)) for chosen and rejected, (B,) each."""
-    r = beta * (policy.sum - reference.sum).detach()
-    return r[0], r[1]
+from dpokit.losses.base import (LossContext, LossOutput, Logps, chosen_nll, log_ratios, register,
+                                reward_metrics, sigmoid_xent)
 
 
-def reward_metrics(chosen: Tensor, rejected: Tensor) -> dict[str, Tensor]:
-    """Per-pair reward metrics; accuracy counts a tie as wrong, as TRL does."""
-    return {
-        "rewards/chosen": chosen,
-        "rewards/rejected": rejected,
-        "rewards/accuracies": (chosen > rejected).float(),
-        "rewards/margins": chosen - rejected,
-    }
+def _margin(policy: Logps, reference: Logps) -> Tensor:
+    r = log_ratios(policy, reference)
+    return r[0] - r[1]
+
+
+def _dpo_rewards(policy: Logps, reference: Logps, beta: float) -> dict[str, Tensor]:
+    r = beta * log_ratios(policy, reference)
+    return reward_metrics(r[0], r[1])
 
 
 @register("sigmoid", needs_reference=True, input_kind="pair")
-def dpo_sigmoid(policy: Logps, reference: Logps, cfg) -> LossOutput:
-    """DPO: −log σ(β·u), with label smoothing ε this is cDPO.
+def dpo_sigmoid(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
+    """DPO: −log σ(β·u); with label smoothing ε it is cDPO.
 
-    u = [log π(y_w|x) − log π_ref(y_w|x)] − [log π(y_l|x) − log π_ref(y_l|x)]   (Rafailov 2023, eq. 7)
-    L = −(1−ε)·log σ(β·u) − ε·log σ(−β·u)    (cDPO: each label is flipped with probability ε)
-
-    Shapes: ``policy``/``reference`` hold (2, B) sums, row 0 chosen, row 1 rejected; returns (B,).
+    L = −(1−ε)·log σ(β·u) − ε·log σ(−β·u)    (Rafailov 2023, eq. 7; ε = 0 by default)
 
     Worked example (β = 0.1, ε = 0): log π = (−1, −2), log π_ref = (−1.5, −1.5) → u = 1,
     L = −log σ(0.1) = log(1 + e^−0.1) = 0.644397; rewards 0.05 and −0.05, accuracy 1.
     With ε = 0.2: L = 0.8·0.644397 + 0.2·0.744397 = 0.664397.
     """
-    u = (policy.sum[0] - policy.sum[1]) - (reference.sum[0] - reference.sum[1])
-    losses = sigmoid_xent(cfg.beta * u, 1.0 - cfg.label_smoothing)
-    return LossOutput(losses, reward_metrics(*pair_rewards(policy, reference, cfg.beta)))
+    losses = sigmoid_xent(cfg.beta * _margin(policy, reference), 1.0 - cfg.label_smoothing)
+    return LossOutput(losses, _dpo_rewards(policy, reference, cfg.beta))
+
+
+@register("cdpo", needs_reference=True, input_kind="pair", defaults={"label_smoothing": 0.1})
+def cdpo(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
+    """Conservative DPO: labels flipped with probability ε (default 0.1).
+
+    L = −(1−ε)·log σ(β·u) − ε·log σ(−β·u)   (Mitchell 2023, "A note on DPO with noisy preferences")
+    The minimiser keeps a finite margin, σ(β·u*) = 1 − ε, instead of driving u to infinity.
+    Worked example: β = 0.1, u = 1, ε = 0.1: 0.9·0.644397 + 0.1·0.744397 = 0.654397.
+    """
+    return dpo_sigmoid(policy, reference, cfg)
+
+
+@register("robust", needs_reference=True, input_kind="pair", defaults={"label_smoothing": 0.1})
+def robust_dpo(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
+    """Robust DPO (rDPO): an unbiased loss under labels flipped with probability ε (default 0.1).
+
+    L = [(1−ε)·ℓ(β·u) − ε·ℓ(−β·u)] / (1 − 2ε),  ℓ(z) = −log σ(z)   (Chowdhury 2024, eq. 8)
+    Unlike cDPO the flipped term enters with a minus sign, so in expectation over the noise
+    the loss equals DPO on clean labels.
+    Worked example: β = 0.1, u = 1, ε = 0.1: ℓ(0.1) = 0.644397, ℓ(−0.1) = 0.744397,
+    L = (0.9·0.644397 − 0.1·0.744397) / 0.8 = (0.579957 − 0.074440) / 0.8 = 0.631897.
+    """
+    z, eps = cfg.beta * _margin(policy, reference), cfg.label_smoothing
+    losses = ((1 - eps) * -logsigmoid(z) - eps * -logsigmoid(-z)) / (1 - 2 * eps)
+    return LossOutput(losses, _dpo_rewards(policy, reference, cfg.beta))
+
+
+@register("dpop", needs_reference=True, input_kind="pair")
+def dpo_positive(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
+    """DPO-Positive: DPO that also penalises lowering the chosen answer's likelihood.
+
+    L = −log σ(β·(u − λ·max(0, log π_ref(y_w|x) − log π(y_w|x))))   (Pal 2024, eq. 3; λ = 50)
+    Plain DPO can lower log π(y_w) as long as log π(y_l) falls faster; the penalty is zero
+    while the policy keeps y_w at least as likely as the reference does.
+    Worked example: β = 0.1, λ = 50, log π = (−2, −3), log π_ref = (−1.5, −3):
+    u = −0.5, penalty = max(0, −1.5 + 2) = 0.5, argument 0.1·(−0.5 − 25) = −2.55,
+    L = log(1 + e^2.55) = 2.625183.
+    """
+    r = log_ratios(policy, reference)
+    penalty = torch.clamp(-r[0], min=0)
+    losses = -logsigmoid(cfg.beta * (r[0] - r[1] - cfg.dpop_lambda * penalty))
+    out = _dpo_rewards(policy, reference, cfg.beta)
+    out["dpop/penalty"] = penalty.detach()
+    return LossOutput(losses, out)
+
+
+@register("rdpo", needs_reference=True, input_kind="pair")
+def rdpo(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
+    """R-DPO: DPO with a length regulariser, L = −log σ(β·u + α·(|y_w| − |y_l|)).
+
+    (Park et al. 2024, "Disentangling length from quality in DPO", eq. 9.) Sign check: the
+    paper penalises length in the RLHF objective, r(x, y) − α|y|; solving for the reward gives
+    r = β·log π/π_ref + α|y| + const, and the Bradley–Terry difference of two such rewards
+    adds +α(|y_w| − |y_l|). When the chosen answer is longer the term is positive, so the
+    pair is already partly "explained" by length and the policy is pushed less to prefer it:
+    length stops being a shortcut. α = 0 is DPO. Default α = 0.05 (the paper tunes α per
+    setting; tune it for your data). |y| counts completion tokens including EOS.
+    Worked example: β = 0.1, u = 1, |y_w| = 3, |y_l| = 5, α = 0.05: argument 0.1 − 0.1 = 0,
+    L = log 2 = 0.693147.
+    """
+    u = _margin(policy, reference)
+    lengths = policy.count.to(u.dtype)
+    z = cfg.beta * u + cfg.rdpo_alpha * (lengths[0] - lengths[1])
+    return LossOutput(-logsigmoid(z), _dpo_rewards(policy, reference, cfg.beta))
+
+
+@register("nll", needs_reference=False, input_kind=("pair", "list"), has_nll=True)
+def nll(policy: Logps, reference: Logps | None, cfg, ctx: LossContext | None = None) -> LossOutput:
+    """NLL of the chosen (best) answer per token, −log π(y_w|x)/|y_w|: add it to any loss (RPO).
+
+    RPO (Pang 2024, "Iterative reasoning preference optimization") trains DPO + α·this term,
+    e.g. ``--loss sigmoid:1.0,nll:1.0``; the SFT term of SLiC-HF is ``--loss hinge,nll:λ``.
+    Worked example: chosen token log-probs (−1, −2): L = 1.5.
+    """
+    value = chosen_nll(policy)
+    return LossOutput(value, {"nll/chosen_per_token": value.detach()})

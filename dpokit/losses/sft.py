@@ -6,7 +6,7 @@ from dpokit.losses.base import Logps, LossOutput, register
 
 
 @register("sft", needs_reference=False, input_kind="sft", unit="token", has_nll=True)
-def sft_nll(policy: Logps, reference: Logps | None, cfg) -> LossOutput:
+def sft_nll(policy: Logps, reference: Logps | None, cfg, ctx=None) -> LossOutput:
     """SFT: mean over all completion tokens of the batch of −log π(y_t | x, y_<t).
 
     Returns each example's summed NLL (B,); the trainer divides by the batch's token count, so

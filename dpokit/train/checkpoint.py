@@ -13,7 +13,7 @@ import os
 import random
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,6 +30,8 @@ class TrainState:
     """Current pass over the data."""
     position: int = 0
     """Records of the current epoch's order already consumed."""
+    loss_state: dict = field(default_factory=dict)
+    """Running statistics a loss keeps across steps (β-DPO), plain floats."""
 
 
 def is_peft(model) -> bool:

@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from dpokit.config import RunConfig, save_config
 from dpokit.data import TokenizedRecord, collate
-from dpokit.logprobs import completion_logps
-from dpokit.losses import LossSpec, get_loss
+from dpokit.logprobs import completion_logps, logps_from_log_probs
+from dpokit.losses import LossContext, LossSpec, get_loss
 from dpokit.models import load_tokenizer
 from dpokit.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint, save_model
 from dpokit.train.metrics import MetricsLog, MetricSums, batch_metrics
@@ -80,17 +80,26 @@ def unit_count(spec: LossSpec, batch: dict, group_size: int) -> int:
     return batch["input_ids"].shape[0] // group_size
 
 
-def forward_loss(spec: LossSpec, cfg: RunConfig, policy, reference, batch: dict, group: int, autocast):
-    """Policy (and reference) log-probs of a batch, then the loss's per-example output."""
+def forward_loss(spec: LossSpec, cfg: RunConfig, policy, reference, batch: dict, group: int, autocast,
+                 state: dict):
+    """Policy (and reference) log-probs of a batch, then the loss's per-example output,
+    weighted by each record's weight."""
+    ref_log_probs = reference.log_probs(batch) if spec.token_kl else None
     with autocast():
-        pol = completion_logps(policy, batch, group)
-    ref = reference.logps(batch, group) if reference is not None else None
-    return pol, ref, spec.fn(pol, ref, cfg.loss)
+        pol = completion_logps(policy, batch, group, ref_log_probs)
+    if ref_log_probs is not None:
+        ref = logps_from_log_probs(ref_log_probs, batch, group)
+    else:
+        ref = reference.logps(batch, group) if reference is not None else None
+    ctx = LossContext(batch.get("labels"), state, policy.training)
+    out = spec.fn(pol, ref, cfg.loss, ctx)
+    out.losses = out.losses * batch["weights"]
+    return pol, ref, out
 
 
 @torch.no_grad()
 def evaluate(spec: LossSpec, cfg: RunConfig, policy, reference, records: list[TokenizedRecord],
-             pad_id: int, autocast, device) -> dict[str, float]:
+             pad_id: int, autocast, device, state: dict | None = None) -> dict[str, float]:
     """The training metrics over a whole dataset, each averaged exactly."""
     was_training = policy.training
     policy.eval()
@@ -99,7 +108,7 @@ def evaluate(spec: LossSpec, cfg: RunConfig, policy, reference, records: list[To
     for start in range(0, len(records), cfg.train.batch_size):
         batch = make_batch(records, list(range(start, min(start + cfg.train.batch_size, len(records)))),
                            pad_id, "eval", device)
-        pol, ref, out = forward_loss(spec, cfg, policy, reference, batch, group, autocast)
+        pol, ref, out = forward_loss(spec, cfg, policy, reference, batch, group, autocast, state or {})
         sums.add("loss", out.losses.sum(), unit_count(spec, batch, group))
         sums.merge(batch_metrics(spec.input_kind, pol, ref, out))
     policy.train(was_training)
@@ -160,7 +169,7 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
         for i, batch in enumerate(batches):
             sync = contextlib.nullcontext() if i == len(batches) - 1 else accelerator.no_sync(policy)
             with sync:
-                pol, ref, lo = forward_loss(spec, cfg, policy, reference, batch, group, autocast)
+                pol, ref, lo = forward_loss(spec, cfg, policy, reference, batch, group, autocast, state.loss_state)
                 loss = lo.losses.sum() / denom
                 accelerator.backward(loss)
             step_loss += loss.item()
@@ -188,7 +197,7 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
             window, window_tokens, window_start = MetricSums(), 0, time.perf_counter()
         if "eval" in datasets and ((t.eval_steps and state.step % t.eval_steps == 0) or state.step == total):
             eval_metrics = evaluate(spec, cfg, policy, reference, datasets["eval"], pad_id, autocast,
-                                    accelerator.device)
+                                    accelerator.device, state.loss_state)
             metrics_log.write({"step": state.step, **{f"eval/{k}": v for k, v in eval_metrics.items()}})
         if t.save_steps and state.step % t.save_steps == 0 and state.step < total:
             save_checkpoint(out, state, accelerator.unwrap_model(policy), optimizer, scheduler, cfg)

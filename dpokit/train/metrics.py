@@ -14,7 +14,11 @@ import torch
 
 from dpokit.losses import Logps, LossOutput
 
-GROUP_NAMES = {"pair": ("chosen", "rejected"), "sft": ("completion",)}
+def group_names(kind: str, groups: int) -> list[str]:
+    """Names of the real responses of a batch's groups; the unpaired kind's second group is
+    another prompt's completion (KTO's reference point), not data, so it is not logged."""
+    return {"pair": ["chosen", "rejected"], "sft": ["completion"], "unpaired": ["completion"]}.get(
+        kind, [f"rank{g + 1}" for g in range(groups)])
 
 
 class MetricSums:
@@ -27,7 +31,11 @@ class MetricSums:
         self.counts[name] += float(count)
 
     def add_values(self, name: str, values: torch.Tensor) -> None:
-        self.add(name, values.detach().float().sum(), values.numel())
+        """Add per-example values; NaN marks an example the metric does not apply to."""
+        values = values.detach().float()
+        values = values[~values.isnan()]
+        if values.numel():
+            self.add(name, values.sum(), values.numel())
 
     def merge(self, other: "MetricSums") -> None:
         for k in other.sums:
@@ -42,13 +50,15 @@ def batch_metrics(kind: str, policy: Logps, reference: Logps | None, out: LossOu
     m = MetricSums()
     for name, values in out.metrics.items():
         m.add_values(name, values)
-    for g, name in enumerate(GROUP_NAMES[kind]):
+    names = group_names(kind, policy.tokens.shape[0])
+    for g, name in enumerate(names):
         m.add_values(f"logps/{name}", policy.sum[g])
         m.add_values(f"logps/{name}_per_token", policy.mean[g])
     if reference is not None:
         # k3 estimator per token, exp(d) − d − 1 with d = log π_ref − log π: ≥ 0, and unbiased
         # for KL(π‖π_ref) when tokens are sampled from π; on dataset tokens an approximation.
-        d = (reference.tokens - policy.tokens.detach())[policy.mask]
+        real = slice(0, len(names))
+        d = (reference.tokens[real] - policy.tokens[real].detach())[policy.mask[real]]
         m.add("kl/approx", (torch.expm1(d) - d).sum(), d.numel())
     return m
 
