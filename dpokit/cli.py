@@ -4,6 +4,7 @@ calls the library; a user error ends with one message and exit code 2, never a t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import typing
 from typing import Any, Literal
@@ -125,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dpokit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        sys.stdout = open(os.devnull, "w")
+        return 0
 
 
 if __name__ == "__main__":

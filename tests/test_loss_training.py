@@ -128,10 +128,13 @@ def test_unpaired_records_get_a_mismatched_completion(tiny_tokenizer):
         assert partner.prompt_ids != r.prompt_ids
 
 
-def test_tdpo_starts_with_zero_kl_and_moves(files):
-    out = files["tmp"] / "tdpo-run"
-    train(config(files["model"], small(files, "pair", 8), out, loss__name="tdpo", train__ref="copy",
-                 train__max_steps=3))
+@pytest.mark.parametrize("ref", ["copy", "adapter"])
+def test_tdpo_starts_with_zero_kl_and_moves(files, ref):
+    """Both live references give full distributions; at step 0 the policy is the reference."""
+    out = files["tmp"] / f"tdpo-{ref}"
+    lora = {"lora__enabled": True, "train__lr": 1e-2} if ref == "adapter" else {}
+    train(config(files["model"], small(files, "pair", 8), out, loss__name="tdpo", train__ref=ref,
+                 train__max_steps=3, **lora))
     m = metrics(out)
     assert m[0]["tdpo/seq_kl_chosen"] == pytest.approx(0.0, abs=1e-6)
     assert m[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
