@@ -300,6 +300,7 @@ FLAG_FIELDS: dict[str, str] = {
     "optimizer": "train.optimizer", "scheduler": "train.scheduler", "warmup_steps": "train.warmup_steps",
     "seed": "train.seed", "bf16": "train.bf16", "save_steps": "train.save_steps",
     "eval_steps": "train.eval_steps", "resume": "train.resume", "max_grad_norm": "train.max_grad_norm",
+    "progress": "train.progress", "cache_dir": "train.cache_dir",
 }
 
 

@@ -72,8 +72,8 @@ class CachedReference:
         mask = batch["completion_mask"]
         first = int(mask.float().argmax(dim=1).min())
         mask = mask[:, first:]
-        tokens = torch.zeros(mask.shape, dtype=torch.float32)
-        tokens[mask] = torch.cat([values[i][g] for g in range(group_size) for i in index])
+        tokens = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+        tokens[mask] = torch.cat([values[i][g] for g in range(group_size) for i in index]).to(mask.device)
         n = len(index)
         return Logps(tokens.view(group_size, n, -1), mask.view(group_size, n, -1))
 
@@ -111,15 +111,19 @@ def compute_reference_logps(model, records: list[TokenizedRecord], pad_id: int, 
                             autocast: Callable, progress: Iterable | None = None) -> list[list[torch.Tensor]]:
     """One no-grad pass over ``records``: per-token log-probs of every completion."""
     model.eval()
+    if not records:
+        return []
     group = len(records[0].completion_ids)
+    device = next(model.parameters()).device
     out: list[list[torch.Tensor]] = []
     with torch.no_grad():
         for start in range(0, len(records), batch_size):
             chunk = records[start:start + batch_size]
             with autocast():
-                lp = completion_logps(model, collate(chunk, pad_id), group)
+                batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+                lp = completion_logps(model, batch, group)
             for b in range(len(chunk)):
-                out.append([lp.tokens[g, b][lp.mask[g, b]].clone() for g in range(group)])
+                out.append([lp.tokens[g, b][lp.mask[g, b]].cpu() for g in range(group)])
             if progress is not None:
                 progress.update(len(chunk))
     return out

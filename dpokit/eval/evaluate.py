@@ -111,20 +111,20 @@ def evaluate_models(cfg: EvalConfig, policy=None, reference=None, tokenizer=None
             report[f"mean_score_{name}"] = statistics.fmean(
                 judge_fn(prompt_text(p), a) for (p, _), a in zip(prompts, texts[name]))
     if cfg.pairs:
-        report.update(pair_metrics(cfg, policy, reference, tokenizer, autocast, accelerator.device))
+        report.update(pair_metrics(cfg, policy, reference, tokenizer, autocast, accelerator))
     if cfg.output:
         write_report(Path(cfg.output), report, prompts, texts, outcomes)
     return report
 
 
-def pair_metrics(cfg: EvalConfig, policy, reference, tokenizer, autocast, device) -> dict:
+def pair_metrics(cfg: EvalConfig, policy, reference, tokenizer, autocast, accelerator) -> dict:
     """Reward accuracy and margins of β·log π/π_ref on held-out pairs (same code as training)."""
     run = RunConfig()
     run.loss.beta, run.train.batch_size = cfg.beta, cfg.batch_size
     run.loss.resolve_defaults(())
     records, _ = tokenize_records(read_records(cfg.pairs, "pair"), tokenizer, cfg.max_length, cfg.max_prompt_length)
     m = evaluate(get_loss("sigmoid"), run, policy, CopyReference(reference, autocast), records,
-                 tokenizer.pad_token_id, autocast, device)
+                 tokenizer.pad_token_id, autocast, accelerator)
     return {"pairs": len(records), "reward_accuracy": m["rewards/accuracies"],
             "reward_margin": m["rewards/margins"], "dpo_loss": m["loss"]}
 

@@ -40,15 +40,20 @@ class TrainResult:
 
 class BatchStream:
     """Record indices for each optimizer step: ``grad_accum`` consecutive slices of
-    ``batch_size`` from a per-epoch permutation seeded by (seed, epoch).
+    ``batch_size × processes`` from a per-epoch permutation seeded by (seed, epoch); process
+    ``rank`` takes its own ``batch_size`` of each slice.
 
-    A step of k micro-batches of b therefore sees exactly the records one batch of k·b
-    would, and the position in the data is two integers, saved in every checkpoint.
+    A step of k micro-batches of b on P processes therefore sees exactly the records one
+    batch of k·b·P would, and the position in the data is two integers, saved in every
+    checkpoint. On several processes a step whose slice does not divide evenly is padded with
+    the epoch's first records (as torch's DistributedSampler pads), so every process runs the
+    same number of micro-batches.
     """
 
-    def __init__(self, n: int, batch_size: int, grad_accum: int, seed: int):
+    def __init__(self, n: int, batch_size: int, grad_accum: int, seed: int, processes: int = 1, rank: int = 0):
         self.n, self.b, self.k, self.seed = n, batch_size, grad_accum, seed
-        self.steps_per_epoch = math.ceil(n / (batch_size * grad_accum))
+        self.processes, self.rank = processes, rank
+        self.steps_per_epoch = math.ceil(n / (batch_size * grad_accum * processes))
 
     def _order(self, epoch: int) -> list[int]:
         return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
@@ -56,9 +61,17 @@ class BatchStream:
     def next_step(self, state: TrainState) -> list[list[int]]:
         if state.position >= self.n:
             state.epoch, state.position = state.epoch + 1, 0
-        take = self._order(state.epoch)[state.position: state.position + self.b * self.k]
+        order = self._order(state.epoch)
+        width = self.b * self.processes
+        take = order[state.position: state.position + width * self.k]
         state.position += len(take)
-        return [take[i:i + self.b] for i in range(0, len(take), self.b)]
+        micro = []
+        for i in range(0, len(take), width):
+            part = take[i:i + width]
+            part += (order * self.processes)[: -len(part) % self.processes]
+            share = len(part) // self.processes
+            micro.append(part[self.rank * share:(self.rank + 1) * share])
+        return micro
 
 
 def bf16_autocast(device: torch.device, enabled: bool):
@@ -99,28 +112,33 @@ def forward_loss(spec: LossSpec, cfg: RunConfig, policy, reference, batch: dict,
 
 @torch.no_grad()
 def evaluate(spec: LossSpec, cfg: RunConfig, policy, reference, records: list[TokenizedRecord],
-             pad_id: int, autocast, device, state: dict | None = None) -> dict[str, float]:
-    """The training metrics over a whole dataset, each averaged exactly."""
+             pad_id: int, autocast, accelerator: Accelerator, state: dict | None = None) -> dict[str, float]:
+    """The training metrics over a whole dataset, each averaged exactly; on several processes
+    each evaluates every P-th record and the sums are gathered."""
     was_training = policy.training
     policy.eval()
     group = len(records[0].completion_ids)
+    mine = list(range(accelerator.process_index, len(records), accelerator.num_processes))
     sums = MetricSums()
-    for start in range(0, len(records), cfg.train.batch_size):
-        batch = make_batch(records, list(range(start, min(start + cfg.train.batch_size, len(records)))),
-                           pad_id, "eval", device)
+    for start in range(0, len(mine), cfg.train.batch_size):
+        batch = make_batch(records, mine[start:start + cfg.train.batch_size], pad_id, "eval", accelerator.device)
         pol, ref, out = forward_loss(spec, cfg, policy, reference, batch, group, autocast, state or {})
         sums.add("loss", out.losses.sum(), unit_count(spec, batch, group))
         sums.merge(batch_metrics(spec.input_kind, pol, ref, out))
     policy.train(was_training)
-    return sums.means()
+    return sums.gathered(accelerator).means()
 
 
 def train(cfg: RunConfig, log=print) -> TrainResult:
     t, spec = cfg.train, get_loss(cfg.loss.name)
     out = Path(t.output)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     accelerator = Accelerator()
+    main = accelerator.is_main_process
+    log = log if main else (lambda *_: None)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    accelerator.wait_for_everyone()
     autocast = bf16_autocast(accelerator.device, t.bf16)
     set_seed(t.seed)
 
@@ -134,8 +152,9 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
 
     # 2. Policy and reference, both from the starting weights, before any checkpoint is loaded.
     policy = build_policy(cfg)
-    reference, policy = build_reference(cfg, spec, policy, tokenizer, datasets, autocast, log)
-    stream = BatchStream(len(train_records), t.batch_size, t.grad_accum, t.seed)
+    reference, policy = build_reference(cfg, spec, policy, tokenizer, datasets, autocast, log, accelerator)
+    stream = BatchStream(len(train_records), t.batch_size, t.grad_accum, t.seed, accelerator.num_processes,
+                         accelerator.process_index)
     total = t.max_steps if t.max_steps > 0 else t.epochs * stream.steps_per_epoch
     optimizer = build_optimizer(policy.parameters(), t)
     scheduler = build_scheduler(optimizer, t, total)
@@ -149,11 +168,11 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
     if ckpt is not None:
         state = load_checkpoint(ckpt, accelerator.unwrap_model(policy), optimizer, scheduler)
         log(f"[resume] from {ckpt} at step {state.step}")
-    metrics_log = MetricsLog(out / "metrics.jsonl", state.step if t.resume else None)
+    metrics_log = MetricsLog(out / "metrics.jsonl", state.step if t.resume else None, enabled=main)
 
     policy.train()
     window, window_tokens, window_start = MetricSums(), 0, time.perf_counter()
-    bar = tqdm(total=total, initial=state.step, desc=f"{spec.name}", disable=not t.progress)
+    bar = tqdm(total=total, initial=state.step, desc=f"{spec.name}", disable=not (t.progress and main))
     last: dict = {}
     eval_metrics: dict = {}
     while state.step < total:
@@ -189,22 +208,27 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
         # 5. Log, evaluate and save at their intervals.
         if state.step % t.logging_steps == 0 or state.step == total:
             elapsed = time.perf_counter() - window_start
+            tokens = accelerator.reduce(torch.tensor(window_tokens, device=accelerator.device), "sum").item()
             last = {"step": state.step, "epoch": state.epoch + state.position / len(train_records),
-                    **window.means(), "tokens_per_s": window_tokens / max(elapsed, 1e-9)}
+                    **window.gathered(accelerator).means(), "tokens_per_s": tokens / max(elapsed, 1e-9)}
             metrics_log.write(last)
             bar.set_postfix(loss=f"{last['loss']:.4f}", **({"acc": f"{last['rewards/accuracies']:.2f}"}
                                                           if "rewards/accuracies" in last else {}))
             window, window_tokens, window_start = MetricSums(), 0, time.perf_counter()
         if "eval" in datasets and ((t.eval_steps and state.step % t.eval_steps == 0) or state.step == total):
             eval_metrics = evaluate(spec, cfg, policy, reference, datasets["eval"], pad_id, autocast,
-                                    accelerator.device, state.loss_state)
+                                    accelerator, state.loss_state)
             metrics_log.write({"step": state.step, **{f"eval/{k}": v for k, v in eval_metrics.items()}})
         if t.save_steps and state.step % t.save_steps == 0 and state.step < total:
-            save_checkpoint(out, state, accelerator.unwrap_model(policy), optimizer, scheduler, cfg)
+            if main:
+                save_checkpoint(out, state, accelerator.unwrap_model(policy), optimizer, scheduler, cfg)
+            accelerator.wait_for_everyone()
     bar.close()
 
     # 6. The final model, loadable with from_pretrained (LoRA: the adapter, or merged).
     final = out / "final"
-    save_model(accelerator.unwrap_model(policy), final, merge_lora=cfg.lora.merge)
-    tokenizer.save_pretrained(final)
+    if main:
+        save_model(accelerator.unwrap_model(policy), final, merge_lora=cfg.lora.merge)
+        tokenizer.save_pretrained(final)
+    accelerator.wait_for_everyone()
     return TrainResult(out, final, state.step, last, eval_metrics)

@@ -41,6 +41,19 @@ class MetricSums:
         for k in other.sums:
             self.add(k, other.sums[k], other.counts[k])
 
+    def gathered(self, accelerator) -> "MetricSums":
+        """The sums and counts of every process added together (each process may hold
+        different metric names, e.g. KTO's per-label rewards)."""
+        if accelerator.num_processes == 1:
+            return self
+        from accelerate.utils import gather_object
+
+        total = MetricSums()
+        for sums, counts in gather_object([(dict(self.sums), dict(self.counts))]):
+            for k in sums:
+                total.add(k, sums[k], counts[k])
+        return total
+
     def means(self) -> dict[str, float]:
         return {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k] > 0}
 
@@ -66,8 +79,10 @@ def batch_metrics(kind: str, policy: Logps, reference: Logps | None, out: LossOu
 class MetricsLog:
     """Append-only ``metrics.jsonl``; on resume, lines after the checkpoint's step are cut."""
 
-    def __init__(self, path: Path, resume_step: int | None) -> None:
-        self.path = path
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True) -> None:
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
         if resume_step is None:
             path.write_text("")
         elif path.exists():
@@ -75,5 +90,7 @@ class MetricsLog:
             path.write_text("".join(ln + "\n" for ln in keep))
 
     def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")

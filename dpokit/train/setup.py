@@ -44,7 +44,7 @@ def build_policy(cfg: RunConfig):
 
 
 def build_reference(cfg: RunConfig, spec: LossSpec, policy, tokenizer, datasets: dict[str, list],
-                    autocast, log):
+                    autocast, log, accelerator):
     """The reference strategy the config asks for, built from the *starting* weights.
 
     Must run before LoRA is applied and before a checkpoint is loaded into the policy.
@@ -60,7 +60,7 @@ def build_reference(cfg: RunConfig, spec: LossSpec, policy, tokenizer, datasets:
     reference = None
     if strategy == "precomputed":
         source = ref_model if ref_model is not None else policy
-        reference = _cached(cfg, source, tokenizer, datasets, autocast, log)
+        reference = _cached(cfg, source, tokenizer, datasets, autocast, log, accelerator)
         ref_model = None  # freed: training holds one model
     if cfg.lora.enabled:
         torch.manual_seed(cfg.train.seed)
@@ -72,22 +72,42 @@ def build_reference(cfg: RunConfig, spec: LossSpec, policy, tokenizer, datasets:
     return reference, policy
 
 
-def _cached(cfg: RunConfig, model, tokenizer, datasets: dict[str, list], autocast, log):
-    """Reference log-probs for every record of every dataset, from disk or computed now."""
+def _cached(cfg: RunConfig, model, tokenizer, datasets: dict[str, list], autocast, log, accelerator):
+    """Reference log-probs for every record of every dataset, from disk or computed now; on
+    several processes each computes every P-th record and the shares are gathered."""
     folder = Path(cfg.train.cache_dir) if cfg.train.cache_dir else cache_root() / "reflogps"
     digest = ref_lib.model_hash(model)
     settings = {"bf16": cfg.train.bf16}
     values: dict[str, list] = {}
+    model.to(accelerator.device)
+    rank, size = accelerator.process_index, accelerator.num_processes
     for name, records in datasets.items():
         path = folder / f"{ref_lib.cache_key(digest, tokenizer, records, settings)}.safetensors"
-        if path.is_file():
+        if not path.is_file():
+            mine = records[rank::size]
+            with tqdm(total=len(mine), desc=f"reference log-probs ({name})", leave=False,
+                      disable=not (cfg.train.progress and accelerator.is_main_process)) as bar:
+                share = ref_lib.compute_reference_logps(model, mine, tokenizer.pad_token_id,
+                                                        cfg.train.batch_size, autocast, bar)
+            shares = _gather(share, accelerator)  # a collective: every process takes part
+            if accelerator.is_main_process:
+                ref_lib.save_cache(path, _interleave(shares, len(records)))
+                log(f"[reference] {name}: computed and cached at {path}")
+            accelerator.wait_for_everyone()
+        else:
             log(f"[reference] {name}: cached log-probs from {path}")
-            values[name] = ref_lib.load_cache(path)
-            continue
-        with tqdm(total=len(records), desc=f"reference log-probs ({name})", disable=not cfg.train.progress,
-                  leave=False) as bar:
-            values[name] = ref_lib.compute_reference_logps(model, records, tokenizer.pad_token_id,
-                                                           cfg.train.batch_size, autocast, bar)
-        ref_lib.save_cache(path, values[name])
-        log(f"[reference] {name}: computed and cached at {path}")
+        values[name] = ref_lib.load_cache(path)
     return ref_lib.CachedReference(values)
+
+
+def _gather(share: list, accelerator) -> list[list]:
+    if accelerator.num_processes == 1:
+        return [share]
+    from accelerate.utils import gather_object
+
+    return gather_object([share])
+
+
+def _interleave(shares: list[list], n: int) -> list:
+    """Undo the round-robin split: record i was computed by process i mod P."""
+    return [shares[i % len(shares)][i // len(shares)] for i in range(n)]
