@@ -112,6 +112,14 @@ COMMANDS = {"sft": run_train, "dpo": run_train, "eval": run_eval, "quickstart": 
             "losses": run_losses}
 
 
+def _close_progress_bars() -> None:
+    """End any bar an error interrupted, so the message starts on a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
@@ -120,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[ns.command](ns)
     except UserError as exc:
+        _close_progress_bars()
         print(f"dpokit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

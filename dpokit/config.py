@@ -112,12 +112,18 @@ class TrainConfig:
     """Write ``checkpoint-STEP/`` every N steps (0: only ``final/``)."""
     save_total_limit: int = 2
     """Keep this many most recent checkpoints (0 keeps all)."""
+    save_best_metric: str | None = None
+    """Also keep the checkpoint with the best value of this logged metric, e.g.
+    ``eval/rewards/accuracies`` or ``loss`` (measured at the checkpoint's own step)."""
+    save_best_mode: Literal["max", "min"] = "max"
+    """Whether the best ``save_best_metric`` is the largest or the smallest."""
     resume: bool = False
     """Continue from the newest checkpoint in ``output``."""
     progress: bool = True
     """Show a live progress bar."""
     cache_dir: str | None = None
-    """Where precomputed reference log-probs live (default ``~/.cache/dpokit/reflogps``)."""
+    """Where precomputed reference log-probs live (default ``OUTPUT/reflogps``); point several runs
+    at one folder to share them."""
 
 
 @dataclass
@@ -153,6 +159,8 @@ class RunConfig:
             (self.loss.beta <= 0, "loss.beta", "must be > 0"),
             (not 0 <= self.loss.label_smoothing < 0.5, "loss.label_smoothing", "must be in [0, 0.5)"),
             (self.lora.r < 1, "lora.r", "must be ≥ 1"),
+            (t.save_total_limit < 0, "train.save_total_limit", "must be ≥ 0 (0 keeps all)"),
+            *self._best_checks(),
             (spec.needs_reference and t.ref == "none", "train.ref",
              f"loss '{spec.name}' needs a reference; use copy, adapter or precomputed"),
             (t.ref == "adapter" and not self.lora.enabled, "train.ref",
@@ -164,6 +172,24 @@ class RunConfig:
             if bad:
                 raise UserError(msg, where="config", field=key)
         return self
+
+    def _best_checks(self) -> list[tuple[bool, str, str]]:
+        """``save_best_metric`` must be measured at every checkpoint's own step."""
+        t, metric = self.train, self.train.save_best_metric
+        if not metric:
+            return []
+        if metric.startswith("eval/"):
+            every, name = t.eval_steps, "train.eval_steps"
+        else:
+            every, name = t.logging_steps, "train.logging_steps"
+        return [
+            (t.save_steps < 1, "train.save_best_metric", "needs checkpoints: set train.save_steps (--save-steps)"),
+            (metric.startswith("eval/") and not self.data.eval, "train.save_best_metric",
+             f"'{metric}' needs held-out data (--eval-data)"),
+            (t.save_steps >= 1 and (every < 1 or t.save_steps % every != 0), "train.save_best_metric",
+             f"'{metric}' must be measured at every checkpoint: set {name} to a divisor of "
+             f"train.save_steps ({t.save_steps}); it is {every}"),
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -240,6 +266,8 @@ FLAG_FIELDS: dict[str, str] = {
     "optimizer": "train.optimizer", "scheduler": "train.scheduler", "warmup_steps": "train.warmup_steps",
     "seed": "train.seed", "bf16": "train.bf16", "save_steps": "train.save_steps",
     "eval_steps": "train.eval_steps", "resume": "train.resume", "max_grad_norm": "train.max_grad_norm",
+    "save_total_limit": "train.save_total_limit", "save_best_metric": "train.save_best_metric",
+    "save_best_mode": "train.save_best_mode", "cache_dir": "train.cache_dir",
 }
 
 

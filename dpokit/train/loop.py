@@ -136,7 +136,7 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
 
     # 3. Resume: weights, optimizer, schedule, RNG and data position from the newest checkpoint.
     state = TrainState()
-    ckpt = latest_checkpoint(out) if t.resume else None
+    ckpt = latest_checkpoint(out, log) if t.resume else None
     if ckpt is not None:
         state = load_checkpoint(ckpt, accelerator.unwrap_model(policy), optimizer, scheduler)
         log(f"[resume] from {ckpt} at step {state.step}")
@@ -191,11 +191,11 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
                                     accelerator.device)
             metrics_log.write({"step": state.step, **{f"eval/{k}": v for k, v in eval_metrics.items()}})
         if t.save_steps and state.step % t.save_steps == 0 and state.step < total:
-            save_checkpoint(out, state, accelerator.unwrap_model(policy), optimizer, scheduler, cfg)
+            save_checkpoint(out, state, accelerator.unwrap_model(policy), optimizer, scheduler, cfg, last,
+                            eval_metrics)
     bar.close()
 
     # 6. The final model, loadable with from_pretrained (LoRA: the adapter, or merged).
     final = out / "final"
-    save_model(accelerator.unwrap_model(policy), final, merge_lora=cfg.lora.merge)
-    tokenizer.save_pretrained(final)
+    save_model(accelerator.unwrap_model(policy), final, merge_lora=cfg.lora.merge, tokenizer=tokenizer)
     return TrainResult(out, final, state.step, last, eval_metrics)

@@ -14,7 +14,7 @@ from dpokit.config import RunConfig
 from dpokit.data import TokenizedRecord, read_records, tokenize_records
 from dpokit.errors import UserError
 from dpokit.losses import LossSpec
-from dpokit.models import apply_lora, cache_root, disable_dropout, load_model
+from dpokit.models import apply_lora, disable_dropout, load_model
 
 
 def load_data(path: str, kind: str, tokenizer, cfg: RunConfig, name: str, log) -> list[TokenizedRecord]:
@@ -74,7 +74,7 @@ def build_reference(cfg: RunConfig, spec: LossSpec, policy, tokenizer, datasets:
 
 def _cached(cfg: RunConfig, model, tokenizer, datasets: dict[str, list], autocast, log):
     """Reference log-probs for every record of every dataset, from disk or computed now."""
-    folder = Path(cfg.train.cache_dir) if cfg.train.cache_dir else cache_root() / "reflogps"
+    folder = Path(cfg.train.cache_dir or Path(cfg.train.output) / "reflogps")  # nothing outside the run by default
     digest = ref_lib.model_hash(model)
     settings = {"bf16": cfg.train.bf16}
     values: dict[str, list] = {}
