@@ -13,7 +13,7 @@ from dpokit.errors import UserError
 
 EVAL_FLAGS = {"dpo_beta": "beta", **{f: f for f in (
     "model", "ref_model", "prompts", "judge", "pairs", "max_new_tokens", "temperature", "top_p", "num_prompts",
-    "batch_size", "max_length", "max_prompt_length", "seed", "bf16", "output", "trust_remote_code")}}
+    "batch_size", "max_length", "max_prompt_length", "seed", "bf16", "output", "trust_remote_code", "allow_pickle")}}
 
 
 def _field(root: Any, dotted: str) -> tuple[Any, str]:

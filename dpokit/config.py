@@ -28,6 +28,9 @@ class ModelConfig:
     """A separate reference model; by default the reference is the policy's starting weights."""
     trust_remote_code: bool = False
     """Run model code shipped inside the model folder (off unless asked)."""
+    allow_pickle: bool = False
+    """Load weights stored with pickle (``pytorch_model.bin``, ``*.pt``...), which can run code when
+    read; off unless asked: weights come from safetensors or GGUF."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
 
@@ -231,6 +234,8 @@ class EvalConfig:
     """Write ``eval_report.json`` and ``samples.jsonl`` here."""
     trust_remote_code: bool = False
     """Run model code shipped inside the model folders."""
+    allow_pickle: bool = False
+    """Load weights stored with pickle, which can run code when read (off unless asked)."""
 
     def validate(self) -> EvalConfig:
         checks = [
@@ -256,6 +261,7 @@ class EvalConfig:
 # the help text comes from the field docstrings.
 FLAG_FIELDS: dict[str, str] = {
     "model": "model.path", "ref_model": "model.ref_path", "trust_remote_code": "model.trust_remote_code",
+    "allow_pickle": "model.allow_pickle",
     "gradient_checkpointing": "model.gradient_checkpointing",
     "lora": "lora.enabled", "lora_r": "lora.r", "lora_alpha": "lora.alpha", "merge_lora": "lora.merge",
     "data": "data.train", "eval_data": "data.eval",

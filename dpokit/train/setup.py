@@ -35,7 +35,7 @@ def load_data(path: str, kind: str, tokenizer, cfg: RunConfig, name: str, log) -
 
 def build_policy(cfg: RunConfig):
     """(policy, starting weights for a copied reference or None)."""
-    policy = load_model(cfg.model.path, cfg.model.trust_remote_code)
+    policy = load_model(cfg.model.path, cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
     disable_dropout(policy)
     if cfg.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
@@ -53,7 +53,7 @@ def build_reference(cfg: RunConfig, spec: LossSpec, policy, tokenizer, datasets:
     strategy = cfg.train.ref if spec.needs_reference else "none"
     ref_model = None
     if cfg.model.ref_path is not None and strategy in ("copy", "precomputed"):
-        ref_model = load_model(cfg.model.ref_path, cfg.model.trust_remote_code)
+        ref_model = load_model(cfg.model.ref_path, cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
         disable_dropout(ref_model)
     if strategy == "copy" and ref_model is None:
         ref_model = copy.deepcopy(policy)
