@@ -127,6 +127,8 @@ class TrainConfig:
     cache_dir: str | None = None
     """Where precomputed reference log-probs live (default ``OUTPUT/reflogps``); point several runs
     at one folder to share them."""
+    registry: str | None = None
+    """Register ``final/`` as a new version in this registry folder (``dpokit versions``)."""
 
 
 @dataclass
@@ -164,6 +166,8 @@ class RunConfig:
             (self.lora.r < 1, "lora.r", "must be ≥ 1"),
             (t.save_total_limit < 0, "train.save_total_limit", "must be ≥ 0 (0 keeps all)"),
             *self._best_checks(),
+            (t.registry is not None and Path(t.registry).is_file(), "train.registry",
+             "is a file; give a folder"),
             (spec.needs_reference and t.ref == "none", "train.ref",
              f"loss '{spec.name}' needs a reference; use copy, adapter or precomputed"),
             (t.ref == "adapter" and not self.lora.enabled, "train.ref",
@@ -236,6 +240,10 @@ class EvalConfig:
     """Run model code shipped inside the model folders."""
     allow_pickle: bool = False
     """Load weights stored with pickle, which can run code when read (off unless asked)."""
+    registry: str | None = None
+    """Attach the report to a version in this registry folder (``dpokit versions``)."""
+    version: str | None = None
+    """The version to attach the report to (default: the version whose model is ``model``)."""
 
     def validate(self) -> EvalConfig:
         checks = [
@@ -250,6 +258,7 @@ class EvalConfig:
             (self.beta <= 0, "beta", "must be > 0"),
             (not 1 <= self.max_prompt_length < self.max_length, "max_prompt_length",
              "must be ≥ 1 and smaller than max_length"),
+            (self.version is not None and not self.registry, "version", "needs a registry (--registry)"),
         ]
         for bad, key, msg in checks:
             if bad:
@@ -273,7 +282,7 @@ FLAG_FIELDS: dict[str, str] = {
     "seed": "train.seed", "bf16": "train.bf16", "save_steps": "train.save_steps",
     "eval_steps": "train.eval_steps", "resume": "train.resume", "max_grad_norm": "train.max_grad_norm",
     "save_total_limit": "train.save_total_limit", "save_best_metric": "train.save_best_metric",
-    "save_best_mode": "train.save_best_mode", "cache_dir": "train.cache_dir",
+    "save_best_mode": "train.save_best_mode", "cache_dir": "train.cache_dir", "registry": "train.registry",
 }
 
 

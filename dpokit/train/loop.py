@@ -27,6 +27,7 @@ from dpokit.train.checkpoint import TrainState, latest_checkpoint, load_checkpoi
 from dpokit.train.metrics import MetricsLog, MetricSums, batch_metrics
 from dpokit.train.optim import build_optimizer, build_scheduler
 from dpokit.train.setup import build_policy, build_reference, load_data
+from dpokit.versions import register_run
 
 
 @dataclass
@@ -198,4 +199,6 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
     # 6. The final model, loadable with from_pretrained (LoRA: the adapter, or merged).
     final = out / "final"
     save_model(accelerator.unwrap_model(policy), final, merge_lora=cfg.lora.merge, tokenizer=tokenizer)
-    return TrainResult(out, final, state.step, last, eval_metrics)
+    result = TrainResult(out, final, state.step, last, eval_metrics)
+    register_run(cfg, result, datasets, log)  # a new version in train.registry, when set
+    return result
