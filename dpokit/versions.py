@@ -106,8 +106,9 @@ class Registry:
 
     def set_history(self, history: list[str], action: str) -> None:
         path = self.root / "index.json"
-        index = self._read_json(path) if path.is_file() else {"events": []}
-        index["events"].append({"time": _now(), "action": action, "current": history[-1] if history else None})
+        index = self._read_json(path) if path.is_file() else {}
+        event = {"time": _now(), "action": action, "current": history[-1] if history else None}
+        index.setdefault("events", []).append(event)
         index["history"] = history
         write_text_atomic(path, json.dumps(index, indent=1))
 
@@ -132,8 +133,9 @@ def _data_entry(path: str, records: list | None) -> dict:
 
 
 def _eval_in(run: Path) -> dict | None:
+    """An evaluation report left in the run folder (``dpokit eval --output RUN`` or ``RUN/eval``)."""
     for path in (run / "eval_report.json", run / "eval" / "eval_report.json"):
-        if path.is_file():
+        with contextlib.suppress(OSError, ValueError):
             return {"report": json.loads(path.read_text()), "source": str(path), "added": _now()}
     return None
 
