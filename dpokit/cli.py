@@ -4,6 +4,7 @@ and calls the library; a user error ends with one message and exit code 2, never
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import typing
@@ -22,22 +23,24 @@ VERSION_ACTIONS = {"list": "list the versions; * marks the current one",
                    "diff": "compare the metrics, configs and lineage of two versions"}
 
 
-def _field(root: Any, dotted: str) -> tuple[Any, str]:
-    """(annotation, docstring) of a config field, for the flag's type and help."""
+@functools.cache
+def _docstrings(cls: type) -> dict[str, str]:
+    """The docstring under each annotated field of a config class (parsed once per class)."""
     import ast
     import inspect
 
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    return {node.target.id: nxt.value.value for node, nxt in zip(body, body[1:])
+            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr)}
+
+
+def _field(root: Any, dotted: str) -> tuple[Any, str]:
+    """(annotation, docstring) of a config field, for the flag's type and help."""
     *parents, name = dotted.split(".")
     cls = type(root)
     for p in parents:
         cls = typing.get_type_hints(cls)[p]
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body
-    doc = ""
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and node.target.id == name and isinstance(nxt, ast.Expr):
-            doc = nxt.value.value
-    return typing.get_type_hints(cls)[name], doc
+    return typing.get_type_hints(cls)[name], _docstrings(cls).get(name, "")
 
 
 def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, str], root: Any) -> None:
