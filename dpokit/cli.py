@@ -1,9 +1,10 @@
-"""Command line: ``dpokit sft|dpo|eval|quickstart|losses``. Each subcommand builds a config and
-calls the library; a user error ends with one message and exit code 2, never a traceback."""
+"""Command line: ``dpokit sft|dpo|eval|versions|quickstart|losses``. Each subcommand builds a config
+and calls the library; a user error ends with one message and exit code 2, never a traceback."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import typing
@@ -14,25 +15,32 @@ from dpokit.errors import UserError
 
 EVAL_FLAGS = {"dpo_beta": "beta", **{f: f for f in (
     "model", "ref_model", "prompts", "judge", "pairs", "max_new_tokens", "temperature", "top_p", "num_prompts",
-    "batch_size", "max_length", "max_prompt_length", "seed", "bf16", "output", "trust_remote_code")}}
+    "batch_size", "max_length", "max_prompt_length", "seed", "bf16", "output", "trust_remote_code", "allow_pickle",
+    "registry", "version")}}
+VERSION_ACTIONS = {"list": "list the versions; * marks the current one",
+                   "show": "one version's lineage, data, metrics and evaluation (default: the current one)",
+                   "promote": "make a version current", "rollback": "make the previous current version current again",
+                   "diff": "compare the metrics, configs and lineage of two versions"}
+
+
+@functools.cache
+def _docstrings(cls: type) -> dict[str, str]:
+    """The docstring under each annotated field of a config class (parsed once per class)."""
+    import ast
+    import inspect
+
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    return {node.target.id: nxt.value.value for node, nxt in zip(body, body[1:])
+            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr)}
 
 
 def _field(root: Any, dotted: str) -> tuple[Any, str]:
     """(annotation, docstring) of a config field, for the flag's type and help."""
-    import ast
-    import inspect
-
     *parents, name = dotted.split(".")
     cls = type(root)
     for p in parents:
         cls = typing.get_type_hints(cls)[p]
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body
-    doc = ""
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and node.target.id == name and isinstance(nxt, ast.Expr):
-            doc = nxt.value.value
-    return typing.get_type_hints(cls)[name], doc
+    return typing.get_type_hints(cls)[name], _docstrings(cls).get(name, "")
 
 
 def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, str], root: Any) -> None:
@@ -64,11 +72,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="win rate under a judge and sampled KL of a policy against a reference")
     p.add_argument("--config", help="YAML file with EvalConfig keys; flags override it")
     _add_flags(p, EVAL_FLAGS, EvalConfig())
+    _add_versions_parser(sub)
     p = sub.add_parser("quickstart", help="SFT then DPO on the embedded SmolLM2-135M-Instruct, then evaluation")
     p.add_argument("--tiny", action="store_true", help="run the same pipeline on a tiny random model (< 1 minute)")
     p.add_argument("--output", default="runs/quickstart", help="run folder")
     sub.add_parser("losses", help="list the registered losses")
     return parser
+
+
+def _add_versions_parser(sub) -> None:
+    p = sub.add_parser("versions", help="model versions in a registry folder: list, show, promote, rollback, diff")
+    actions = p.add_subparsers(dest="action", required=True)
+    for name, help_text in VERSION_ACTIONS.items():
+        q = actions.add_parser(name, help=help_text)
+        q.add_argument("--registry", default=os.environ.get("DPOKIT_REGISTRY"),
+                       help="registry folder (default: $DPOKIT_REGISTRY)")
+        if name in ("show", "promote"):
+            q.add_argument("version", nargs="?" if name == "show" else None, help="version id, e.g. v3")
+        if name == "show":
+            q.add_argument("--json", action="store_true", help="the whole record, config included, as JSON")
+        if name == "diff":
+            q.add_argument("a", help="version id")
+            q.add_argument("b", help="version id")
 
 
 def run_train(ns: argparse.Namespace) -> int:
@@ -89,7 +114,28 @@ def run_eval(ns: argparse.Namespace) -> int:
     from dpokit.eval import evaluate_models, format_report
 
     cfg = load_config(ns.config, _overrides(ns, EVAL_FLAGS), root=EvalConfig)
-    print(format_report(evaluate_models(cfg)))
+    report = evaluate_models(cfg)
+    print(format_report(report))
+    if cfg.registry:
+        from dpokit.versions import Registry, attach_eval
+
+        vid = attach_eval(Registry(cfg.registry), report, cfg.model, cfg.ref_model, cfg.version)
+        print(f"report attached to {vid} in {cfg.registry}")
+    return 0
+
+
+def run_versions(ns: argparse.Namespace) -> int:
+    from dpokit import versions
+
+    if not ns.registry:
+        raise UserError("is required (or set DPOKIT_REGISTRY)", where="--registry")
+    registry = versions.Registry(ns.registry)
+    actions = {"list": lambda: versions.list_versions(registry),
+               "show": lambda: versions.show_version(registry, ns.version, ns.json),
+               "promote": lambda: versions.promote(registry, ns.version),
+               "rollback": lambda: versions.rollback(registry),
+               "diff": lambda: versions.diff_versions(registry, ns.a, ns.b)}
+    print(actions[ns.action]())
     return 0
 
 
@@ -109,8 +155,16 @@ def run_losses(ns: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"sft": run_train, "dpo": run_train, "eval": run_eval, "quickstart": run_quickstart,
-            "losses": run_losses}
+COMMANDS = {"sft": run_train, "dpo": run_train, "eval": run_eval, "versions": run_versions,
+            "quickstart": run_quickstart, "losses": run_losses}
+
+
+def _close_progress_bars() -> None:
+    """End any bar an error interrupted, so the message starts on a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[ns.command](ns)
     except UserError as exc:
+        _close_progress_bars()
         print(f"dpokit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

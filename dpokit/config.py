@@ -28,6 +28,9 @@ class ModelConfig:
     """A separate reference model; by default the reference is the policy's starting weights."""
     trust_remote_code: bool = False
     """Run model code shipped inside the model folder (off unless asked)."""
+    allow_pickle: bool = False
+    """Load weights stored with pickle (``pytorch_model.bin``, ``*.pt``...), which can run code when
+    read; off unless asked: weights come from safetensors or GGUF."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
 
@@ -153,12 +156,20 @@ class TrainConfig:
     """Write ``checkpoint-STEP/`` every N steps (0: only ``final/``)."""
     save_total_limit: int = 2
     """Keep this many most recent checkpoints (0 keeps all)."""
+    save_best_metric: str | None = None
+    """Also keep the checkpoint with the best value of this logged metric, e.g.
+    ``eval/rewards/accuracies`` or ``loss`` (measured at the checkpoint's own step)."""
+    save_best_mode: Literal["max", "min"] = "max"
+    """Whether the best ``save_best_metric`` is the largest or the smallest."""
     resume: bool = False
     """Continue from the newest checkpoint in ``output``."""
     progress: bool = True
     """Show a live progress bar."""
     cache_dir: str | None = None
-    """Where precomputed reference log-probs live (default ``~/.cache/dpokit/reflogps``)."""
+    """Where precomputed reference log-probs live (default ``OUTPUT/reflogps``); point several runs
+    at one folder to share them."""
+    registry: str | None = None
+    """Register ``final/`` as a new version in this registry folder (``dpokit versions``)."""
 
 
 @dataclass
@@ -209,6 +220,10 @@ class RunConfig:
             (spec.token_kl and t.ref not in ("copy", "adapter"), "train.ref",
              f"loss '{spec.name}' needs the reference's full per-token distributions; use copy or adapter"),
             (self.lora.r < 1, "lora.r", "must be ≥ 1"),
+            (t.save_total_limit < 0, "train.save_total_limit", "must be ≥ 0 (0 keeps all)"),
+            *self._best_checks(),
+            (t.registry is not None and Path(t.registry).is_file(), "train.registry",
+             "is a file; give a folder"),
             (spec.needs_reference and t.ref == "none", "train.ref",
              f"loss '{spec.name}' needs a reference; use copy, adapter or precomputed"),
             (t.ref == "adapter" and not self.lora.enabled, "train.ref",
@@ -220,6 +235,24 @@ class RunConfig:
             if bad:
                 raise UserError(msg, where="config", field=key)
         return self
+
+    def _best_checks(self) -> list[tuple[bool, str, str]]:
+        """``save_best_metric`` must be measured at every checkpoint's own step."""
+        t, metric = self.train, self.train.save_best_metric
+        if not metric:
+            return []
+        if metric.startswith("eval/"):
+            every, name = t.eval_steps, "train.eval_steps"
+        else:
+            every, name = t.logging_steps, "train.logging_steps"
+        return [
+            (t.save_steps < 1, "train.save_best_metric", "needs checkpoints: set train.save_steps (--save-steps)"),
+            (metric.startswith("eval/") and not self.data.eval, "train.save_best_metric",
+             f"'{metric}' needs held-out data (--eval-data)"),
+            (t.save_steps >= 1 and (every < 1 or t.save_steps % every != 0), "train.save_best_metric",
+             f"'{metric}' must be measured at every checkpoint: set {name} to a divisor of "
+             f"train.save_steps ({t.save_steps}); it is {every}"),
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -261,6 +294,12 @@ class EvalConfig:
     """Write ``eval_report.json`` and ``samples.jsonl`` here."""
     trust_remote_code: bool = False
     """Run model code shipped inside the model folders."""
+    allow_pickle: bool = False
+    """Load weights stored with pickle, which can run code when read (off unless asked)."""
+    registry: str | None = None
+    """Attach the report to a version in this registry folder (``dpokit versions``)."""
+    version: str | None = None
+    """The version to attach the report to (default: the version whose model is ``model``)."""
 
     def validate(self) -> EvalConfig:
         checks = [
@@ -275,6 +314,7 @@ class EvalConfig:
             (self.beta <= 0, "beta", "must be > 0"),
             (not 1 <= self.max_prompt_length < self.max_length, "max_prompt_length",
              "must be ≥ 1 and smaller than max_length"),
+            (self.version is not None and not self.registry, "version", "needs a registry (--registry)"),
         ]
         for bad, key, msg in checks:
             if bad:
@@ -286,6 +326,7 @@ class EvalConfig:
 # the help text comes from the field docstrings.
 FLAG_FIELDS: dict[str, str] = {
     "model": "model.path", "ref_model": "model.ref_path", "trust_remote_code": "model.trust_remote_code",
+    "allow_pickle": "model.allow_pickle",
     "gradient_checkpointing": "model.gradient_checkpointing",
     "lora": "lora.enabled", "lora_r": "lora.r", "lora_alpha": "lora.alpha", "merge_lora": "lora.merge",
     "data": "data.train", "eval_data": "data.eval",
@@ -301,6 +342,8 @@ FLAG_FIELDS: dict[str, str] = {
     "seed": "train.seed", "bf16": "train.bf16", "save_steps": "train.save_steps",
     "eval_steps": "train.eval_steps", "resume": "train.resume", "max_grad_norm": "train.max_grad_norm",
     "progress": "train.progress", "cache_dir": "train.cache_dir",
+    "save_total_limit": "train.save_total_limit", "save_best_metric": "train.save_best_metric",
+    "save_best_mode": "train.save_best_mode", "registry": "train.registry",
 }
 
 

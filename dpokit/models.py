@@ -1,12 +1,17 @@
 """Loading models and tokenizers from local folders or GGUF files; LoRA; the embedded model.
 
-Nothing here reaches a hub: every ``from_pretrained`` is ``local_files_only``.
+Safe loading: weights come from safetensors or GGUF; a folder whose weights are pickled
+(``pytorch_model.bin``, ``*.pt``...) is refused unless ``allow_pickle``; model code shipped in a
+folder runs only with ``trust_remote_code``. Nothing here reaches a hub: a path that is not a
+local folder or file is an error, unless ``DPOKIT_ALLOW_HUB=1`` lets a hub id through.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -22,8 +27,17 @@ def cache_root() -> Path:
     return Path(os.environ.get("DPOKIT_CACHE", Path.home() / ".cache" / "dpokit"))
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+def hub_allowed() -> bool:
+    """Hub downloads are off unless the user sets ``DPOKIT_ALLOW_HUB=1``."""
+    return os.environ.get("DPOKIT_ALLOW_HUB") == "1"
+
+
 def _split(path: str) -> tuple[str, str | None]:
-    """(folder, gguf file name or None) for a model argument."""
+    """(folder or hub id, gguf file name or None) for a model argument."""
     if path == BUILTIN_SMOLLM2:
         return str(embedded_smollm2()), None
     p = Path(path)
@@ -31,12 +45,41 @@ def _split(path: str) -> tuple[str, str | None]:
         if not p.is_file():
             raise UserError("GGUF file not found", where=path)
         return str(p.parent), p.name
+    if not p.exists() and hub_allowed() and _HUB_ID.fullmatch(path):
+        return path, None
     if not p.is_dir():
-        raise UserError("model folder not found (give a local folder, a .gguf file, or "
-                        f"{BUILTIN_SMOLLM2})", where=path)
+        hint = "; hub downloads are off (set DPOKIT_ALLOW_HUB=1 to fetch a hub id)" if _HUB_ID.fullmatch(path) else ""
+        raise UserError(f"model folder not found (give a local folder, a .gguf file, or {BUILTIN_SMOLLM2}){hint}",
+                        where=path)
     if not (p / "config.json").is_file():
         raise UserError("not a Hugging Face model folder: config.json is missing", where=path)
     return str(p), None
+
+
+def _weights_file_check(folder: str, where: str, allow_pickle: bool) -> bool | None:
+    """``use_safetensors`` for ``from_pretrained``; refuses a folder whose weights are pickled.
+
+    A folder with safetensors loads only those (a stray ``training_args.bin`` is never read),
+    unless its ``config.json`` names other weights (``transformers_weights``). Pickle files need
+    ``allow_pickle``.
+    """
+    p = Path(folder)
+    if not p.is_dir():  # a hub id: ask for safetensors unless pickle is allowed
+        return None if allow_pickle else True
+    try:
+        named = str(json.loads((p / "config.json").read_text()).get("transformers_weights") or "")
+    except (OSError, ValueError, AttributeError):
+        named = ""
+    if named and not named.endswith((".safetensors", ".safetensors.index.json")):
+        pickled = [named]
+    elif any(p.glob("*.safetensors")):
+        return True
+    else:
+        pickled = sorted(f.name for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES)
+    if pickled and not allow_pickle:
+        raise UserError(f"refusing pickle weights '{pickled[0]}': unpickling can run arbitrary code. Convert them to "
+                        "safetensors, or pass --allow-pickle if you trust their source", where=where)
+    return None if allow_pickle else True
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):
@@ -44,7 +87,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
     folder, gguf = _split(path)
     try:
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf, local_files_only=True,
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf, local_files_only=not hub_allowed(),
                                             trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load a tokenizer: {str(exc).splitlines()[0]}", where=path) from None
@@ -53,14 +96,16 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
+def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
+               allow_pickle: bool = False):
     """A causal LM in ``dtype`` on CPU; GGUF weights are dequantized into a plain model."""
     from transformers import AutoModelForCausalLM
 
     folder, gguf = _split(path)
+    weights = {} if gguf else {"use_safetensors": _weights_file_check(folder, path, allow_pickle)}
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, local_files_only=True,
-                                                     trust_remote_code=trust_remote_code, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, local_files_only=not hub_allowed(),
+                                                     trust_remote_code=trust_remote_code, dtype=dtype, **weights)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load a causal LM: {str(exc).splitlines()[0]}", where=path) from None
     if gguf is not None:

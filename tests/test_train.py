@@ -74,7 +74,8 @@ def test_resume_gives_identical_weights(setup):
     part = tmp / "resume-part"
     train(config(model, data, part, train__max_steps=6, train__save_steps=3, train__ref="precomputed"))
     ckpt = part / "checkpoint-3"
-    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json", "config.yaml"):
+    for name in ("model.safetensors", "optimizer.safetensors", "scheduler.safetensors", "rng.safetensors",
+                 "trainer_state.json", "metrics.json", "config.yaml", "manifest.json"):
         assert (ckpt / name).is_file(), name
     # As if killed after step 3: drop everything written later, then resume.
     import shutil

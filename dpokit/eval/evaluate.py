@@ -78,8 +78,8 @@ def evaluate_models(cfg: EvalConfig, policy=None, reference=None, tokenizer=None
     accelerator = Accelerator()
     autocast = bf16_autocast(accelerator.device, cfg.bf16)
     tokenizer = tokenizer or load_tokenizer(cfg.model, cfg.trust_remote_code)
-    policy = policy or load_model(cfg.model, cfg.trust_remote_code)
-    reference = reference or load_model(cfg.ref_model, cfg.trust_remote_code)
+    policy = policy or load_model(cfg.model, cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+    reference = reference or load_model(cfg.ref_model, cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     for m in (policy, reference):
         disable_dropout(m)
         m.to(accelerator.device).eval()

@@ -1,25 +1,35 @@
-"""Checkpoints: everything needed to continue a run exactly, written atomically.
+"""Checkpoints: everything needed to continue a run exactly, written atomically, verified on resume.
 
 ``checkpoint-STEP/`` holds the model as ``save_pretrained`` writes it (safetensors; for LoRA,
-the adapter), ``optimizer.pt``, ``scheduler.pt``, ``rng.pt`` (tensors and plain values only,
-read back with ``weights_only=True``), ``trainer_state.json`` (step and data position) and
-``config.yaml``. The folder is written under a temporary name and renamed when complete.
+the adapter), ``optimizer.safetensors``, ``scheduler.safetensors`` and ``rng.safetensors``
+(tensors in safetensors, the rest of each state as JSON in the file's metadata: nothing is
+unpickled on resume), ``trainer_state.json`` (step and data position), ``metrics.json`` (the
+metrics logged at that step), ``config.yaml`` and ``manifest.json`` (size and sha256 of every
+file). See ``dpokit.atomic`` for how a folder is written and verified.
+
+Resuming takes the newest checkpoint that passes verification; one that fails is named with
+the reason and skipped. Retention keeps the last ``save_total_limit`` checkpoints and, with
+``save_best_metric``, the best one by that metric.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import math
 import random
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from dpokit.config import RunConfig, save_config
+from dpokit.atomic import atomic_folder, verify
+from dpokit.config import RunConfig, TrainConfig, save_config
+from dpokit.errors import UserError
 
 
 @dataclass
@@ -38,12 +48,20 @@ def is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 
 
-def save_model(model, folder: Path, merge_lora: bool = False) -> None:
+def _write_model(model, folder: Path, merge_lora: bool = False) -> None:
     if is_peft(model) and merge_lora:
         import copy
 
         model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(folder, safe_serialization=True)
+
+
+def save_model(model, folder: Path, merge_lora: bool = False, tokenizer=None) -> None:
+    """The model (and tokenizer) as a ``from_pretrained`` folder, written atomically with a manifest."""
+    with atomic_folder(folder, "model") as tmp:
+        _write_model(model, tmp, merge_lora)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
 
 
 def load_model_weights(model, folder: Path) -> None:
@@ -54,7 +72,7 @@ def load_model_weights(model, folder: Path) -> None:
         set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
         return
     state = {}
-    for f in sorted(folder.glob("*.safetensors")):
+    for f in sorted(folder.glob("model*.safetensors")):  # model.safetensors or its shards
         state.update(load_file(str(f)))
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
@@ -62,52 +80,131 @@ def load_model_weights(model, folder: Path) -> None:
         raise RuntimeError(f"checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
 
 
-def save_checkpoint(output: Path, state: TrainState, model, optimizer, scheduler, cfg: RunConfig) -> Path:
+# -- optimizer, scheduler and RNG states as safetensors + JSON (no pickle) -------------------------
+
+def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """JSON for ``obj``; tensors go to ``tensors`` by number. Containers are tagged, so int dict
+    keys and tuples come back as they were."""
+    if isinstance(obj, torch.Tensor):
+        key = str(len(tensors))
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"tensor": key}
+    if isinstance(obj, dict):
+        return {"dict": [[_encode(k, tensors), _encode(v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return {type(obj).__name__: [_encode(v, tensors) for v in obj]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint")
+
+
+def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if not isinstance(obj, dict):
+        return obj
+    (tag, value), = obj.items()
+    if tag == "tensor":
+        return tensors[value]
+    if tag == "dict":
+        return {_decode(k, tensors): _decode(v, tensors) for k, v in value}
+    items = [_decode(v, tensors) for v in value]
+    return tuple(items) if tag == "tuple" else items
+
+
+def save_state(path: Path, obj: Any) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    structure = json.dumps(_encode(obj, tensors))
+    save_file(tensors, str(path), metadata={"structure": structure})
+
+
+def load_state(path: Path) -> Any:
+    with safe_open(str(path), "pt") as f:
+        structure = json.loads(f.metadata()["structure"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return _decode(structure, tensors)
+
+
+# -- saving, retention, choosing and loading a checkpoint ------------------------------------------
+
+def save_checkpoint(output: Path, state: TrainState, model, optimizer, scheduler, cfg: RunConfig,
+                    metrics: dict | None = None, eval_metrics: dict | None = None) -> Path:
+    """Write ``checkpoint-STEP/`` atomically, then apply retention.
+
+    ``metrics`` and ``eval_metrics`` are those logged at this step (eval ones get the ``eval/``
+    prefix, as in metrics.jsonl); retention by ``save_best_metric`` reads them back.
+    """
     final = output / f"checkpoint-{state.step}"
-    tmp = output / f".checkpoint-{state.step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps(asdict(state)))
-    save_config(cfg, tmp / "config.yaml")
-    for f in tmp.iterdir():  # flush file contents before the rename makes them visible
-        with f.open("rb") as fh:
-            os.fsync(fh.fileno())
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    _prune(output, cfg.train.save_total_limit)
+    logged = {**(metrics or {}), **{f"eval/{k}": v for k, v in (eval_metrics or {}).items()}}
+    with atomic_folder(final, "checkpoint") as tmp:
+        _write_model(model, tmp)
+        save_state(tmp / "optimizer.safetensors", optimizer.state_dict())
+        save_state(tmp / "scheduler.safetensors", scheduler.state_dict())
+        save_state(tmp / "rng.safetensors", {"torch": torch.get_rng_state(), "python": random.getstate()})
+        (tmp / "trainer_state.json").write_text(json.dumps(asdict(state)))
+        (tmp / "metrics.json").write_text(json.dumps(logged))
+        save_config(cfg, tmp / "config.yaml")
+    prune_checkpoints(output, cfg.train)
+    best = cfg.train.save_best_metric
+    if best and best not in logged:
+        raise UserError(f"'{best}' is not among the metrics logged at step {state.step} "
+                        f"({', '.join(sorted(logged))}); {final.name} was saved: fix the name and continue "
+                        "with --resume", where="config", field="train.save_best_metric")
     return final
 
 
-def _steps(output: Path) -> list[tuple[int, Path]]:
-    found = [(int(m.group(1)), p) for p in output.glob("checkpoint-*")
-             if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and (p / "trainer_state.json").is_file()]
+def checkpoints(output: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every ``checkpoint-STEP`` folder, oldest first, verified or not."""
+    found = [(int(m.group(1)), p) for p in Path(output).glob("checkpoint-*")
+             if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and p.is_dir()]
     return sorted(found)
 
 
-def _prune(output: Path, keep: int) -> None:
-    if keep > 0:
-        for _, path in _steps(output)[:-keep]:
+def checkpoint_metrics(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def best_checkpoint(output: Path, metric: str, mode: str = "max") -> Path | None:
+    """The checkpoint with the best finite value of ``metric``; ties go to the earlier one."""
+    best, best_value = None, None
+    for _, path in checkpoints(output):
+        value = checkpoint_metrics(path).get(metric)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        if best_value is None or (value > best_value if mode == "max" else value < best_value):
+            best, best_value = path, value
+    return best
+
+
+def prune_checkpoints(output: Path, t: TrainConfig) -> None:
+    """Keep the last ``save_total_limit`` checkpoints (0: all), plus the best by ``save_best_metric``."""
+    found = checkpoints(output)
+    if t.save_total_limit <= 0:
+        return
+    keep = {path for _, path in found[-t.save_total_limit:]}
+    if t.save_best_metric:
+        keep.add(best_checkpoint(output, t.save_best_metric, t.save_best_mode))
+    for _, path in found:
+        if path not in keep:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def latest_checkpoint(output: Path) -> Path | None:
-    steps = _steps(output)
-    return steps[-1][1] if steps else None
+def latest_checkpoint(output: Path, log=print) -> Path | None:
+    """The newest checkpoint that passes verification; each one that fails is logged and skipped."""
+    for _, path in reversed(checkpoints(output)):
+        reason = verify(path)
+        if reason is None:
+            return path
+        log(f"[checkpoint] skipping {path}: {reason}")
+    return None
 
 
 def load_checkpoint(folder: Path, model, optimizer, scheduler) -> TrainState:
     load_model_weights(model, folder)
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    rng = torch.load(folder / "rng.pt", weights_only=True)
+    optimizer.load_state_dict(load_state(folder / "optimizer.safetensors"))
+    scheduler.load_state_dict(load_state(folder / "scheduler.safetensors"))
+    rng = load_state(folder / "rng.safetensors")
     torch.set_rng_state(rng["torch"])
-    random.setstate(_as_tuple(rng["python"]))
+    random.setstate(rng["python"])
     return TrainState(**json.loads((folder / "trainer_state.json").read_text()))
-
-
-def _as_tuple(x):
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x

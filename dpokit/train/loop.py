@@ -27,6 +27,7 @@ from dpokit.train.checkpoint import TrainState, latest_checkpoint, load_checkpoi
 from dpokit.train.metrics import MetricsLog, MetricSums, batch_metrics
 from dpokit.train.optim import build_optimizer, build_scheduler
 from dpokit.train.setup import build_policy, build_reference, load_data
+from dpokit.versions import register_run
 
 
 @dataclass
@@ -164,7 +165,7 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
 
     # 3. Resume: weights, optimizer, schedule, RNG and data position from the newest checkpoint.
     state = TrainState()
-    ckpt = latest_checkpoint(out) if t.resume else None
+    ckpt = latest_checkpoint(out, log) if t.resume else None
     if ckpt is not None:
         state = load_checkpoint(ckpt, accelerator.unwrap_model(policy), optimizer, scheduler)
         log(f"[resume] from {ckpt} at step {state.step}")
@@ -221,14 +222,16 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
             metrics_log.write({"step": state.step, **{f"eval/{k}": v for k, v in eval_metrics.items()}})
         if t.save_steps and state.step % t.save_steps == 0 and state.step < total:
             if main:
-                save_checkpoint(out, state, accelerator.unwrap_model(policy), optimizer, scheduler, cfg)
+                save_checkpoint(out, state, accelerator.unwrap_model(policy), optimizer, scheduler, cfg, last,
+                                eval_metrics)
             accelerator.wait_for_everyone()
     bar.close()
 
     # 6. The final model, loadable with from_pretrained (LoRA: the adapter, or merged).
     final = out / "final"
+    result = TrainResult(out, final, state.step, last, eval_metrics)
     if main:
-        save_model(accelerator.unwrap_model(policy), final, merge_lora=cfg.lora.merge)
-        tokenizer.save_pretrained(final)
+        save_model(accelerator.unwrap_model(policy), final, merge_lora=cfg.lora.merge, tokenizer=tokenizer)
+        register_run(cfg, result, datasets, log)  # a new version in train.registry, when set
     accelerator.wait_for_everyone()
-    return TrainResult(out, final, state.step, last, eval_metrics)
+    return result

@@ -14,7 +14,7 @@ from dpokit.config import RunConfig
 from dpokit.data import TokenizedRecord, read_records, tokenize_records
 from dpokit.errors import UserError
 from dpokit.losses import LossSpec
-from dpokit.models import apply_lora, cache_root, disable_dropout, load_model
+from dpokit.models import apply_lora, disable_dropout, load_model
 
 
 def load_data(path: str, kind: str, tokenizer, cfg: RunConfig, name: str, log) -> list[TokenizedRecord]:
@@ -35,7 +35,7 @@ def load_data(path: str, kind: str, tokenizer, cfg: RunConfig, name: str, log) -
 
 def build_policy(cfg: RunConfig):
     """(policy, starting weights for a copied reference or None)."""
-    policy = load_model(cfg.model.path, cfg.model.trust_remote_code)
+    policy = load_model(cfg.model.path, cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
     disable_dropout(policy)
     if cfg.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
@@ -53,7 +53,7 @@ def build_reference(cfg: RunConfig, spec: LossSpec, policy, tokenizer, datasets:
     strategy = cfg.train.ref if spec.needs_reference else "none"
     ref_model = None
     if cfg.model.ref_path is not None and strategy in ("copy", "precomputed"):
-        ref_model = load_model(cfg.model.ref_path, cfg.model.trust_remote_code)
+        ref_model = load_model(cfg.model.ref_path, cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
         disable_dropout(ref_model)
     if strategy == "copy" and ref_model is None:
         ref_model = copy.deepcopy(policy)
@@ -75,7 +75,7 @@ def build_reference(cfg: RunConfig, spec: LossSpec, policy, tokenizer, datasets:
 def _cached(cfg: RunConfig, model, tokenizer, datasets: dict[str, list], autocast, log, accelerator):
     """Reference log-probs for every record of every dataset, from disk or computed now; on
     several processes each computes every P-th record and the shares are gathered."""
-    folder = Path(cfg.train.cache_dir) if cfg.train.cache_dir else cache_root() / "reflogps"
+    folder = Path(cfg.train.cache_dir or Path(cfg.train.output) / "reflogps")  # nothing outside the run by default
     digest = ref_lib.model_hash(model)
     settings = {"bf16": cfg.train.bf16}
     values: dict[str, list] = {}
