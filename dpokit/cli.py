@@ -1,37 +1,41 @@
-"""Command line: ``dpokit sft|dpo|eval|quickstart|losses``. Each subcommand builds a config and
+"""Command line: ``dpokit sft|dpo|eval|quickstart|losses|data``. Each subcommand builds a config and
 calls the library; a user error ends with one message and exit code 2, never a traceback."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import typing
 from typing import Any, Literal
 
-from dpokit.config import FLAG_FIELDS, EvalConfig, RunConfig, load_config
+from dpokit.config import DATA_PIPELINE_FLAGS, FLAG_FIELDS, DataCommandConfig, EvalConfig, RunConfig, load_config
 from dpokit.errors import UserError
 
 EVAL_FLAGS = {"dpo_beta": "beta", **{f: f for f in (
     "model", "ref_model", "prompts", "judge", "pairs", "max_new_tokens", "temperature", "top_p", "num_prompts",
     "batch_size", "max_length", "max_prompt_length", "seed", "bf16", "output", "trust_remote_code")}}
+DATA_FLAGS = {name: f"data.{name}" for name in DATA_PIPELINE_FLAGS}
+
+
+@functools.cache
+def _docstrings(cls: type) -> dict[str, str]:
+    """Field name -> docstring of a config class (parsed once per class: the parser has ~100 flags)."""
+    import ast
+    import inspect
+
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    return {node.target.id: nxt.value.value for node, nxt in zip(body, body[1:])
+            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr)}
 
 
 def _field(root: Any, dotted: str) -> tuple[Any, str]:
     """(annotation, docstring) of a config field, for the flag's type and help."""
-    import ast
-    import inspect
-
     *parents, name = dotted.split(".")
     cls = type(root)
     for p in parents:
         cls = typing.get_type_hints(cls)[p]
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body
-    doc = ""
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and node.target.id == name and isinstance(nxt, ast.Expr):
-            doc = nxt.value.value
-    return typing.get_type_hints(cls)[name], doc
+    return typing.get_type_hints(cls)[name], _docstrings(cls).get(name, "")
 
 
 def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, str], root: Any) -> None:
@@ -67,7 +71,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="run the same pipeline on a tiny random model (< 1 minute)")
     p.add_argument("--output", default="runs/quickstart", help="run folder")
     sub.add_parser("losses", help="list the registered losses")
+    _add_data_parser(sub)
     return parser
+
+
+def _add_data_parser(sub) -> None:
+    data = sub.add_parser("data", help="check, describe or convert a data file (docs/data.md)")
+    commands = data.add_subparsers(dest="data_command", required=True)
+    for name, help_text in (("check", "read every record and print the first errors (exit 2 if any)"),
+                            ("stats", "counts, lengths, duplicates, conflicts, label balance, agreement"),
+                            ("convert", "write canonical JSONL records plus a report of every change")):
+        p = commands.add_parser(name, help=help_text)
+        p.add_argument("input", help="a data file or a save_to_disk folder")
+        if name == "convert":
+            p.add_argument("output", help="the .jsonl (or .jsonl.gz) file to write")
+            p.add_argument("--to", choices=("pairs", "list", "unpaired", "sft"), default="pairs",
+                           help="the record kind to write")
+        if name != "check":
+            p.add_argument("--tokenizer", help="a model folder, .gguf or builtin:... whose tokenizer measures "
+                                               "lengths (stats) and whose special tokens count as leaks")
+        p.add_argument("--config", help="a run's YAML file; its data section sets the options")
+        _add_flags(p, DATA_FLAGS, RunConfig())
 
 
 def run_train(ns: argparse.Namespace) -> int:
@@ -108,8 +132,25 @@ def run_losses(ns: argparse.Namespace) -> int:
     return 0
 
 
+def run_data(ns: argparse.Namespace) -> int:
+    from dpokit.data import commands
+
+    options = load_config(ns.config, _overrides(ns, DATA_FLAGS), root=DataCommandConfig).data
+    if ns.data_command == "check":
+        return commands.check(ns.input, options)
+    tokenizer = None
+    if ns.tokenizer:
+        from dpokit.models import load_tokenizer
+
+        tokenizer = load_tokenizer(ns.tokenizer)
+    if ns.data_command == "stats":
+        return commands.stats(ns.input, options, tokenizer)
+    special = tokenizer.all_special_tokens if tokenizer is not None else ()
+    return commands.convert(ns.input, ns.output, ns.to, options, special)
+
+
 COMMANDS = {"sft": run_train, "dpo": run_train, "eval": run_eval, "quickstart": run_quickstart,
-            "losses": run_losses}
+            "losses": run_losses, "data": run_data}
 
 
 def main(argv: list[str] | None = None) -> int:
