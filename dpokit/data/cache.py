@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from dpokit.data.readers import read_records
+from dpokit.data.readers import iter_records
 from dpokit.data.report import DataReport
 from dpokit.data.tokenize import TokenizedRecord, tokenize_records
+from dpokit.errors import UserError
 
 CACHE_FORMAT = 1
 NOT_SETTINGS = ("train", "eval", "cache", "cache_dir")  # DataConfig fields that do not change the output
@@ -98,7 +99,7 @@ def load_tokenized(path: str | Path, kind: str, tokenizer, options, max_length: 
         shutil.copyfile(cache_dir / f"{key}.report.json", report_path)
         return hit[0], hit[1] + [f"tokenized data from the cache ({cache_dir / key}.*)"], True
     report = DataReport()
-    records = read_records(path, kind, options, report, special_tokens=tokenizer.all_special_tokens)
+    records = iter_records(path, kind, options, report, special_tokens=tokenizer.all_special_tokens)
     tokenized, tok_report = tokenize_records(records, tokenizer, max_length, max_prompt_length)
     for source, action, reason in tok_report.events:
         report.event(action, source, f"tokenization: {reason}")
@@ -107,6 +108,8 @@ def load_tokenized(path: str | Path, kind: str, tokenizer, options, max_length: 
         "prompts_truncated": tok_report.prompts_truncated, "completions_truncated": tok_report.completions_truncated,
         "dropped": dict(tok_report.dropped)}})
     lines = report.lines() + tok_report.lines()[:1]  # its drops are in the report's lines already
+    if not report.records_out:
+        raise UserError(f"no records{' left: see ' + str(report_path) if report.counts else ''}", where=str(path))
     if key is not None and tokenized:
         _save(cache_dir, key, tokenized, lines, report_path)
     return tokenized, lines, False

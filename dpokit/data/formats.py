@@ -24,7 +24,7 @@ class Context:
 
     options: Any
     """A ``DataConfig`` (votes, ties, click settings, column mapping)."""
-    report: DataReport = field(default_factory=DataReport)
+    report: DataReport | None = None
     columns: dict[str, str] = field(default_factory=dict)
 
 
@@ -206,7 +206,7 @@ def parse_ranking(obj: dict[str, Any], ctx: Context, where: str) -> list[Record]
 
 def parse_list(obj: dict[str, Any], where: str) -> RankedList:
     """A rated or ranked record as one list (best first)."""
-    ctx = Context(None)
+    ctx = Context(None)  # the rated and ranking parsers need no options and report nothing
     parse = parse_rated if _has_scores(obj) else parse_ranking
     return parse(obj, ctx, where)[0]
 

@@ -66,10 +66,12 @@ class DataReport:
         self.records_out = 0
         self.counts: Counter = Counter()
         self.agreement = Agreement()
-        self._events = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
+        self._events: Any = None  # a temporary file, opened with the first event
 
     def event(self, action: str, where: str, reason: str) -> None:
         self.counts[action, reason] += 1
+        if self._events is None:
+            self._events = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
         self._events.write(json.dumps({"record": where, "action": action, "reason": reason}) + "\n")
 
     def skip(self, where: str, reason: str) -> None:
@@ -88,6 +90,8 @@ class DataReport:
         return sum(n for (a, _), n in self.counts.items() if a == action)
 
     def events(self) -> Iterator[dict]:
+        if self._events is None:
+            return
         self._events.flush()
         self._events.seek(0)
         for line in self._events:

@@ -12,8 +12,11 @@ special tokens (a BOS where the tokenizer adds one), each completion without, pl
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
 import torch
 
@@ -90,7 +93,8 @@ def _token_ids(tokenizer, texts: list[str], special: bool) -> list[list[int]]:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and backend.truncation is None and backend.padding is None \
             and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False)):
-        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=special)]
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # _fast: no character offsets
+        return [e.ids for e in encode(texts, add_special_tokens=special)]
     return tokenizer(texts, add_special_tokens=special)["input_ids"]
 
 
@@ -137,26 +141,47 @@ def encode(tokenizer, prompt: Text, completions: list[Text], where: str) -> tupl
 CHUNK = 512  # records encoded per batch of tokenizer calls
 
 
-def tokenize_records(records: list[Record], tokenizer, max_length: int,
+def _chunks(records: Iterable[Record]) -> Iterator[list[Record]]:
+    it = iter(records)
+    while chunk := list(itertools.islice(it, CHUNK)):
+        yield chunk
+
+
+def tokenize_records(records: Iterable[Record], tokenizer, max_length: int,
                      max_prompt_length: int) -> tuple[list[TokenizedRecord], TokenizeReport]:
     """Tokenize, then truncate: the prompt keeps its last ``max_prompt_length`` tokens, each
-    completion keeps its first ``max_length - len(prompt)`` tokens."""
-    report = TokenizeReport(records_in=len(records))
-    out = []
-    for start in range(0, len(records), CHUNK):
-        chunk = records[start:start + CHUNK]
-        encoded = encode_many(tokenizer, [(r.prompt, r.completions, r.source) for r in chunk])
-        for rec, (prompt_ids, comps) in zip(chunk, encoded):
+    completion keeps its first ``max_length - len(prompt)`` tokens.
+
+    ``records`` may be a lazy stream: a chunk is tokenized in a worker thread while the next
+    is read, so that reading and cleaning overlap the tokenizer's Rust code (which releases
+    the GIL) and two cores are used.
+    """
+    report, out = TokenizeReport(), []
+    first: Record | None = None
+
+    def finish(chunk: list[Record], job: Future) -> None:
+        for rec, (prompt_ids, comps) in zip(chunk, job.result()):
             if (kept := _truncate(rec, prompt_ids, comps, max_length, max_prompt_length, report)) is not None:
                 out.append(kept)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        for chunk in _chunks(records):
+            first = first or chunk[0]
+            report.records_in += len(chunk)
+            job = pool.submit(encode_many, tokenizer, [(r.prompt, r.completions, r.source) for r in chunk])
+            if pending is not None:
+                finish(*pending)
+            pending = (chunk, job)
+        if pending is not None:
+            finish(*pending)
     sizes = {len(r.completion_ids) for r in out}
     if len(sizes) > 1:
         raise UserError(f"records have different numbers of answers ({', '.join(map(str, sorted(sizes)))}); "
-                        "every list in one file must have the same length", where=records[0].source.split(":")[0])
+                        "every list in one file must have the same length", where=first.source.split(":")[0])
     if len({r.labels is None for r in out}) > 1:
         raise UserError("some lists have scores and some do not; give scores for all or none",
-                        where=records[0].source.split(":")[0], field="scores")
-    if out and isinstance(records[0], Unpaired):
+                        where=first.source.split(":")[0], field="scores")
+    if out and isinstance(first, Unpaired):
         _add_mismatched(out, max_length)
     report.records_out = len(out)
     return out, report
