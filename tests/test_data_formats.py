@@ -3,6 +3,8 @@ expected records are written out by hand from the small files each test writes."
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from data_util import OFF, assistant, jsonl, run, user
@@ -289,3 +291,18 @@ def test_weight_column_scales_each_record(tmp_path):
     with pytest.raises(UserError) as exc:
         run(negative, "pair")
     assert exc.value.field == "weight" and exc.value.where == f"{negative}:1"
+
+
+def test_every_example_in_the_docs_reads(tmp_path):
+    """Each JSON line of docs/data.md's examples is a record of the format it illustrates."""
+    import re
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text(encoding="utf-8")
+    examples = [line for block in re.findall(r"```json\n(.*?)```", docs, re.S) for line in block.splitlines()]
+    formats = set()
+    for i, line in enumerate(examples):
+        recs, report = run(jsonl(tmp_path / f"e{i}.jsonl", [json.loads(line)]), None, **OFF)
+        assert recs, line
+        formats.add(report.format)
+    assert formats == {"pairs", "hh", "sharegpt", "rated", "ranking", "votes", "unpaired", "clicks"}
