@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from data_util import assistant, jsonl, options, user
-from dpokit.data import Pair, RankedList, SFTExample, Unpaired, tokenize_records
+from dpokit.data import Pair, tokenize_records
 from dpokit.data.cache import load_tokenized
 from dpokit.train import train
 from util import config, tiny_model_dir

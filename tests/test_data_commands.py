@@ -144,3 +144,12 @@ def test_malformed_input_exits_2_without_traceback(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == f"dpokit: error: {path}:2: invalid JSON: NaN is not valid JSON"
     assert not (tmp_path / "o.jsonl").exists()  # nothing half-written
+
+
+def test_trainers_refuse_to_keep_ties(tmp_path):
+    from dpokit.config import load_config
+    from dpokit.errors import UserError
+
+    with pytest.raises(UserError) as exc:
+        load_config(None, {"model.path": "m", "data.train": "d.jsonl", "data.ties": "keep"})
+    assert exc.value.field == "data.ties" and "convert" in str(exc.value)

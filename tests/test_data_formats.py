@@ -125,10 +125,10 @@ def test_rated_completions_as_a_list_and_ultrafeedback_objects(tmp_path):
     (rec,), _ = run(path, "list", columns="prompt=instruction")
     assert rec == RankedList("P", ["b", "a"], f"{path}:1", [8.0, 3.5])
     # the score key inside the answer objects can be mapped too
-    fine = jsonl(tmp_path / "f.jsonl", [{"prompt": "P", "completions": [{"text": "a", "score": 9, "fine": 1},
-                                                                         {"text": "b", "score": 1, "fine": 5}]}])
-    (rec,), _ = run(fine, "list", columns="score=fine")
-    assert rec.completions == ["b", "a"] and rec.scores == [5.0, 1.0]
+    fine = jsonl(tmp_path / "f.jsonl", [{"prompt": "P", "completions": [{"text": "a", "fine": 1},
+                                                                         {"text": "b", "fine": 5}]}])
+    (rec,), report = run(fine, "list", columns="score=fine")
+    assert report.format == "rated" and rec.completions == ["b", "a"] and rec.scores == [5.0, 1.0]
 
 
 def test_equal_scores_give_no_pair_and_are_reported(tmp_path):

@@ -147,6 +147,14 @@ def test_hostile_lines_stop_the_run_or_are_skipped_and_counted(tmp_path):
     assert report.rows == 8 and report.records_out == 2 and report.total("skipped") == 5
 
 
+def test_json_lines_in_a_json_file_get_a_hint(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    with pytest.raises(UserError) as exc:
+        run(path)
+    assert exc.value.where == f"{path}:2" and ".jsonl" in str(exc.value)
+
+
 def test_rows_of_every_reader_are_plain_dicts(tmp_path):
     path = jsonl(tmp_path / "d.jsonl", ROWS)
     assert [row for _, row in iter_rows(path)] == ROWS

@@ -43,6 +43,11 @@ def _contents(text: Text) -> list[str]:
     return [text] if isinstance(text, str) else [m["content"] for m in text]
 
 
+def chars(text: Text) -> int:
+    """Length in characters of a text, or of a message list's contents."""
+    return len(text) if isinstance(text, str) else sum(len(m["content"]) for m in text)
+
+
 class _Views:
     """The record in hand as flat and as normalised strings (prompt first, then the answers),
     computed once for all the steps that look at it: records pass the steps one at a time."""
@@ -70,7 +75,7 @@ def _label(rec: Record) -> Any:
         return rec.desirable
     if isinstance(rec, RankedList):
         return tuple(rec.scores) if rec.scores is not None else None
-    return getattr(rec, "tie", None)
+    return rec.tie if isinstance(rec, Pair) else None
 
 
 # --------------------------------------------------------------------------- per-record checks
@@ -116,9 +121,9 @@ def _leak_check(extra_tokens: Iterable[str]) -> Check:
     return check
 
 
-def _length_check(views: _Views, min_chars: int, max_chars: int) -> Check:
+def _length_check(min_chars: int, max_chars: int) -> Check:
     def check(rec: Record) -> str | None:
-        prompt, *answers = map(len, views.flat(rec))
+        prompt, answers = chars(rec.prompt), [chars(a) for a in rec.completions]
         if min_chars and min(answers) < min_chars:
             return f"an answer shorter than {min_chars} characters (data.min_chars)"
         if max_chars and max(prompt, *answers) > max_chars:
@@ -127,9 +132,9 @@ def _length_check(views: _Views, min_chars: int, max_chars: int) -> Check:
     return check
 
 
-def _ratio_check(views: _Views, max_ratio: float) -> Check:
+def _ratio_check(max_ratio: float) -> Check:
     def check(rec: Record) -> str | None:
-        answers = [len(a) for a in views.flat(rec)[1:]]
+        answers = [chars(a) for a in rec.completions]
         if len(answers) > 1 and max(answers) > max_ratio * max(min(answers), 1):
             return f"answer length ratio above {max_ratio:g} (data.max_length_ratio)"
         return None
@@ -145,9 +150,9 @@ def record_checks(options, views: _Views, special_tokens: Iterable[str] = ()) ->
     if options.drop_leaks:
         checks.append(_leak_check(special_tokens))
     if options.min_chars or options.max_chars:
-        checks.append(_length_check(views, options.min_chars, options.max_chars))
+        checks.append(_length_check(options.min_chars, options.max_chars))
     if options.max_length_ratio:
-        checks.append(_ratio_check(views, options.max_length_ratio))
+        checks.append(_ratio_check(options.max_length_ratio))
     return checks
 
 

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable
 
+from dpokit.data.clean import chars
 from dpokit.data.readers import iter_records
 from dpokit.data.records import KINDS, Pair, RankedList, Record, Unpaired
 from dpokit.data.report import DataReport
@@ -55,10 +56,6 @@ def _describe(values: list[float]) -> str:
     return f"{statistics.fmean(q):9.1f} {pick(0.5):9.1f} {pick(0.95):9.1f} {q[-1]:9.1f}"
 
 
-def _flat_len(text) -> int:
-    return len(text) if isinstance(text, str) else sum(len(m["content"]) for m in text)
-
-
 class _Lengths:
     """Prompt and answer lengths, in tokens (with a tokenizer) or characters."""
 
@@ -76,7 +73,7 @@ class _Lengths:
     def flush(self) -> None:
         recs, self.pending = self.pending, []
         if self.tokenizer is None:
-            sizes = [(_flat_len(r.prompt), [_flat_len(c) for c in r.completions]) for r in recs]
+            sizes = [(chars(r.prompt), [chars(c) for c in r.completions]) for r in recs]
         else:
             encoded = encode_many(self.tokenizer, [(r.prompt, r.completions, r.source) for r in recs])
             sizes = [(len(p), [len(c) for c in cs]) for p, cs in encoded]
@@ -101,7 +98,7 @@ def stats(path: str, options, tokenizer=None, out: Callable[[str], None] = print
         if isinstance(rec, Unpaired):
             labels["desirable" if rec.desirable else "undesirable"] += 1
         if isinstance(rec, Pair):
-            longer["chosen longer" if _flat_len(rec.chosen) > _flat_len(rec.rejected) else "chosen not longer"] += 1
+            longer["chosen longer" if chars(rec.chosen) > chars(rec.rejected) else "chosen not longer"] += 1
         if isinstance(rec, RankedList):
             groups[f"{len(rec.completions)} answers"] += 1
     lengths.flush()

@@ -317,18 +317,19 @@ FORMATS: dict[str, Parser] = {
 }
 
 
-def _has_scores(obj: dict) -> bool:
+def _has_scores(obj: dict, columns: dict[str, str] | None = None) -> bool:
     answers = obj.get("completions") or obj.get("responses")
+    keys = SCORE_KEYS + ((columns["score"],) if columns and "score" in columns else ())
     return present(obj, "scores") or (isinstance(answers, list) and any(
-        isinstance(a, dict) and any(k in a for k in SCORE_KEYS) for a in answers))
+        isinstance(a, dict) and any(k in a for k in keys) for a in answers))
 
 
 def _is_hh(text: Any) -> bool:
     return isinstance(text, str) and text.lstrip("\n").startswith("Human:") and "\n\nAssistant:" in text
 
 
-def detect(obj: dict) -> str | None:
-    """The format a record's fields point to, or None."""
+def detect(obj: dict, columns: dict[str, str] | None = None) -> str | None:
+    """The format a record's fields point to (after ``columns`` renamed them), or None."""
     keys = {k for k, v in obj.items() if v is not None}
     if "conversations" in keys:
         return "sharegpt"
@@ -343,7 +344,7 @@ def detect(obj: dict) -> str | None:
     if "label" in keys:
         return "unpaired"
     if keys & {"completions", "responses", "ranking"}:
-        return "rated" if _has_scores(obj) else "ranking"
+        return "rated" if _has_scores(obj, columns) else "ranking"
     if keys & {"completion", "messages"}:
         return "sft"
     return None

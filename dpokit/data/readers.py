@@ -27,9 +27,9 @@ def _reason(err: UserError) -> str:
     return (f"field '{err.field}': " if err.field else "") + err.detail
 
 
-def _with_hint(err: UserError, row: dict, fmt: str | None, forced: bool) -> UserError:
+def _with_hint(err: UserError, row: dict, fmt: str | None, ctx: Context) -> UserError:
     """Name the likely cause when a record of another format sits in the file."""
-    other = detect(row)
+    forced, other = ctx.options.format != "auto", detect(row, ctx.columns)
     if forced or fmt is None or other in (None, fmt) or not err.field:
         return err
     return UserError(f"{err.detail}; this record looks like format '{other}' but the file's first record was "
@@ -60,14 +60,13 @@ def _parse(path: str | Path, ctx: Context) -> Iterator[Record]:
     def skip_unread(err: UserError) -> None:
         report.rows += 1
         report.skip(err.where or str(path), _reason(err))
-    forced = options.format != "auto"
-    fmt = options.format if forced else None
+    fmt = None if options.format == "auto" else options.format
     for where, row in iter_rows(path, skip_unread if skipping else None):
         report.rows += 1
         try:
             row = rename(row, ctx.columns, where)
             if fmt is None:
-                fmt = detect(row)
+                fmt = detect(row, ctx.columns)
                 if fmt is None:
                     raise UserError(f"cannot tell the format from the fields ({', '.join(map(str, row)) or 'none'}); "
                                     "name it (--format) or map the fields (--columns)", where)
@@ -75,7 +74,7 @@ def _parse(path: str | Path, ctx: Context) -> Iterator[Record]:
             records = FORMATS[fmt](row, ctx, where)
             _apply_common_fields(row, records, where, options)
         except UserError as err:
-            err = _with_hint(err, row, fmt, forced)
+            err = _with_hint(err, row, fmt, ctx)
             if not skipping:
                 raise err from None
             report.skip(err.where or where, _reason(err))

@@ -88,15 +88,20 @@ def _json_rows(path: Path, skip: Skip | None) -> Rows:
             continue
         where = f"{path}:{lineno}"
         try:
-            try:
-                obj = JSON.decode(line)
-            except (ValueError, RecursionError) as exc:
-                raise UserError(f"invalid JSON: {getattr(exc, 'msg', exc)}", where=where) from None
-            yield _check_object(obj, where)
+            row = _check_object(_decode(line, where), where)
         except UserError as err:
             if skip is None:
                 raise
             skip(err)
+            continue
+        yield row
+
+
+def _decode(line: str, where: str) -> Any:
+    try:
+        return JSON.decode(line)
+    except (ValueError, RecursionError) as exc:
+        raise UserError(f"invalid JSON: {getattr(exc, 'msg', exc)}", where=where) from None
 
 
 def _json_array(path: Path) -> Rows:
