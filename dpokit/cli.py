@@ -1,5 +1,5 @@
-"""Command line: ``dpokit sft|dpo|eval|versions|quickstart|losses``. Each subcommand builds a config
-and calls the library; a user error ends with one message and exit code 2, never a traceback."""
+"""Command line: ``dpokit sft|dpo|eval|versions|data|quickstart|losses``. Each subcommand builds a
+config and calls the library; a user error ends with one message and exit code 2, never a traceback."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import typing
 from typing import Any, Literal
 
-from dpokit.config import FLAG_FIELDS, EvalConfig, RunConfig, load_config
+from dpokit.config import DATA_PIPELINE_FLAGS, FLAG_FIELDS, DataCommandConfig, EvalConfig, RunConfig, load_config
 from dpokit.errors import UserError
 
 EVAL_FLAGS = {"dpo_beta": "beta", **{f: f for f in (
@@ -21,6 +21,7 @@ VERSION_ACTIONS = {"list": "list the versions; * marks the current one",
                    "show": "one version's lineage, data, metrics and evaluation (default: the current one)",
                    "promote": "make a version current", "rollback": "make the previous current version current again",
                    "diff": "compare the metrics, configs and lineage of two versions"}
+DATA_FLAGS = {name: f"data.{name}" for name in DATA_PIPELINE_FLAGS}
 
 
 @functools.cache
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="run the same pipeline on a tiny random model (< 1 minute)")
     p.add_argument("--output", default="runs/quickstart", help="run folder")
     sub.add_parser("losses", help="list the registered losses")
+    _add_data_parser(sub)
     return parser
 
 
@@ -94,6 +96,25 @@ def _add_versions_parser(sub) -> None:
         if name == "diff":
             q.add_argument("a", help="version id")
             q.add_argument("b", help="version id")
+
+
+def _add_data_parser(sub) -> None:
+    data = sub.add_parser("data", help="check, describe or convert a data file (docs/data.md)")
+    commands = data.add_subparsers(dest="data_command", required=True)
+    for name, help_text in (("check", "read every record and print the first errors (exit 2 if any)"),
+                            ("stats", "counts, lengths, duplicates, conflicts, label balance, agreement"),
+                            ("convert", "write canonical JSONL records plus a report of every change")):
+        p = commands.add_parser(name, help=help_text)
+        p.add_argument("input", help="a data file or a save_to_disk folder")
+        if name == "convert":
+            p.add_argument("output", help="the .jsonl (or .jsonl.gz) file to write")
+            p.add_argument("--to", choices=("pairs", "list", "unpaired", "sft"), default="pairs",
+                           help="the record kind to write")
+        if name != "check":
+            p.add_argument("--tokenizer", help="a model folder, .gguf or builtin:... whose tokenizer measures "
+                                               "lengths (stats) and whose special tokens count as leaks")
+        p.add_argument("--config", help="a run's YAML file; its data section sets the options")
+        _add_flags(p, DATA_FLAGS, RunConfig())
 
 
 def run_train(ns: argparse.Namespace) -> int:
@@ -155,8 +176,25 @@ def run_losses(ns: argparse.Namespace) -> int:
     return 0
 
 
+def run_data(ns: argparse.Namespace) -> int:
+    from dpokit.data import commands
+
+    options = load_config(ns.config, _overrides(ns, DATA_FLAGS), root=DataCommandConfig).data
+    if ns.data_command == "check":
+        return commands.check(ns.input, options)
+    tokenizer = None
+    if ns.tokenizer:
+        from dpokit.models import load_tokenizer
+
+        tokenizer = load_tokenizer(ns.tokenizer)
+    if ns.data_command == "stats":
+        return commands.stats(ns.input, options, tokenizer)
+    special = tokenizer.all_special_tokens if tokenizer is not None else ()
+    return commands.convert(ns.input, ns.output, ns.to, options, special)
+
+
 COMMANDS = {"sft": run_train, "dpo": run_train, "eval": run_eval, "versions": run_versions,
-            "quickstart": run_quickstart, "losses": run_losses}
+            "data": run_data, "quickstart": run_quickstart, "losses": run_losses}
 
 
 def _close_progress_bars() -> None:

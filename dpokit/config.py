@@ -51,16 +51,83 @@ class LoraConfig:
     """Save ``final/`` with the adapter merged into the base weights."""
 
 
+FORMAT_NAMES = Literal["auto", "pairs", "hh", "sharegpt", "together", "rated", "ranking", "votes", "unpaired",
+                       "sft", "clicks"]
+
+
 @dataclass
 class DataConfig:
+    """Where the data is and how the pipeline reads and cleans it (docs/data.md)."""
+
     train: str = ""
-    """Training records (JSON or JSONL)."""
+    """Training records: JSON, JSONL (also .gz), CSV, Parquet, or a ``save_to_disk`` folder."""
     eval: str | None = None
     """Held-out records evaluated with the same metrics."""
     max_length: int = 512
     """Token budget for prompt + completion; completions keep their start."""
     max_prompt_length: int = 256
     """Token budget for the prompt; prompts keep their end."""
+    format: FORMAT_NAMES = "auto"
+    """Input format; ``auto`` tells it from the first record's fields."""
+    columns: str = ""
+    """Field names to read from other columns, ``name=column,...`` (e.g. ``prompt=instruction,chosen=output_a``;
+    a column may be a dotted path into nested objects)."""
+    pairing: Literal["best-worst", "best-each", "all"] = "best-worst"
+    """How rated or ranked answers become pairs: best vs worst, best vs each other, or every pair
+    whose scores differ by more than ``pair_margin``."""
+    pair_margin: float = 0.0
+    """A pair from a list needs score(better) − score(worse) > this (rankings score positions k−1…0)."""
+    votes: Literal["majority", "unanimous"] = "majority"
+    """How several annotators' votes on one pair decide it."""
+    ties: Literal["drop", "keep"] = "drop"
+    """Pairs judged a tie: dropped, or kept marked ``"tie": true`` (``dpokit data convert`` only)."""
+    click_min_dwell: float = 0.0
+    """Click logs: a click with a dwell time (seconds) below this counts as no click."""
+    click_bias: float = 0.0
+    """Click logs: η of the position-bias weight k^η of a pair whose clicked item is at position k (0: off)."""
+    dedup: Literal["normalized", "exact", "off"] = "normalized"
+    """Drop repeated records: exact copies, also copies that differ only in whitespace or case, or none."""
+    drop_empty: bool = True
+    """Drop records with an empty prompt or answer."""
+    drop_identical: bool = True
+    """Drop pairs and lists whose answers are equal (after whitespace/case normalisation)."""
+    drop_conflicts: bool = True
+    """Drop records whose prompt and answers also occur with the opposite label (both sides)."""
+    drop_leaks: bool = True
+    """Drop records whose answers contain template text: role tags, special tokens, EOS text."""
+    min_chars: int = 0
+    """Drop records with an answer shorter than this many characters (0: off)."""
+    max_chars: int = 0
+    """Drop records whose prompt or an answer is longer than this many characters (0: off)."""
+    max_length_ratio: float = 0.0
+    """Drop pairs and lists whose longest answer is more than this many times the shortest (0: off)."""
+    balance: Literal["off", "over", "under"] = "off"
+    """Equal counts per ``balance_by`` group, by repeating records of small groups or sampling large ones."""
+    balance_by: str = "label"
+    """Balancing key: ``label`` (unpaired records) or an input column, e.g. ``source``."""
+    on_error: Literal["raise", "skip"] = "raise"
+    """A malformed record stops the run, or is skipped and counted in the report."""
+    cache: bool = True
+    """Cache tokenized data, keyed by the data's hash, the tokenizer and these settings."""
+    cache_dir: str | None = None
+    """Where tokenized data is cached (default ``OUTPUT/data_cache``); share it between runs."""
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        """(bad, field, message) for the data settings, for ``RunConfig.validate``."""
+        from dpokit.data.fields import parse_columns
+
+        parse_columns(self.columns)  # raises on a malformed mapping
+        return [
+            (self.pair_margin < 0, "data.pair_margin", "must be ≥ 0"),
+            (self.click_min_dwell < 0, "data.click_min_dwell", "must be ≥ 0"),
+            (self.click_bias < 0, "data.click_bias", "must be ≥ 0"),
+            (self.min_chars < 0, "data.min_chars", "must be ≥ 0"),
+            (self.max_chars < 0 or 0 < self.max_chars <= self.min_chars, "data.max_chars",
+             "must be 0 (off) or larger than data.min_chars"),
+            (self.max_length_ratio != 0 and self.max_length_ratio < 1, "data.max_length_ratio",
+             "must be 0 (off) or ≥ 1"),
+            (self.balance != "off" and not self.balance_by, "data.balance_by", "is required to balance"),
+        ]
 
 
 @dataclass
@@ -203,6 +270,8 @@ class RunConfig:
             (d.max_length < 2, "data.max_length", "must be ≥ 2"),
             (not 1 <= d.max_prompt_length < d.max_length, "data.max_prompt_length",
              "must be ≥ 1 and smaller than data.max_length"),
+            *d.checks(),
+            (d.ties == "keep", "data.ties", "'keep' is for `dpokit data convert`: no loss trains on ties"),
             (lo.beta <= 0, "loss.beta", "must be > 0"),
             (not 0 <= lo.label_smoothing < 0.5, "loss.label_smoothing", "must be in [0, 0.5)"),
             (lo.hinge_margin <= 0, "loss.hinge_margin", "must be > 0"),
@@ -256,6 +325,17 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class DataCommandConfig(RunConfig):
+    """A run config of which ``dpokit data`` uses only the data section: only it is checked."""
+
+    def validate(self) -> DataCommandConfig:
+        for bad, key, msg in self.data.checks():
+            if bad:
+                raise UserError(msg, where="config", field=key)
+        return self
 
 
 @dataclass
@@ -322,6 +402,11 @@ class EvalConfig:
         return self
 
 
+DATA_PIPELINE_FLAGS = ("format", "columns", "pairing", "pair_margin", "votes", "ties", "click_min_dwell",
+                       "click_bias", "dedup", "drop_empty", "drop_identical", "drop_conflicts", "drop_leaks",
+                       "min_chars", "max_chars", "max_length_ratio", "balance", "balance_by", "on_error")
+"""DataConfig fields offered as flags under their own names, by the trainers and ``dpokit data``."""
+
 # Flags that the CLI offers, mapped to config fields. Kept here so the CLI stays thin and
 # the help text comes from the field docstrings.
 FLAG_FIELDS: dict[str, str] = {
@@ -331,6 +416,8 @@ FLAG_FIELDS: dict[str, str] = {
     "lora": "lora.enabled", "lora_r": "lora.r", "lora_alpha": "lora.alpha", "merge_lora": "lora.merge",
     "data": "data.train", "eval_data": "data.eval",
     "max_length": "data.max_length", "max_prompt_length": "data.max_prompt_length",
+    **{name: f"data.{name}" for name in DATA_PIPELINE_FLAGS},
+    "data_cache": "data.cache", "data_cache_dir": "data.cache_dir",
     "loss": "loss.name", "dpo_beta": "loss.beta", "label_smoothing": "loss.label_smoothing",
     **{f: f"loss.{f}" for f in (
         "ipo_average", "hinge_margin", "rso_gamma", "rso_norm", "dpop_lambda", "beta_dpo_alpha",

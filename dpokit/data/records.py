@@ -6,7 +6,7 @@ A prompt or completion is either plain text or a list of chat messages
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Union
 
 Messages = list[dict[str, str]]
@@ -24,6 +24,10 @@ class Pair:
     """Where the record came from (``file:line``), for error messages and reports."""
     weight: float = 1.0
     """Relative weight of this pair in the loss (e.g. a click log's position-bias weight)."""
+    tie: bool = False
+    """Neither answer is better (kept only when asked: ``data.ties=keep``; no loss trains on ties)."""
+    meta: dict = field(default_factory=dict)
+    """Input columns carried along: the balancing key when balancing by a column."""
 
     @property
     def completions(self) -> list[Text]:
@@ -44,6 +48,7 @@ class RankedList:
     scores: list[float] | None = None
     """Graded relevance of each answer (higher is better, same order), when the data has it."""
     weight: float = 1.0
+    meta: dict = field(default_factory=dict)
 
     @property
     def labels(self) -> list[float] | None:
@@ -59,6 +64,7 @@ class Unpaired:
     desirable: bool
     source: str
     weight: float = 1.0
+    meta: dict = field(default_factory=dict)
 
     @property
     def completions(self) -> list[Text]:
@@ -77,6 +83,7 @@ class SFTExample:
     completion: Text
     source: str
     weight: float = 1.0
+    meta: dict = field(default_factory=dict)
 
     @property
     def completions(self) -> list[Text]:

@@ -12,8 +12,11 @@ special tokens (a BOS where the tokenizer adds one), each completion without, pl
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
 import torch
 
@@ -40,6 +43,12 @@ class TokenizeReport:
     prompts_truncated: int = 0
     completions_truncated: int = 0
     dropped: Counter = field(default_factory=Counter)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    """(record, action, reason) of each record dropped or truncated, for the data report."""
+
+    def drop(self, source: str, reason: str) -> None:
+        self.dropped[reason] += 1
+        self.events.append((source, "dropped", reason))
 
     def lines(self) -> list[str]:
         out = [f"{self.records_out}/{self.records_in} records kept; "
@@ -48,27 +57,45 @@ class TokenizeReport:
         return out
 
 
-def _render_chat(tokenizer, prompt: Messages, completion: Messages, where: str) -> tuple[list[int], list[int]]:
+def _chat_texts(tokenizer, prompt: Messages, completions: list[Messages], where: str) -> list[str]:
+    """The prompt rendered with the generation prompt, then each full conversation."""
     if not getattr(tokenizer, "chat_template", None):
         raise UserError("the record is chat messages but the tokenizer has no chat template; "
                         "give plain strings or a tokenizer with a template", where, "prompt")
     try:
-        prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+        return [tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)] + \
+            [tokenizer.apply_chat_template(prompt + c, tokenize=False) for c in completions]
     except Exception as exc:  # template errors are jinja exceptions of many kinds
         raise UserError(f"chat template failed: {exc}", where, "prompt") from None
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
+
+
+def _chat_completion(tokenizer, prompt_ids: list[int], full_ids: list[int], where: str) -> list[int]:
+    """What the full conversation's tokens add after the prompt's, ending with EOS."""
     if full_ids[: len(prompt_ids)] != prompt_ids:
         raise UserError("the rendered prompt's tokens are not a prefix of the rendered conversation's "
                         "tokens (the chat template changes earlier turns)", where, "prompt")
     completion_ids = full_ids[len(prompt_ids):]
     eos = tokenizer.eos_token_id
     if eos in completion_ids:  # drop what the template puts after the final EOS (e.g. "\n")
-        completion_ids = completion_ids[: len(completion_ids) - completion_ids[::-1].index(eos)]
-    else:
-        completion_ids = completion_ids + [eos]
-    return prompt_ids, completion_ids
+        return completion_ids[: len(completion_ids) - completion_ids[::-1].index(eos)]
+    return completion_ids + [eos]
+
+
+def _token_ids(tokenizer, texts: list[str], special: bool) -> list[list[int]]:
+    """``tokenizer(texts, add_special_tokens=special)["input_ids"]``, in one batch.
+
+    A fast tokenizer's Rust backend is called directly when it is set up exactly as that call
+    would set it (no truncation or padding, the same special-token splitting): the ids are
+    the same and transformers' per-text Python work, half the time, is skipped.
+    """
+    if not texts:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.truncation is None and backend.padding is None \
+            and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False)):
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # _fast: no character offsets
+        return [e.ids for e in encode(texts, add_special_tokens=special)]
+    return tokenizer(texts, add_special_tokens=special)["input_ids"]
 
 
 def encode_prompt(tokenizer, prompt: Text, where: str) -> list[int]:
@@ -81,51 +108,104 @@ def encode_prompt(tokenizer, prompt: Text, where: str) -> list[int]:
     return tokenizer(prompt)["input_ids"]
 
 
+def encode_many(tokenizer, items: list[tuple[Text, list[Text], str]]) -> list[tuple[list[int], list[list[int]]]]:
+    """``encode`` for many (prompt, completions, where) at once: all texts in two tokenizer calls."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise UserError("the tokenizer has no EOS token", where="tokenizer")
+    plain_prompts, texts, spans = [], [], []  # plain prompts take the tokenizer's special tokens
+    for prompt, completions, where in items:
+        start = len(texts)
+        if isinstance(prompt, list):
+            texts += _chat_texts(tokenizer, prompt, completions, where)
+        else:
+            plain_prompts.append(prompt)
+            texts += completions
+        spans.append((start, len(texts)))
+    prompt_ids = iter(_token_ids(tokenizer, plain_prompts, True))
+    ids = _token_ids(tokenizer, texts, False)
+    out = []
+    for (prompt, _, where), (a, b) in zip(items, spans):
+        if isinstance(prompt, list):
+            out.append((ids[a], [_chat_completion(tokenizer, ids[a], full, where) for full in ids[a + 1:b]]))
+        else:
+            out.append((next(prompt_ids), [c + [eos] for c in ids[a:b]]))
+    return out
+
+
 def encode(tokenizer, prompt: Text, completions: list[Text], where: str) -> tuple[list[int], list[list[int]]]:
     """Prompt ids and one id list per completion, each completion ending with EOS."""
-    if tokenizer.eos_token_id is None:
-        raise UserError("the tokenizer has no EOS token", where="tokenizer")
-    if isinstance(prompt, list):
-        rendered = [_render_chat(tokenizer, prompt, c, where) for c in completions]
-        prompt_ids = rendered[0][0]
-        return prompt_ids, [c for _, c in rendered]
-    prompt_ids = tokenizer(prompt)["input_ids"]
-    comps = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in completions]
-    return prompt_ids, comps
+    return encode_many(tokenizer, [(prompt, completions, where)])[0]
 
 
-def tokenize_records(records: list[Record], tokenizer, max_length: int,
+CHUNK = 512  # records encoded per batch of tokenizer calls
+
+
+def _chunks(records: Iterable[Record]) -> Iterator[list[Record]]:
+    it = iter(records)
+    while chunk := list(itertools.islice(it, CHUNK)):
+        yield chunk
+
+
+def tokenize_records(records: Iterable[Record], tokenizer, max_length: int,
                      max_prompt_length: int) -> tuple[list[TokenizedRecord], TokenizeReport]:
     """Tokenize, then truncate: the prompt keeps its last ``max_prompt_length`` tokens, each
-    completion keeps its first ``max_length - len(prompt)`` tokens."""
-    report = TokenizeReport(records_in=len(records))
-    out = []
-    for rec in records:
-        prompt_ids, comps = encode(tokenizer, rec.prompt, rec.completions, rec.source)
-        if not prompt_ids:
-            report.dropped["empty prompt after tokenization"] += 1
-            continue
-        if len(prompt_ids) > max_prompt_length:
-            prompt_ids = prompt_ids[-max_prompt_length:]
-            report.prompts_truncated += 1
-        budget = max_length - len(prompt_ids)
-        report.completions_truncated += sum(len(c) > budget for c in comps)
-        comps = [c[:budget] for c in comps]
-        if len(comps) > 1 and len(set(map(tuple, comps))) < len(comps):
-            report.dropped["responses identical (after truncation)"] += 1
-            continue
-        out.append(TokenizedRecord(prompt_ids, comps, rec.source, rec.labels, rec.weight))
+    completion keeps its first ``max_length - len(prompt)`` tokens.
+
+    ``records`` may be a lazy stream: a chunk is tokenized in a worker thread while the next
+    is read, so that reading and cleaning overlap the tokenizer's Rust code (which releases
+    the GIL) and two cores are used.
+    """
+    report, out = TokenizeReport(), []
+    first: Record | None = None
+
+    def finish(chunk: list[Record], job: Future) -> None:
+        for rec, (prompt_ids, comps) in zip(chunk, job.result()):
+            if (kept := _truncate(rec, prompt_ids, comps, max_length, max_prompt_length, report)) is not None:
+                out.append(kept)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        for chunk in _chunks(records):
+            first = first or chunk[0]
+            report.records_in += len(chunk)
+            job = pool.submit(encode_many, tokenizer, [(r.prompt, r.completions, r.source) for r in chunk])
+            if pending is not None:
+                finish(*pending)
+            pending = (chunk, job)
+        if pending is not None:
+            finish(*pending)
     sizes = {len(r.completion_ids) for r in out}
     if len(sizes) > 1:
         raise UserError(f"records have different numbers of answers ({', '.join(map(str, sorted(sizes)))}); "
-                        "every list in one file must have the same length", where=records[0].source.split(":")[0])
+                        "every list in one file must have the same length", where=first.source.split(":")[0])
     if len({r.labels is None for r in out}) > 1:
         raise UserError("some lists have scores and some do not; give scores for all or none",
-                        where=records[0].source.split(":")[0], field="scores")
-    if out and isinstance(records[0], Unpaired):
+                        where=first.source.split(":")[0], field="scores")
+    if out and isinstance(first, Unpaired):
         _add_mismatched(out, max_length)
     report.records_out = len(out)
     return out, report
+
+
+def _truncate(rec: Record, prompt_ids: list[int], comps: list[list[int]], max_length: int,
+              max_prompt_length: int, report: TokenizeReport) -> TokenizedRecord | None:
+    """The record within its token budgets, or None (dropped, with the reason in ``report``)."""
+    if not prompt_ids:
+        report.drop(rec.source, "empty prompt after tokenization")
+        return None
+    if len(prompt_ids) > max_prompt_length:
+        prompt_ids = prompt_ids[-max_prompt_length:]
+        report.prompts_truncated += 1
+        report.events.append((rec.source, "altered", "prompt truncated to its last max_prompt_length tokens"))
+    budget = max_length - len(prompt_ids)
+    if (cut := sum(len(c) > budget for c in comps)):
+        report.completions_truncated += cut
+        report.events.append((rec.source, "altered", "answer truncated to fit max_length"))
+    comps = [c[:budget] for c in comps]
+    if len(comps) > 1 and len(set(map(tuple, comps))) < len(comps):
+        report.drop(rec.source, "responses identical (after truncation)")
+        return None
+    return TokenizedRecord(prompt_ids, comps, rec.source, rec.labels, rec.weight)
 
 
 def _add_mismatched(records: list[TokenizedRecord], max_length: int) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import torch
@@ -11,23 +10,22 @@ from tqdm.auto import tqdm
 
 from dpokit import reference as ref_lib
 from dpokit.config import RunConfig
-from dpokit.data import TokenizedRecord, read_records, tokenize_records
+from dpokit.data import TokenizedRecord
+from dpokit.data.cache import load_tokenized
 from dpokit.errors import UserError
 from dpokit.losses import LossSpec
 from dpokit.models import apply_lora, disable_dropout, load_model
 
 
 def load_data(path: str, kind: str, tokenizer, cfg: RunConfig, name: str, log) -> list[TokenizedRecord]:
-    """Read and tokenize one file, print what truncation dropped or changed, and keep a report."""
-    records = read_records(path, kind)
-    tokenized, report = tokenize_records(records, tokenizer, cfg.data.max_length, cfg.data.max_prompt_length)
-    for line in report.lines():
-        log(f"[data:{name}] {line}")
+    """Read, clean and tokenize one file through the data pipeline (or its cache), print what it
+    dropped or changed, and write the full report to ``OUTPUT/data_report_<name>.json``."""
     out = Path(cfg.train.output)
-    (out / f"data_report_{name}.json").write_text(json.dumps({
-        "file": path, "records_in": report.records_in, "records_out": report.records_out,
-        "prompts_truncated": report.prompts_truncated, "completions_truncated": report.completions_truncated,
-        "dropped": dict(report.dropped)}, indent=2))
+    cache_dir = (Path(cfg.data.cache_dir) if cfg.data.cache_dir else out / "data_cache") if cfg.data.cache else None
+    tokenized, lines, _ = load_tokenized(path, kind, tokenizer, cfg.data, cfg.data.max_length,
+                                         cfg.data.max_prompt_length, out / f"data_report_{name}.json", cache_dir)
+    for line in lines:
+        log(f"[data:{name}] {line}")
     if not tokenized:
         raise UserError("no usable records after tokenization and truncation", where=path)
     return tokenized
