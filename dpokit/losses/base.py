@@ -70,6 +70,9 @@ class LossContext:
     """Running statistics a loss keeps across steps (β-DPO); saved with checkpoints."""
     training: bool = True
     """Only training batches update ``state``."""
+    gather: Callable[[Tensor], Tensor] = lambda values: values
+    """Concatenates a detached (B,) tensor over all processes of a training step, so batch
+    statistics (KTO's z0, β-DPO's margin statistics) cover the whole global batch."""
 
 
 LossFn = Callable[[Logps, "Logps | None", Any, LossContext], LossOutput]

@@ -15,8 +15,8 @@ def kto(policy: Logps, reference: Logps, cfg, ctx: LossContext) -> LossOutput:
       v = λ_D·σ(β·(r − z0))  for a desirable answer,
       v = λ_U·σ(β·(z0 − r))  for an undesirable one.
     z0, the reference point, estimates KL(π‖π_ref) as the batch mean of r over *mismatched*
-    pairs (each prompt with another record's completion: row 1 of the batch), clamped at 0
-    and not differentiated. Defaults β = 0.1, λ_D = λ_U = 1 (``kto_desirable_weight``,
+    pairs (each prompt with another record's completion: row 1 of the batch; on several
+    processes the whole global batch), clamped at 0 and not differentiated. Defaults β = 0.1, λ_D = λ_U = 1 (``kto_desirable_weight``,
     ``kto_undesirable_weight``; the paper advises λ_D·n_D/(λ_U·n_U) in [1, 4/3]).
     Rewards β·r are reported per label (rewards/chosen: desirable answers, rewards/rejected:
     undesirable ones); accuracy: r above z0 for desirable, below for undesirable.
@@ -24,7 +24,7 @@ def kto(policy: Logps, reference: Logps, cfg, ctx: LossContext) -> LossOutput:
     1 − σ(0.2) = 0.450166; an undesirable one with r = 4: 1 − σ(−0.2) = 0.549834.
     """
     r = log_ratios(policy, reference)
-    z0 = r[1].detach().mean().clamp(min=0)
+    z0 = ctx.gather(r[1].detach()).mean().clamp(min=0)
     desirable = ctx.labels[:, 0] > 0.5
     weight = torch.where(desirable, r.new_tensor(cfg.kto_desirable_weight), r.new_tensor(cfg.kto_undesirable_weight))
     value = torch.sigmoid(cfg.beta * torch.where(desirable, r[0] - z0, z0 - r[0]))

@@ -34,6 +34,8 @@ def beta_dpo(policy: Logps, reference: Logps, cfg, ctx: LossContext) -> LossOutp
     Defaults: α = 0.5 (the paper tunes α per model; tune it for your data), m = 0.9 and
     ρ = 0 (off; the authors' code uses 0.2 when filtering). α = 0 and ρ = 0 is exactly DPO.
     Evaluation batches read the statistics but do not update them, and are not filtered.
+    On several processes the statistics cover the global batch (the filter's kept mean stays
+    per process).
     Worked example: β = 0.1, α = 0.5, first batch u = (1, 3): M0 = 2, mean 2 → β_batch = 0.1,
     L = (log(1 + e^−0.1), log(1 + e^−0.3)) = (0.644397, 0.554355).
     """
@@ -41,7 +43,7 @@ def beta_dpo(policy: Logps, reference: Logps, cfg, ctx: LossContext) -> LossOutp
     u = u[0] - u[1]
     gap, n = u.detach(), u.shape[0]
     if ctx.training:
-        m0, sigma = _update_gap_stats(ctx.state, gap, cfg.beta_dpo_momentum)
+        m0, sigma = _update_gap_stats(ctx.state, ctx.gather(gap), cfg.beta_dpo_momentum)
     else:
         m0 = ctx.state.get("beta_dpo/gap_mean", gap.mean().item())
         sigma = ctx.state.get("beta_dpo/gap_std", 0.0)
@@ -50,7 +52,8 @@ def beta_dpo(policy: Logps, reference: Logps, cfg, ctx: LossContext) -> LossOutp
         weights = torch.exp(-0.5 * ((gap - m0) / max(sigma, 1e-6)) ** 2) + 1e-12
         chosen = torch.multinomial(weights, max(1, round(n * (1 - cfg.beta_dpo_filter))), replacement=False)
         keep = torch.zeros_like(keep).index_fill_(0, chosen, True)
-    beta_batch = max(cfg.beta * (1 + cfg.beta_dpo_alpha * (gap[keep].mean().item() - m0)), 1e-3)
+    kept_mean = ctx.gather(gap).mean().item() if bool(keep.all()) else gap[keep].mean().item()
+    beta_batch = max(cfg.beta * (1 + cfg.beta_dpo_alpha * (kept_mean - m0)), 1e-3)
     # Kept pairs are scaled by n / kept so the trainer's per-example mean is the mean over kept pairs.
     losses = -logsigmoid(beta_batch * u) * keep * (n / int(keep.sum()))
     r = cfg.beta * log_ratios(policy, reference)

@@ -95,9 +95,10 @@ def unit_count(spec: LossSpec, batch: dict, group_size: int) -> int:
 
 
 def forward_loss(spec: LossSpec, cfg: RunConfig, policy, reference, batch: dict, group: int, autocast,
-                 state: dict):
+                 state: dict, gather=None):
     """Policy (and reference) log-probs of a batch, then the loss's per-example output,
-    weighted by each record's weight."""
+    weighted by each record's weight. ``gather`` concatenates a tensor over processes (training
+    steps only: evaluation shards may differ in size, so their statistics stay per batch)."""
     ref_log_probs = reference.log_probs(batch) if spec.token_kl else None
     with autocast():
         pol = completion_logps(policy, batch, group, ref_log_probs)
@@ -105,7 +106,7 @@ def forward_loss(spec: LossSpec, cfg: RunConfig, policy, reference, batch: dict,
         ref = logps_from_log_probs(ref_log_probs, batch, group)
     else:
         ref = reference.logps(batch, group) if reference is not None else None
-    ctx = LossContext(batch.get("labels"), state, policy.training)
+    ctx = LossContext(batch.get("labels"), state, policy.training, gather or (lambda values: values))
     out = spec.fn(pol, ref, cfg.loss, ctx)
     out.losses = out.losses * batch["weights"]
     return pol, ref, out
@@ -189,7 +190,8 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
         for i, batch in enumerate(batches):
             sync = contextlib.nullcontext() if i == len(batches) - 1 else accelerator.no_sync(policy)
             with sync:
-                pol, ref, lo = forward_loss(spec, cfg, policy, reference, batch, group, autocast, state.loss_state)
+                pol, ref, lo = forward_loss(spec, cfg, policy, reference, batch, group, autocast, state.loss_state,
+                                            accelerator.gather)  # shares are equal: BatchStream pads
                 loss = lo.losses.sum() / denom
                 accelerator.backward(loss)
             step_loss += loss.item()
