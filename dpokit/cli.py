@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import signal
 import sys
 import typing
 from typing import Any, Literal
@@ -125,6 +126,10 @@ def run_train(ns: argparse.Namespace) -> int:
         overrides.setdefault("loss.name", "sft")
     cfg = load_config(ns.config, overrides)
     result = train(cfg)
+    if result.stopped_by:  # SIGTERM / SIGINT: a checkpoint was saved; exit as the signal would (128 + n)
+        print(f"dpokit: stopped by {result.stopped_by} at step {result.steps}; saved {result.checkpoint}; "
+              "run the same command with --resume to continue", file=sys.stderr)
+        return 128 + int(getattr(signal, result.stopped_by))
     print(f"final model: {result.final}")
     for k, v in result.eval_metrics.items():
         print(f"  eval/{k}: {v:.4f}")

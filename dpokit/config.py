@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from dpokit.errors import UserError
+from dpokit.guard_config import GUARD_FLAGS, GuardConfig
 
 
 @dataclass
@@ -246,6 +247,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     def validate(self) -> RunConfig:
         """Cross-field rules; raises UserError naming the offending setting."""
@@ -291,6 +293,7 @@ class RunConfig:
             (self.lora.r < 1, "lora.r", "must be ≥ 1"),
             (t.save_total_limit < 0, "train.save_total_limit", "must be ≥ 0 (0 keeps all)"),
             *self._best_checks(),
+            *self.guard.checks(bool(d.eval), spec.needs_reference and t.ref != "none", t.save_steps),
             (t.registry is not None and Path(t.registry).is_file(), "train.registry",
              "is a file; give a folder"),
             (spec.needs_reference and t.ref == "none", "train.ref",
@@ -430,7 +433,7 @@ FLAG_FIELDS: dict[str, str] = {
     "eval_steps": "train.eval_steps", "resume": "train.resume", "max_grad_norm": "train.max_grad_norm",
     "progress": "train.progress", "cache_dir": "train.cache_dir",
     "save_total_limit": "train.save_total_limit", "save_best_metric": "train.save_best_metric",
-    "save_best_mode": "train.save_best_mode", "registry": "train.registry",
+    "save_best_mode": "train.save_best_mode", "registry": "train.registry", **GUARD_FLAGS,
 }
 
 
