@@ -21,7 +21,7 @@ import torch
 from dpokit.atomic import verify
 from dpokit.errors import UserError
 from dpokit.guard_config import GuardConfig
-from dpokit.losses.base import register
+from dpokit.losses.base import _REGISTRY, register
 from dpokit.losses.dpo import dpo_sigmoid
 from dpokit.train import train
 from dpokit.train.checkpoint import TrainState
@@ -34,7 +34,6 @@ TRAP = {"calls": 0, "nan": set(), "signal": {}}
 """Training calls of the test loss so far; the calls (1-based) that return NaN; call -> signal to send."""
 
 
-@register("test_trap", needs_reference=True, input_kind="pair")
 def trap_loss(policy, reference, cfg, ctx=None):
     """DPO, except that chosen training calls return NaN or send this process a signal (tests only)."""
     out = dpo_sigmoid(policy, reference, cfg)
@@ -45,6 +44,14 @@ def trap_loss(policy, reference, cfg, ctx=None):
         if TRAP["calls"] in TRAP["nan"]:
             out.losses = out.losses * float("nan")
     return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def trap_registered():
+    """The test loss is in the registry only while this module runs (others list every loss)."""
+    register("test_trap", needs_reference=True, input_kind="pair")(trap_loss)
+    yield
+    del _REGISTRY["test_trap"]
 
 
 def arm(nan=(), signals=None) -> None:
