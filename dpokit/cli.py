@@ -36,13 +36,16 @@ def _docstrings(cls: type) -> dict[str, str]:
             if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr)}
 
 
+_hints = functools.cache(typing.get_type_hints)  # resolving annotations is slow; parsers are built often
+
+
 def _field(root: Any, dotted: str) -> tuple[Any, str]:
     """(annotation, docstring) of a config field, for the flag's type and help."""
     *parents, name = dotted.split(".")
     cls = type(root)
     for p in parents:
-        cls = typing.get_type_hints(cls)[p]
-    return typing.get_type_hints(cls)[name], _docstrings(cls).get(name, "")
+        cls = _hints(cls)[p]
+    return _hints(cls)[name], _docstrings(cls).get(name, "")
 
 
 def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, str], root: Any) -> None:
