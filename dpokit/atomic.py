@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path, PurePosixPath
 from typing import Iterator
@@ -26,6 +27,9 @@ from dpokit.errors import UserError
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
+TEST_PAUSE = "DPOKIT_TEST_WRITE_PAUSE"
+"""Test hook: seconds to wait in ``atomic_folder`` after the files are written and before the
+manifest, so a test can kill a run while a checkpoint is half-way written. Unset: no wait."""
 
 
 def io_reason(exc: BaseException) -> str | None:
@@ -132,6 +136,8 @@ def atomic_folder(target: Path, what: str) -> Iterator[Path]:
     try:
         tmp.mkdir(parents=True)
         yield tmp
+        if os.environ.get(TEST_PAUSE):
+            time.sleep(float(os.environ[TEST_PAUSE]))
         write_manifest(tmp)
         for path in [*_files(tmp), tmp / MANIFEST, *(p for p in tmp.rglob("*") if p.is_dir()), tmp]:
             fsync_path(path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import signal
 import sys
 import typing
 from typing import Any, Literal
@@ -35,13 +36,16 @@ def _docstrings(cls: type) -> dict[str, str]:
             if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr)}
 
 
+_hints = functools.cache(typing.get_type_hints)  # resolving annotations is slow; parsers are built often
+
+
 def _field(root: Any, dotted: str) -> tuple[Any, str]:
     """(annotation, docstring) of a config field, for the flag's type and help."""
     *parents, name = dotted.split(".")
     cls = type(root)
     for p in parents:
-        cls = typing.get_type_hints(cls)[p]
-    return typing.get_type_hints(cls)[name], _docstrings(cls).get(name, "")
+        cls = _hints(cls)[p]
+    return _hints(cls)[name], _docstrings(cls).get(name, "")
 
 
 def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, str], root: Any) -> None:
@@ -125,6 +129,10 @@ def run_train(ns: argparse.Namespace) -> int:
         overrides.setdefault("loss.name", "sft")
     cfg = load_config(ns.config, overrides)
     result = train(cfg)
+    if result.stopped_by:  # SIGTERM / SIGINT: a checkpoint was saved; exit as the signal would (128 + n)
+        print(f"dpokit: stopped by {result.stopped_by} at step {result.steps}; saved {result.checkpoint}; "
+              "run the same command with --resume to continue", file=sys.stderr)
+        return 128 + int(getattr(signal, result.stopped_by))
     print(f"final model: {result.final}")
     for k, v in result.eval_metrics.items():
         print(f"  eval/{k}: {v:.4f}")

@@ -9,6 +9,8 @@ model is loaded.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from dpokit.errors import UserError
+from dpokit.guard_config import GUARD_FLAGS, GuardConfig
 
 
 @dataclass
@@ -246,6 +249,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     def validate(self) -> RunConfig:
         """Cross-field rules; raises UserError naming the offending setting."""
@@ -291,6 +295,7 @@ class RunConfig:
             (self.lora.r < 1, "lora.r", "must be ≥ 1"),
             (t.save_total_limit < 0, "train.save_total_limit", "must be ≥ 0 (0 keeps all)"),
             *self._best_checks(),
+            *self.guard.checks(bool(d.eval), spec.needs_reference and t.ref != "none", t.save_steps),
             (t.registry is not None and Path(t.registry).is_file(), "train.registry",
              "is a file; give a folder"),
             (spec.needs_reference and t.ref == "none", "train.ref",
@@ -430,7 +435,7 @@ FLAG_FIELDS: dict[str, str] = {
     "eval_steps": "train.eval_steps", "resume": "train.resume", "max_grad_norm": "train.max_grad_norm",
     "progress": "train.progress", "cache_dir": "train.cache_dir",
     "save_total_limit": "train.save_total_limit", "save_best_metric": "train.save_best_metric",
-    "save_best_mode": "train.save_best_mode", "registry": "train.registry",
+    "save_best_mode": "train.save_best_mode", "registry": "train.registry", **GUARD_FLAGS,
 }
 
 
@@ -452,6 +457,8 @@ def _coerce(value: Any, tp: Any, where: str, key: str) -> Any:
         return tuple(_coerce(v, a, where, key) for v, a in zip(value, args))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"must be a finite number; got {value!r}", where, key)
     if tp in (int, float, str, bool) and (type(value) is not tp):
         raise UserError(f"must be {tp.__name__}; got {type(value).__name__} {value!r}", where, key)
     return value
@@ -472,6 +479,14 @@ def _apply(obj: Any, values: dict[str, Any], where: str, prefix: str) -> None:
             setattr(obj, key, _coerce(value, hints[key], where, name))
 
 
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that also reads ``1e-5`` as a number (YAML 1.2; PyYAML's 1.1 rules want ``1.0e-5``)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
                 root: type = RunConfig) -> Any:
     """Build a config (RunConfig or EvalConfig) from a YAML file and dotted overrides, then validate it."""
@@ -481,9 +496,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if not path.is_file():
             raise UserError("config file not found", where=str(path))
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}  # noqa: S506 - safe
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise UserError(f"not valid YAML: {str(exc).splitlines()[0]}", where=str(path)) from None
+        except RecursionError:
+            raise UserError("not valid YAML: nested too deeply", where=str(path)) from None
         _apply(cfg, data, str(path), "")
     for dotted, value in (overrides or {}).items():
         nested: Any = value

@@ -45,7 +45,11 @@ def _split(path: str) -> tuple[str, str | None]:
         if not p.is_file():
             raise UserError("GGUF file not found", where=path)
         return str(p.parent), p.name
-    if not p.exists() and hub_allowed() and _HUB_ID.fullmatch(path):
+    try:
+        exists = p.exists()
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+        raise UserError(f"not a usable path: {getattr(exc, 'strerror', None) or exc}", where=path[:200]) from None
+    if not exists and hub_allowed() and _HUB_ID.fullmatch(path):
         return path, None
     if not p.is_dir():
         hint = "; hub downloads are off (set DPOKIT_ALLOW_HUB=1 to fetch a hub id)" if _HUB_ID.fullmatch(path) else ""

@@ -50,7 +50,10 @@ def _stage(model: str, output: Path, loss: str, steps: int, lr: float, recipe: R
         "loss.name": loss, "loss.beta": recipe.beta, "train.max_steps": steps, "train.lr": lr,
         "train.batch_size": recipe.batch_size, "train.warmup_steps": max(1, steps // 10),
         "train.bf16": recipe.bf16, "train.ref": "copy", "data.max_length": 256, "data.max_prompt_length": 128})
-    return train(cfg).final
+    result = train(cfg)
+    if result.stopped_by:  # SIGTERM / Ctrl-C: the stage saved a checkpoint; the quickstart stops here
+        raise KeyboardInterrupt
+    return result.final
 
 
 def quickstart(output: str = "runs/quickstart", tiny: bool = False) -> dict:

@@ -92,6 +92,8 @@ def list_field(obj: dict, key: str, where: str, min_len: int = 0) -> list:
             value = JSON.decode(value)
         except ValueError as exc:
             raise UserError(f"not a valid JSON list: {exc}", where, key) from None
+        except RecursionError:
+            raise UserError("not a valid JSON list: nested too deeply", where, key) from None
     if not isinstance(value, list):
         raise UserError(f"must be a list; got {type(value).__name__}", where, key)
     if len(value) < min_len:

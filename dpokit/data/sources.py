@@ -16,6 +16,8 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import re
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -27,6 +29,9 @@ Skip = Callable[[UserError], None]
 """Called with the error of a row that is skipped; ``None`` means errors are raised."""
 
 BATCH_ROWS = 1024  # Parquet / Arrow rows converted to Python at a time
+BAD_GZIP = (OSError, EOFError, zlib.error)  # what a damaged .gz raises while it is read
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+"""A JSON escape of a UTF-16 surrogate: half of a pair (fine when the other half follows) or alone."""
 
 
 def iter_rows(path: str | Path, skip: Skip | None = None) -> Rows:
@@ -66,7 +71,7 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
                 except UnicodeDecodeError as exc:
                     raise UserError(f"not UTF-8 text (byte {exc.start} of the line)",
                                     where=f"{path}:{lineno}") from None
-    except (OSError, EOFError) as exc:  # a damaged .gz
+    except BAD_GZIP as exc:  # a damaged .gz
         raise UserError(f"cannot read: {exc}", where=str(path)) from None
 
 
@@ -88,7 +93,7 @@ def _json_rows(path: Path, skip: Skip | None) -> Rows:
             continue
         where = f"{path}:{lineno}"
         try:
-            row = _check_object(_decode(line, where), where)
+            row = _check_object(_decode(line, where), where, SURROGATE_ESCAPE.search(line) is not None)
         except UserError as err:
             if skip is None:
                 raise
@@ -117,15 +122,36 @@ def _json_array(path: Path) -> Rows:
         raise UserError("invalid JSON: nested too deeply", where=str(path)) from None
     if not isinstance(items, list):
         raise UserError("expected a JSON array of records", where=str(path))
+    surrogates = SURROGATE_ESCAPE.search(text) is not None
     del text
     for i, obj in enumerate(items, 1):
-        yield _check_object(obj, f"{path}:record {i}")
+        yield _check_object(obj, f"{path}:record {i}", surrogates)
 
 
-def _check_object(obj: Any, where: str) -> tuple[str, dict[str, Any]]:
+def _check_object(obj: Any, where: str, surrogates: bool = False) -> tuple[str, dict[str, Any]]:
+    """``surrogates``: the text had a surrogate escape, so look for a lone one (not text: it has no
+    UTF-8 form, and would fail later, when written or tokenized)."""
     if not isinstance(obj, dict):
         raise UserError(f"expected a JSON object, got {type(obj).__name__}", where=where)
+    if surrogates:
+        _reject_lone_surrogates(obj, where, "")
     return where, obj
+
+
+def _reject_lone_surrogates(value: Any, where: str, key: str) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise UserError(f"contains a lone UTF-16 surrogate (\\u{ord(value[exc.start]):04x}), which is not text",
+                            where, key or None) from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _reject_lone_surrogates(k, where, key)
+            _reject_lone_surrogates(v, where, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _reject_lone_surrogates(v, where, f"{key}[{i}]")
 
 
 def _csv_rows(path: Path, delimiter: str, skip: Skip | None) -> Rows:
@@ -152,6 +178,8 @@ def _csv_rows(path: Path, delimiter: str, skip: Skip | None) -> Rows:
             raise UserError(f"invalid CSV: {exc}", where=f"{path}:{reader.line_num}") from None
         except UnicodeDecodeError:  # decoded in blocks, so the line is not known
             raise UserError("not UTF-8 text", where=str(path)) from None
+        except BAD_GZIP as exc:
+            raise UserError(f"cannot read: {exc}", where=str(path)) from None
         except StopIteration:
             return
 

@@ -42,6 +42,10 @@ class TrainState:
     """Records of the current epoch's order already consumed."""
     loss_state: dict = field(default_factory=dict)
     """Running statistics a loss keeps across steps (β-DPO), plain floats."""
+    lr_scale: float = 1.0
+    """Multiplier of the configured learning rate; each guard rollback lowers it."""
+    guard: dict = field(default_factory=dict)
+    """The guards' counters (skipped steps, rollbacks, best held-out accuracy), plain numbers."""
 
 
 def is_peft(model) -> bool:
@@ -187,6 +191,13 @@ def prune_checkpoints(output: Path, t: TrainConfig) -> None:
         keep.add(best_checkpoint(output, t.save_best_metric, t.save_best_mode))
     for _, path in found:
         if path not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_partial_writes(output: Path) -> None:
+    """Remove the temporary folders of checkpoint and model writes a killed run left behind."""
+    for path in Path(output).glob(".*.tmp"):
+        if path.is_dir() and re.fullmatch(r"\.(checkpoint-\d+|final)\.tmp", path.name):
             shutil.rmtree(path, ignore_errors=True)
 
 

@@ -23,20 +23,27 @@ from dpokit.data import TokenizedRecord, collate
 from dpokit.logprobs import completion_logps, logps_from_log_probs
 from dpokit.losses import LossContext, LossSpec, get_loss
 from dpokit.models import load_tokenizer
-from dpokit.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint, save_model
+from dpokit.train.checkpoint import (TrainState, latest_checkpoint, load_checkpoint, remove_partial_writes,
+                                     save_checkpoint, save_model)
+from dpokit.train.guards import Action, Guard
 from dpokit.train.metrics import MetricsLog, MetricSums, batch_metrics
 from dpokit.train.optim import build_optimizer, build_scheduler
 from dpokit.train.setup import build_policy, build_reference, load_data
+from dpokit.train.signals import StopRequest, stop_on_signals
 from dpokit.versions import register_run
 
 
 @dataclass
 class TrainResult:
     output: Path
-    final: Path
+    final: Path | None
+    """The trained model; None when a signal stopped the run early."""
     steps: int
     last_metrics: dict
     eval_metrics: dict
+    stopped_by: str | None = None
+    """``SIGTERM`` or ``SIGINT`` when a signal stopped the run after saving ``checkpoint``."""
+    checkpoint: Path | None = None
 
 
 class BatchStream:
@@ -132,6 +139,13 @@ def evaluate(spec: LossSpec, cfg: RunConfig, policy, reference, records: list[To
 
 
 def train(cfg: RunConfig, log=print) -> TrainResult:
+    """Train as ``cfg`` says. SIGTERM or SIGINT ends the run after the current optimizer step with
+    a checkpoint saved (``TrainResult.stopped_by``); ``--resume`` continues it exactly."""
+    with stop_on_signals() as stop:
+        return _train(cfg, log, stop)
+
+
+def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
     t, spec = cfg.train, get_loss(cfg.loss.name)
     out = Path(t.output)
     accelerator = Accelerator()
@@ -166,11 +180,14 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
 
     # 3. Resume: weights, optimizer, schedule, RNG and data position from the newest checkpoint.
     state = TrainState()
+    if t.resume and main:
+        remove_partial_writes(out)  # a run killed while writing leaves a hidden .tmp folder
     ckpt = latest_checkpoint(out, log) if t.resume else None
     if ckpt is not None:
         state = load_checkpoint(ckpt, accelerator.unwrap_model(policy), optimizer, scheduler)
         log(f"[resume] from {ckpt} at step {state.step}")
     metrics_log = MetricsLog(out / "metrics.jsonl", state.step if t.resume else None, enabled=main)
+    guard = Guard(cfg.guard, state)
 
     policy.train()
     window, window_tokens, window_start = MetricSums(), 0, time.perf_counter()
@@ -178,6 +195,15 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
     last: dict = {}
     eval_metrics: dict = {}
     while state.step < total:
+        if stop.requested(accelerator):  # SIGTERM / SIGINT: keep what the finished steps did, then stop
+            saved = out / f"checkpoint-{state.step}"
+            if main:
+                saved = save_checkpoint(out, state, accelerator.unwrap_model(policy), optimizer, scheduler, cfg,
+                                        last, eval_metrics)
+            accelerator.wait_for_everyone()
+            bar.close()
+            log(f"[stop] {stop.name} at step {state.step}: saved {saved}; continue with --resume")
+            return TrainResult(out, None, state.step, last, eval_metrics, stop.name, saved)
         # 4. One optimizer step over k micro-batches. Each micro-batch loss is its sum of
         #    per-example losses over the *whole step's* count, so the k backward passes add
         #    up to the gradient of the full-batch mean, exactly.
@@ -186,7 +212,7 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
         denom = accelerator.reduce(torch.tensor(float(sum(unit_count(spec, b, group) for b in batches)),
                                                 device=accelerator.device), "sum")
         denom = denom / accelerator.num_processes  # DDP averages gradients over processes
-        step_loss = 0.0
+        step_loss, step_sums, step_tokens = 0.0, MetricSums(), 0
         for i, batch in enumerate(batches):
             sync = contextlib.nullcontext() if i == len(batches) - 1 else accelerator.no_sync(policy)
             with sync:
@@ -195,10 +221,23 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
                 loss = lo.losses.sum() / denom
                 accelerator.backward(loss)
             step_loss += loss.item()
-            window.merge(batch_metrics(spec.input_kind, pol, ref, lo))
-            window_tokens += int(batch["attention_mask"].sum())
+            step_sums.merge(batch_metrics(spec.input_kind, pol, ref, lo))
+            step_tokens += int(batch["attention_mask"].sum())
         grad_norm = accelerator.clip_grad_norm_(policy.parameters(), t.max_grad_norm if t.max_grad_norm > 0
                                                 else float("inf"))
+        # 5. Guards: a non-finite step is skipped (not counted); too many in a row roll back.
+        action = guard.check_step(accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum"),
+                                  grad_norm)
+        if action is not Action.OK:
+            optimizer.zero_grad(set_to_none=True)
+            log(f"[guard] skipped a step after step {state.step}: {guard.reason}")
+            if action is Action.ROLLBACK:
+                state = guard.roll_back(out, state, accelerator.unwrap_model(policy), optimizer, scheduler, t.lr,
+                                        log, metrics_log)
+                bar.n, window, window_tokens = state.step, MetricSums(), 0  # the window's steps were undone
+            continue
+        window.merge(step_sums)
+        window_tokens += step_tokens
         window.add("grad_norm", grad_norm, 1)
         window.add("loss", step_loss, 1)
         window.add("lr", scheduler.get_last_lr()[0], 1)
@@ -208,12 +247,17 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
         state.step += 1
         bar.update(1)
 
-        # 5. Log, evaluate and save at their intervals.
+        # 6. Log, evaluate and save at their intervals; a watched metric that collapsed rolls back
+        #    before this step is saved.
+        fresh: dict = {}
         if state.step % t.logging_steps == 0 or state.step == total:
             elapsed = time.perf_counter() - window_start
             tokens = accelerator.reduce(torch.tensor(window_tokens, device=accelerator.device), "sum").item()
             last = {"step": state.step, "epoch": state.epoch + state.position / len(train_records),
                     **window.gathered(accelerator).means(), "tokens_per_s": tokens / max(elapsed, 1e-9)}
+            if cfg.guard.enabled:
+                last["guard/skipped_steps"] = guard.skipped
+            fresh.update(last)
             metrics_log.write(last)
             bar.set_postfix(loss=f"{last['loss']:.4f}", **({"acc": f"{last['rewards/accuracies']:.2f}"}
                                                           if "rewards/accuracies" in last else {}))
@@ -222,6 +266,12 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
             eval_metrics = evaluate(spec, cfg, policy, reference, datasets["eval"], pad_id, autocast,
                                     accelerator, state.loss_state)
             metrics_log.write({"step": state.step, **{f"eval/{k}": v for k, v in eval_metrics.items()}})
+            fresh.update({f"eval/{k}": v for k, v in eval_metrics.items()})
+        if guard.check_metrics(fresh) is Action.ROLLBACK:
+            state = guard.roll_back(out, state, accelerator.unwrap_model(policy), optimizer, scheduler, t.lr, log,
+                                    metrics_log)
+            bar.n, window, window_tokens = state.step, MetricSums(), 0
+            continue
         if t.save_steps and state.step % t.save_steps == 0 and state.step < total:
             if main:
                 save_checkpoint(out, state, accelerator.unwrap_model(policy), optimizer, scheduler, cfg, last,
@@ -229,7 +279,7 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
             accelerator.wait_for_everyone()
     bar.close()
 
-    # 6. The final model, loadable with from_pretrained (LoRA: the adapter, or merged).
+    # 7. The final model, loadable with from_pretrained (LoRA: the adapter, or merged).
     final = out / "final"
     result = TrainResult(out, final, state.step, last, eval_metrics)
     if main:

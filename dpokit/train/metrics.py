@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from dpokit.atomic import write_text_atomic
 from dpokit.losses import Logps, LossOutput
 
 def group_names(kind: str, groups: int) -> list[str]:
@@ -76,18 +77,28 @@ def batch_metrics(kind: str, policy: Logps, reference: Logps | None, out: LossOu
     return m
 
 
+def _parse(line: str) -> dict | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 class MetricsLog:
-    """Append-only ``metrics.jsonl``; on resume, lines after the checkpoint's step are cut."""
+    """Append-only ``metrics.jsonl``; on resume, lines after the checkpoint's step are cut, and so
+    is a line a killed run left half-written."""
 
     def __init__(self, path: Path, resume_step: int | None, enabled: bool = True) -> None:
         self.path, self.enabled = path, enabled
         if not enabled:
             return
         if resume_step is None:
-            path.write_text("")
+            write_text_atomic(path, "")
         elif path.exists():
-            keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
-            path.write_text("".join(ln + "\n" for ln in keep))
+            keep = [ln for ln in path.read_text(errors="replace").splitlines()
+                    if (record := _parse(ln)) is not None and record.get("step", 0) <= resume_step]
+            write_text_atomic(path, "".join(ln + "\n" for ln in keep))
 
     def write(self, record: dict) -> None:
         if not self.enabled:

@@ -37,3 +37,13 @@ def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
 def build_scheduler(optimizer, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.scheduler))
+
+
+def set_lr_scale(optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, lr: float, scale: float) -> None:
+    """Make the peak learning rate ``lr × scale`` from the current step on (the schedule's shape
+    is kept); the scheduler's state, saved in every checkpoint, carries the new peak."""
+    scheduler.base_lrs = [lr * scale for _ in optimizer.param_groups]
+    for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["initial_lr"] = base
+        group["lr"] = base * fn(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
