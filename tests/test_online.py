@@ -160,7 +160,7 @@ def test_cli_bad_input_exits_2(files):
     tmp, model, prompts, _ = files
     env = {**os.environ, "PYTHONPATH": str(TESTS.parent)}
     for extra, expect in ((["--samples-per-prompt", "1"], "online.samples_per_prompt"),
-                          (["--loss", "kto"], "loss.name"), (["--judge", "nope"], "package.module:function")):
+                          (["--temperature", "0"], "online.temperature"), (["--judge", "nope"], "package.module:function")):
         args = ["--model", str(model), "--prompts", str(prompts), "--judge", "online_judges:count_e",
                 "--output", str(tmp / "bad"), *extra]
         r = subprocess.run([sys.executable, "-m", "dpokit.cli", "online", *args], capture_output=True, text=True,
@@ -175,6 +175,13 @@ def test_cli_bad_input_exits_2(files):
 def test_config_rejects(files, override, field):
     with pytest.raises(UserError, match=field.replace(".", r"\.")):
         load_config(None, {**settings(files, files[0] / "x"), **override}, root=OnlineConfig)
+
+
+def test_any_loss_trains_on_round_pairs(files):
+    """Pairs become what the loss takes (data/kinds.py), so unpaired and listwise losses validate too."""
+    for loss in ("kto", "lipo", "ipo"):
+        cfg = load_config(None, {**settings(files, files[0] / "x"), "loss.name": loss}, root=OnlineConfig)
+        assert cfg.round_config(2, "m", None, "p.jsonl", "o").loss.name == loss
 
 
 def test_pairing_rules_and_counts():
