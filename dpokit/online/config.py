@@ -94,7 +94,8 @@ class OnlineConfig(RunConfig):
         try:
             return cfg.validate()
         except UserError as exc:
-            raise UserError(exc.detail, where=f"config (round {round_no})", field=exc.field) from None
+            where = "config" if round_no == 1 else f"config (round {round_no})"
+            raise UserError(exc.detail, where=where, field=exc.field) from None
 
 
 SET_BY_LOOP = {"data.train", "data.format", "train.resume", "data.pairing", "data.pair_margin", "data.columns",
