@@ -1,4 +1,4 @@
-"""Command line: ``dpokit sft|dpo|eval|versions|data|quickstart|losses``. Each subcommand builds a
+"""Command line: ``dpokit sft|dpo|online|eval|versions|data|quickstart|losses``. Each subcommand builds a
 config and calls the library; a user error ends with one message and exit code 2, never a traceback."""
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", help="YAML file with model/lora/data/loss/train sections; flags override it")
         _add_flags(p, FLAG_FIELDS, RunConfig())
+    _add_online_parser(sub)
     p = sub.add_parser("eval", help="win rate under a judge and sampled KL of a policy against a reference")
     p.add_argument("--config", help="YAML file with EvalConfig keys; flags override it")
     _add_flags(p, EVAL_FLAGS, EvalConfig())
@@ -84,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("losses", help="list the registered losses")
     _add_data_parser(sub)
     return parser
+
+
+def _add_online_parser(sub) -> None:
+    from dpokit.online.config import ONLINE_FLAGS, OnlineConfig
+
+    p = sub.add_parser("online", help="rounds of sampling, judging, pairing and training (docs/online.md)")
+    p.add_argument("--config", help="YAML file with model/lora/data/loss/train/online sections; flags override it")
+    _add_flags(p, ONLINE_FLAGS, OnlineConfig())
 
 
 def _add_versions_parser(sub) -> None:
@@ -153,6 +162,18 @@ def run_eval(ns: argparse.Namespace) -> int:
     return 0
 
 
+def run_online(ns: argparse.Namespace) -> int:
+    from dpokit.online import ONLINE_FLAGS, OnlineConfig, online
+
+    result = online(load_config(ns.config, _overrides(ns, ONLINE_FLAGS), root=OnlineConfig))
+    for e in result.rounds:
+        lo, hi = e["win_rate_ci95"]
+        print(f"round {e['round']}: win rate {e['win_rate']:.1%} [95% CI {lo:.1%}, {hi:.1%}], "
+              f"KL {e['kl_sampled']:.3f}, {e['pairs']} pairs, {e['discarded']} discarded")
+    print(f"final model: {result.final}\nreport: {result.output / 'online_report.json'}")
+    return 0
+
+
 def run_versions(ns: argparse.Namespace) -> int:
     from dpokit import versions
 
@@ -201,7 +222,7 @@ def run_data(ns: argparse.Namespace) -> int:
     return commands.convert(ns.input, ns.output, ns.to, options, special)
 
 
-COMMANDS = {"sft": run_train, "dpo": run_train, "eval": run_eval, "versions": run_versions,
+COMMANDS = {"sft": run_train, "dpo": run_train, "online": run_online, "eval": run_eval, "versions": run_versions,
             "data": run_data, "quickstart": run_quickstart, "losses": run_losses}
 
 

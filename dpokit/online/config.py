@@ -1,0 +1,113 @@
+"""Settings of ``dpokit online``: the round loop's own section on top of a normal run config.
+
+``OnlineConfig`` is a ``RunConfig`` (model, lora, data, loss, train: the training settings of
+every round, with the same flags as ``dpokit dpo``) plus an ``online`` section. The training
+data is not given: each round writes its own pairs, so ``data.train`` stays empty.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Literal
+
+from dpokit.config import FLAG_FIELDS, RunConfig
+from dpokit.errors import UserError
+
+
+@dataclass
+class OnlineSettings:
+    """The round loop: sample, judge, pair, train, evaluate (docs/online.md)."""
+
+    prompts: str = ""
+    """Prompts to sample answers for: records with a ``prompt`` field (string or chat messages)."""
+    judge: str = ""
+    """``package.module:function`` scoring (prompt, response) or comparing (prompt, a, b)."""
+    rounds: int = 3
+    """Rounds of sample → judge → pair → train → evaluate."""
+    samples_per_prompt: int = 4
+    """Answers sampled per prompt from the current policy (K ≥ 2)."""
+    prompts_per_round: int = 0
+    """Prompts used per round, taken in turn from ``prompts`` (0: all of them every round)."""
+    pairing: Literal["best-worst", "all"] = "best-worst"
+    """Pairs from a prompt's answers: best vs worst, or every pair whose scores differ by more than ``min_margin``."""
+    min_margin: float = 0.0
+    """A pair needs score(chosen) − score(rejected) > this; other answers are discarded."""
+    ref_update: Literal["fixed", "round"] = "fixed"
+    """Reference of each round: the initial model (fixed), or the previous round's policy (round, sDPO)."""
+    max_new_tokens: int = 64
+    """Answer budget per sample."""
+    temperature: float = 1.0
+    """Sampling temperature of the candidates."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold of the candidates."""
+    generation_batch_size: int = 16
+    """Sequences per generation batch (sampling and evaluation)."""
+    eval_prompts: str = ""
+    """Held-out prompts for each round's evaluation against the initial model (default: ``prompts``)."""
+    eval_num_prompts: int = 0
+    """Evaluate on the first N held-out prompts (0: all)."""
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (not self.prompts, "online.prompts", "is required (--prompts)"),
+            (not self.judge, "online.judge", "is required (--judge package.module:function)"),
+            (self.rounds < 1, "online.rounds", "must be ≥ 1"),
+            (self.samples_per_prompt < 2, "online.samples_per_prompt", "must be ≥ 2: a pair needs two answers"),
+            (self.prompts_per_round < 0, "online.prompts_per_round", "must be ≥ 0 (0: all prompts)"),
+            (self.min_margin < 0, "online.min_margin", "must be ≥ 0"),
+            (self.max_new_tokens < 1, "online.max_new_tokens", "must be ≥ 1"),
+            (self.temperature <= 0, "online.temperature", "must be > 0: candidates are sampled"),
+            (not 0 < self.top_p <= 1, "online.top_p", "must be in (0, 1]"),
+            (self.generation_batch_size < 1, "online.generation_batch_size", "must be ≥ 1"),
+            (self.eval_num_prompts < 0, "online.eval_num_prompts", "must be ≥ 0 (0: all)"),
+        ]
+
+
+@dataclass
+class OnlineConfig(RunConfig):
+    """A run config whose training data is made by the round loop, plus the loop's settings."""
+
+    online: OnlineSettings = field(default_factory=OnlineSettings)
+
+    def validate(self) -> OnlineConfig:
+        """The loop's own checks, then the training config's, as round 1 will run it. Any loss works:
+        the data pipeline turns the round's pairs into the loss's records (lists of two, unpaired
+        examples, or the chosen answers)."""
+        for bad, key, msg in self.online.checks():
+            if bad:
+                raise UserError(msg, where="config", field=key)
+        if self.data.train:
+            raise UserError("each round writes its own pairs; drop --data", where="config", field="data.train")
+        if self.train.resume:
+            raise UserError("an online run resumes by itself when rerun; drop --resume", where="config",
+                            field="train.resume")
+        self.round_config(1, self.model.path, self.model.ref_path, "(round pairs)", self.train.output)
+        return self
+
+    def round_config(self, round_no: int, model: str, ref: str | None, pairs: str, output: str) -> RunConfig:
+        """The validated training config of one round."""
+        cfg = RunConfig(**{name: copy.deepcopy(getattr(self, name)) for name in ("model", "lora", "data", "loss",
+                                                                                  "train")})
+        cfg.model.path, cfg.model.ref_path = model, ref
+        cfg.data.train, cfg.data.format, cfg.train.output = pairs, "pairs", output
+        try:
+            return cfg.validate()
+        except UserError as exc:
+            where = "config" if round_no == 1 else f"config (round {round_no})"
+            raise UserError(exc.detail, where=where, field=exc.field) from None
+
+
+SET_BY_LOOP = {"data.train", "data.format", "train.resume", "data.pairing", "data.pair_margin", "data.columns",
+               "data.votes", "data.ties", "data.click_min_dwell", "data.click_bias", "data.balance", "data.balance_by"}
+"""Training settings the round loop sets itself, or that do not apply to the pairs it writes (no flag)."""
+
+ONLINE_FLAGS: dict[str, str] = {
+    **{flag: dotted for flag, dotted in FLAG_FIELDS.items()
+       if dotted not in SET_BY_LOOP},
+    **{name: f"online.{name}" for name in (
+        "prompts", "judge", "rounds", "samples_per_prompt", "prompts_per_round", "pairing", "min_margin",
+        "ref_update", "max_new_tokens", "temperature", "top_p", "generation_batch_size", "eval_prompts",
+        "eval_num_prompts")},
+}
+"""Flags of ``dpokit online``: the training flags of ``dpokit dpo`` (less those the loop sets) and its own."""
