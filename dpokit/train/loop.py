@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from dpokit.config import RunConfig, save_config
 from dpokit.data import TokenizedRecord, collate
-from dpokit.logprobs import completion_logps, logps_from_log_probs
+from dpokit.logprobs import Options, completion_logps, logps_from_log_probs
 from dpokit.losses import LossContext, LossSpec, get_loss
 from dpokit.models import load_tokenizer
 from dpokit.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint, save_model
@@ -94,13 +94,18 @@ def unit_count(spec: LossSpec, batch: dict, group_size: int) -> int:
     return batch["input_ids"].shape[0] // group_size
 
 
+def logprob_options(cfg: RunConfig) -> Options:
+    t = cfg.train
+    return Options(chunk=t.logprob_chunk, share_prompt=t.share_prompt, pack=t.pack)
+
+
 def forward_loss(spec: LossSpec, cfg: RunConfig, policy, reference, batch: dict, group: int, autocast,
                  state: dict):
     """Policy (and reference) log-probs of a batch, then the loss's per-example output,
     weighted by each record's weight."""
     ref_log_probs = reference.log_probs(batch) if spec.token_kl else None
     with autocast():
-        pol = completion_logps(policy, batch, group, ref_log_probs)
+        pol = completion_logps(policy, batch, group, ref_log_probs, logprob_options(cfg))
     if ref_log_probs is not None:
         ref = logps_from_log_probs(ref_log_probs, batch, group)
     else:
@@ -172,7 +177,7 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
     metrics_log = MetricsLog(out / "metrics.jsonl", state.step if t.resume else None, enabled=main)
 
     policy.train()
-    window, window_tokens, window_start = MetricSums(), 0, time.perf_counter()
+    window, window_tokens, window_steps, window_start = MetricSums(), 0, 0, time.perf_counter()
     bar = tqdm(total=total, initial=state.step, desc=f"{spec.name}", disable=not (t.progress and main))
     last: dict = {}
     eval_metrics: dict = {}
@@ -204,6 +209,7 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
+        window_steps += 1
         bar.update(1)
 
         # 5. Log, evaluate and save at their intervals.
@@ -211,11 +217,12 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
             elapsed = time.perf_counter() - window_start
             tokens = accelerator.reduce(torch.tensor(window_tokens, device=accelerator.device), "sum").item()
             last = {"step": state.step, "epoch": state.epoch + state.position / len(train_records),
-                    **window.gathered(accelerator).means(), "tokens_per_s": tokens / max(elapsed, 1e-9)}
+                    **window.gathered(accelerator).means(), "tokens_per_s": tokens / max(elapsed, 1e-9),
+                    "step_s": elapsed / window_steps}
             metrics_log.write(last)
             bar.set_postfix(loss=f"{last['loss']:.4f}", **({"acc": f"{last['rewards/accuracies']:.2f}"}
                                                           if "rewards/accuracies" in last else {}))
-            window, window_tokens, window_start = MetricSums(), 0, time.perf_counter()
+            window, window_tokens, window_steps, window_start = MetricSums(), 0, 0, time.perf_counter()
         if "eval" in datasets and ((t.eval_steps and state.step % t.eval_steps == 0) or state.step == total):
             eval_metrics = evaluate(spec, cfg, policy, reference, datasets["eval"], pad_id, autocast,
                                     accelerator, state.loss_state)
