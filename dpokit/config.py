@@ -240,6 +240,13 @@ class TrainConfig:
     at one folder to share them."""
     registry: str | None = None
     """Register ``final/`` as a new version in this registry folder (``dpokit versions``)."""
+    logprob_chunk: int = 1024
+    """Completion positions per chunk of LM head + log-softmax, each recomputed in backward so the
+    full tokens × vocabulary logits are never held; 0 computes them all at once."""
+    share_prompt: bool = True
+    """Encode each prompt once for all its responses (block attention mask; sdpa/eager attention)."""
+    pack: bool = True
+    """Pack several records into one row (block-diagonal attention mask), filling the padding."""
 
 
 @dataclass
@@ -265,6 +272,7 @@ class RunConfig:
             (not self.model.path, "model.path", "is required (--model)"),
             (not d.train, "data.train", "is required (--data)"),
             (t.batch_size < 1, "train.batch_size", "must be ≥ 1"),
+            (t.logprob_chunk < 0, "train.logprob_chunk", "must be ≥ 0 (0: no chunking)"),
             (t.grad_accum < 1, "train.grad_accum", "must be ≥ 1"),
             (t.max_steps == 0 or t.max_steps < -1, "train.max_steps", "must be -1 or ≥ 1"),
             (t.epochs < 1, "train.epochs", "must be ≥ 1"),
@@ -436,6 +444,7 @@ FLAG_FIELDS: dict[str, str] = {
     "progress": "train.progress", "cache_dir": "train.cache_dir",
     "save_total_limit": "train.save_total_limit", "save_best_metric": "train.save_best_metric",
     "save_best_mode": "train.save_best_mode", "registry": "train.registry", **GUARD_FLAGS,
+    "logprob_chunk": "train.logprob_chunk", "share_prompt": "train.share_prompt", "pack": "train.pack",
 }
 
 

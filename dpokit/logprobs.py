@@ -1,36 +1,121 @@
 """The one place where a model turns token ids into completion log-probs.
 
 Every loss, the reference cache, evaluation and the sampled-KL estimate go through
-``completion_logps``, so speed work here serves all of them.
+``completion_logps``, so speed work here serves all of them:
+
+- the layout (``dpokit.layout``): by default each record's prompt is encoded once for all its
+  responses, and short records are packed into the padding of long ones;
+- the LM head and the fp32 log-softmax run only at completion positions, in chunks of
+  ``Options.chunk`` positions, each recomputed in the backward pass (activation
+  checkpointing), so the full tokens × vocabulary logits are never held at once.
+
+Whatever the options, the output is the same ``Logps``, laid out as the padded rows of
+``data.collate`` from the batch's first completion column on.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
+from dataclasses import dataclass
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
+from dpokit.layout import Plan, padded_plan, shared_plan
 from dpokit.losses import Logps
+
+log = logging.getLogger(__name__)
+BLOCK_MASK_ATTENTION = ("sdpa", "eager")  # implementations that take a custom 4-D mask
+
+
+@dataclass(frozen=True)
+class Options:
+    """How log-probs are computed; every choice gives the same values (to float rounding)."""
+
+    chunk: int = 1024
+    """Completion positions per LM-head + log-softmax chunk (recomputed in backward); 0: all at once."""
+    share_prompt: bool = True
+    """Encode each record's prompt once for all its responses (block attention mask)."""
+    pack: bool = True
+    """Pack several records into one row (block-diagonal mask, position ids restarting)."""
+
+
+FAST = Options()
+
+
+def _base(model):
+    """The HF causal LM inside DDP and PEFT wrappers (for its config and LM head)."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _accepts_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return "logits_to_keep" in inspect.signature(_base(model).forward).parameters
 
 
-def _completion_logits(model, batch: dict[str, torch.Tensor]):
-    """fp32 logits that predict tokens from the batch's first completion position on, with
-    those tokens and their completion mask: (N, T', V), (N, T'), (N, T').
+_noted: set = set()
 
-    Logits are only built from the first completion position on (``logits_to_keep``), since
-    prompt positions never enter a loss.
+
+def _block_masks_ok(model) -> bool:
+    impl = getattr(_base(model).config, "_attn_implementation", None)
+    if impl in BLOCK_MASK_ATTENTION:
+        return True
+    if impl not in _noted:
+        _noted.add(impl)
+        log.info("attention %r takes no custom 4-D mask: prompts are not shared, rows not packed", impl)
+    return False
+
+
+def plan(model, batch: dict, group_size: int, options: Options) -> Plan:
+    """Where the batch's completion tokens go in the model's rows (see ``dpokit.layout``)."""
+    if (options.share_prompt or options.pack) and _block_masks_ok(model):
+        return shared_plan(batch, group_size, options.pack, options.share_prompt)
+    return padded_plan(batch)
+
+
+def _hidden(model, p: Plan) -> torch.Tensor:
+    """(K, d) final hidden states (after the last norm) at the positions that predict each token.
+
+    The model is called as a whole (so DDP and PEFT wrappers see their forward), keeping the
+    logits of one position only, and the last hidden state is read from its outputs.
     """
-    ids, attn, cmask = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
-    first = int(cmask.float().argmax(dim=1).min())  # earliest completion token in the batch
-    keep = ids.shape[1] - first + 1  # logits at first−1 … T−1; the last one predicts nothing
-    kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
-    logits = model(input_ids=ids, attention_mask=attn, use_cache=False, **kwargs).logits
-    return logits[:, -keep:-1].float(), ids[:, first:], cmask[:, first:]
+    inputs = dict(p.inputs)
+    if inputs["attention_mask"].dim() == 4 and _base(model).config._attn_implementation == "eager":
+        see = inputs["attention_mask"]
+        inputs["attention_mask"] = torch.zeros(see.shape, device=see.device).masked_fill(~see, torch.finfo().min)
+    keep = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+    out = model(**inputs, use_cache=False, output_hidden_states=True, **keep)
+    hidden = out.hidden_states[-1]
+    return hidden.reshape(-1, hidden.shape[-1])[p.src]
+
+
+def _token_logps(head, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = head(hidden).float()
+    return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def _token_kl(head, hidden: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """KL(π_ref ‖ π) per position from the reference's log-distributions (K, V)."""
+    log_probs = torch.log_softmax(head(hidden).float(), dim=-1)
+    return (ref.exp() * (ref - log_probs)).sum(-1)
+
+
+def _chunked(fn, head, hidden: torch.Tensor, other: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``fn`` over ``chunk`` positions at a time; with autograd on, each chunk's logits are
+    recomputed in backward instead of kept."""
+    if chunk <= 0 or hidden.shape[0] <= chunk:
+        return fn(head, hidden, other)
+    grad = torch.is_grad_enabled() and hidden.requires_grad
+    parts = [checkpoint(fn, head, h, o, use_reentrant=False) if grad else fn(head, h, o)
+             for h, o in zip(hidden.split(chunk), other.split(chunk))]
+    return torch.cat(parts)
+
+
+def _scatter(values: torch.Tensor, p: Plan) -> torch.Tensor:
+    """(K,) values into the (N, T') output, zero elsewhere."""
+    out = values.new_zeros(p.mask.numel())
+    return out.index_copy(0, p.dst, values).view(p.mask.shape)
 
 
 def _grouped(values: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -38,28 +123,32 @@ def _grouped(values: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 def completion_logps(model, batch: dict[str, torch.Tensor], group_size: int,
-                     ref_log_probs: torch.Tensor | None = None) -> Logps:
+                     ref_log_probs: torch.Tensor | None = None, options: Options = FAST) -> Logps:
     """Per-token log π(y_t | x, y_<t) over completion tokens, log-softmax in fp32.
 
     ``batch`` is the output of ``data.collate``: (G·B, T) rows grouped by response. Returns
-    ``Logps`` of shape (G, B, T'). Given the reference's full log-distributions
-    (``completion_log_probs`` of the same batch), also the per-token KL(π_ref ‖ π) in ``kl``.
+    ``Logps`` of shape (G, B, T'), T' counted from the batch's first completion column. Given
+    the reference's full log-distributions (``completion_log_probs`` of the same batch), also
+    the per-token KL(π_ref ‖ π) in ``kl``.
     """
-    logits, labels, mask = _completion_logits(model, batch)
-    lse = torch.logsumexp(logits, dim=-1)
-    token_logps = (logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - lse).masked_fill(~mask, 0.0)
+    p = plan(model, batch, group_size, options)
+    hidden, head = _hidden(model, p), _base(model).get_output_embeddings()
+    tokens = _scatter(_chunked(_token_logps, head, hidden, p.labels, options.chunk), p)
     kl = None
     if ref_log_probs is not None:
-        log_probs = logits - lse.unsqueeze(-1)
-        kl = (ref_log_probs.exp() * (ref_log_probs - log_probs)).sum(-1).masked_fill(~mask, 0.0)
-        kl = _grouped(kl, group_size)
-    return Logps(_grouped(token_logps, group_size), _grouped(mask, group_size), kl)
+        ref = ref_log_probs.reshape(-1, ref_log_probs.shape[-1])[p.dst]
+        kl = _grouped(_scatter(_chunked(_token_kl, head, hidden, ref, options.chunk), p), group_size)
+    return Logps(_grouped(tokens, group_size), _grouped(p.mask, group_size), kl)
 
 
-def completion_log_probs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The full fp32 log-distributions (N, T', V) at completion positions (token-level losses)."""
-    logits, _, _ = _completion_logits(model, batch)
-    return torch.log_softmax(logits, dim=-1)
+def completion_log_probs(model, batch: dict[str, torch.Tensor], group_size: int = 1,
+                         options: Options = FAST) -> torch.Tensor:
+    """The full fp32 log-distributions (N, T', V) at completion positions (token-level losses);
+    zero at positions that are not completion tokens."""
+    p = plan(model, batch, group_size, options)
+    log_probs = torch.log_softmax(_base(model).get_output_embeddings()(_hidden(model, p)).float(), dim=-1)
+    out = log_probs.new_zeros(p.mask.numel(), log_probs.shape[-1]).index_copy(0, p.dst, log_probs)
+    return out.view(*p.mask.shape, -1)
 
 
 def logps_from_log_probs(log_probs: torch.Tensor, batch: dict[str, torch.Tensor], group_size: int) -> Logps:

@@ -56,7 +56,7 @@ def test_copy_and_precomputed_reference_agree(setup):
     assert len(m_copy) == len(m_cache) == 4  # 3 steps + the final eval line
     for a, b in zip(m_copy, m_cache):
         for k in a:
-            if k not in ("tokens_per_s", "epoch"):
+            if k not in ("tokens_per_s", "step_s", "epoch"):
                 assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-5), k
     assert m_copy[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # π = π_ref at step 0
     assert_close_weights(final_weights(outs["copy"]), final_weights(outs["precomputed"]), atol=1e-5)
@@ -101,7 +101,7 @@ def test_metrics_and_final_model(setup):
     assert [m["step"] for m in eval_lines] == [2, 4]
     for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
                 "logps/rejected", "logps/chosen_per_token", "logps/rejected_per_token", "kl/approx", "grad_norm",
-                "lr", "tokens_per_s"):
+                "lr", "tokens_per_s", "step_s"):
         assert key in step_lines[0], key
     m = step_lines[-1]
     assert m["rewards/margins"] == pytest.approx(m["rewards/chosen"] - m["rewards/rejected"], abs=1e-6)
@@ -156,3 +156,17 @@ def test_bf16_autocast_runs(setup):
     train(config(model, data, out, train__bf16=True, train__max_steps=2))
     assert all(math.isfinite(m["loss"]) for m in metrics(out))
     assert final_weights(out)["model.norm.weight"].dtype == torch.float32  # weights stay fp32
+
+
+def test_fast_logprob_options_train_like_the_plain_path(setup):
+    """Shared prompts + packing + chunked head (the defaults) and the plain padded path train to
+    the same weights and metrics over 3 steps (fp32)."""
+    tmp, model, data = setup
+    fast, plain = tmp / "fast-default", tmp / "fast-plain"
+    train(config(model, data, fast, train__ref="copy", train__logprob_chunk=7))
+    train(config(model, data, plain, train__ref="copy", train__logprob_chunk=0, train__share_prompt=False,
+                 train__pack=False))
+    assert_close_weights(final_weights(fast), final_weights(plain), atol=1e-5)
+    for a, b in zip(metrics(fast), metrics(plain)):
+        for k in ("loss", "rewards/margins", "logps/chosen"):
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-5), k

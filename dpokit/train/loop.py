@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from dpokit.config import RunConfig, save_config
 from dpokit.data import TokenizedRecord, collate
-from dpokit.logprobs import completion_logps, logps_from_log_probs
+from dpokit.logprobs import Options, completion_logps, logps_from_log_probs
 from dpokit.losses import LossContext, LossSpec, get_loss
 from dpokit.models import load_tokenizer
 from dpokit.train.checkpoint import (TrainState, latest_checkpoint, load_checkpoint, remove_partial_writes,
@@ -101,6 +101,11 @@ def unit_count(spec: LossSpec, batch: dict, group_size: int) -> int:
     return batch["input_ids"].shape[0] // group_size
 
 
+def logprob_options(cfg: RunConfig) -> Options:
+    t = cfg.train
+    return Options(chunk=t.logprob_chunk, share_prompt=t.share_prompt, pack=t.pack)
+
+
 def forward_loss(spec: LossSpec, cfg: RunConfig, policy, reference, batch: dict, group: int, autocast,
                  state: dict, gather=None):
     """Policy (and reference) log-probs of a batch, then the loss's per-example output,
@@ -108,7 +113,7 @@ def forward_loss(spec: LossSpec, cfg: RunConfig, policy, reference, batch: dict,
     steps only: evaluation shards may differ in size, so their statistics stay per batch)."""
     ref_log_probs = reference.log_probs(batch) if spec.token_kl else None
     with autocast():
-        pol = completion_logps(policy, batch, group, ref_log_probs)
+        pol = completion_logps(policy, batch, group, ref_log_probs, logprob_options(cfg))
     if ref_log_probs is not None:
         ref = logps_from_log_probs(ref_log_probs, batch, group)
     else:
@@ -190,7 +195,7 @@ def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
     guard = Guard(cfg.guard, state)
 
     policy.train()
-    window, window_tokens, window_start = MetricSums(), 0, time.perf_counter()
+    window, window_tokens, window_steps, window_start = MetricSums(), 0, 0, time.perf_counter()
     bar = tqdm(total=total, initial=state.step, desc=f"{spec.name}", disable=not (t.progress and main))
     last: dict = {}
     eval_metrics: dict = {}
@@ -234,7 +239,7 @@ def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
             if action is Action.ROLLBACK:
                 state = guard.roll_back(out, state, accelerator.unwrap_model(policy), optimizer, scheduler, t.lr,
                                         log, metrics_log)
-                bar.n, window, window_tokens = state.step, MetricSums(), 0  # the window's steps were undone
+                bar.n, window, window_tokens, window_steps = state.step, MetricSums(), 0, 0  # those steps were undone
             continue
         window.merge(step_sums)
         window_tokens += step_tokens
@@ -245,6 +250,7 @@ def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
+        window_steps += 1
         bar.update(1)
 
         # 6. Log, evaluate and save at their intervals; a watched metric that collapsed rolls back
@@ -254,14 +260,15 @@ def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
             elapsed = time.perf_counter() - window_start
             tokens = accelerator.reduce(torch.tensor(window_tokens, device=accelerator.device), "sum").item()
             last = {"step": state.step, "epoch": state.epoch + state.position / len(train_records),
-                    **window.gathered(accelerator).means(), "tokens_per_s": tokens / max(elapsed, 1e-9)}
+                    **window.gathered(accelerator).means(), "tokens_per_s": tokens / max(elapsed, 1e-9),
+                    "step_s": elapsed / max(window_steps, 1)}
             if cfg.guard.enabled:
                 last["guard/skipped_steps"] = guard.skipped
             fresh.update(last)
             metrics_log.write(last)
             bar.set_postfix(loss=f"{last['loss']:.4f}", **({"acc": f"{last['rewards/accuracies']:.2f}"}
                                                           if "rewards/accuracies" in last else {}))
-            window, window_tokens, window_start = MetricSums(), 0, time.perf_counter()
+            window, window_tokens, window_steps, window_start = MetricSums(), 0, 0, time.perf_counter()
         if "eval" in datasets and ((t.eval_steps and state.step % t.eval_steps == 0) or state.step == total):
             eval_metrics = evaluate(spec, cfg, policy, reference, datasets["eval"], pad_id, autocast,
                                     accelerator, state.loss_state)
@@ -270,7 +277,7 @@ def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
         if guard.check_metrics(fresh) is Action.ROLLBACK:
             state = guard.roll_back(out, state, accelerator.unwrap_model(policy), optimizer, scheduler, t.lr, log,
                                     metrics_log)
-            bar.n, window, window_tokens = state.step, MetricSums(), 0
+            bar.n, window, window_tokens, window_steps = state.step, MetricSums(), 0, 0
             continue
         if t.save_steps and state.step % t.save_steps == 0 and state.step < total:
             if main:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 
 import torch
@@ -82,7 +83,7 @@ def _cached(cfg: RunConfig, model, tokenizer, datasets: dict[str, list], autocas
     for name, records in datasets.items():
         path = folder / f"{ref_lib.cache_key(digest, tokenizer, records, settings)}.safetensors"
         if not path.is_file():
-            mine = records[rank::size]
+            mine, start = records[rank::size], time.perf_counter()
             with tqdm(total=len(mine), desc=f"reference log-probs ({name})", leave=False,
                       disable=not (cfg.train.progress and accelerator.is_main_process)) as bar:
                 share = ref_lib.compute_reference_logps(model, mine, tokenizer.pad_token_id,
@@ -90,7 +91,7 @@ def _cached(cfg: RunConfig, model, tokenizer, datasets: dict[str, list], autocas
             shares = _gather(share, accelerator)  # a collective: every process takes part
             if accelerator.is_main_process:
                 ref_lib.save_cache(path, _interleave(shares, len(records)))
-                log(f"[reference] {name}: computed and cached at {path}")
+                log(f"[reference] {name}: computed in {time.perf_counter() - start:.2f} s and cached at {path}")
             accelerator.wait_for_everyone()
         else:
             log(f"[reference] {name}: cached log-probs from {path}")
