@@ -80,8 +80,11 @@ def test_accumulation_equals_full_batch_for_other_kinds(files, name):
     runs = []
     for bs, k in ((4, 1), (2, 2)):
         out = files["tmp"] / f"acc-{name}-{bs}x{k}"
+        # SGD with lr 1: the update is the gradient itself, so 1e-5 compares gradients (AdamW's
+        # first step, ≈ lr·sign(g), would turn float noise on near-zero gradients into lr-sized steps).
         train(config(files["model"], data, out, loss__name=name, train__batch_size=bs, train__grad_accum=k,
-                     train__max_steps=1, train__ref="copy"))
+                     train__max_steps=1, train__ref="copy", train__optimizer="sgd", train__lr=1.0,
+                     train__max_grad_norm=0.0))
         runs.append((final_weights(out), metrics(out)[0]))
     (wa, ma), (wb, mb) = runs
     for key in wa:
