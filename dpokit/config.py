@@ -1,6 +1,7 @@
 """Typed run configuration: one dataclass per component, loaded from YAML, overridden by flags.
 
-Every field has its default and a docstring here and nowhere else. ``load_config`` checks
+Every field has its default and a docstring in its dataclass and nowhere else (the ``loss:`` and
+``guard:`` sections live in ``loss_config.py`` and ``guard_config.py``). ``load_config`` checks
 that each key names an existing field with a value of the right type, and
 ``RunConfig.validate`` holds every cross-field rule, so a bad setting fails before any
 model is loaded.
@@ -21,6 +22,7 @@ import yaml
 
 from dpokit.errors import UserError
 from dpokit.guard_config import GUARD_FLAGS, GuardConfig
+from dpokit.loss_config import LOSS_FLAGS, LossConfig
 
 
 @dataclass
@@ -134,57 +136,6 @@ class DataConfig:
 
 
 @dataclass
-class LossConfig:
-    """Hyperparameters of every registered loss; each loss reads the ones it names.
-    ``beta`` and ``label_smoothing`` left empty take the chosen loss's own default."""
-
-    name: str = "sigmoid"
-    """Registered loss (``dpokit losses``), or a weighted sum such as ``sigmoid:1.0,nll:0.2``."""
-    beta: float | None = None
-    """β: the strength of the pull towards the reference (smaller moves further); default 0.1, SimPO 2.0."""
-    label_smoothing: float | None = None
-    """ε, the assumed rate of flipped labels (cdpo, robust, sigmoid): 0 ≤ ε < 0.5; default 0, cdpo/robust 0.1."""
-    ipo_average: bool = True
-    """IPO: compare per-token mean log-probs (true) or summed log-probs as in the paper (false)."""
-    hinge_margin: float = 1.0
-    """hinge (SLiC): the margin δ in max(0, δ − u)."""
-    rso_gamma: float = 0.05
-    """rso: the scale γ of the log-ratio margin."""
-    rso_norm: Literal["hinge", "sigmoid"] = "hinge"
-    """rso: hinge-norm max(0, 1 − γu) or sigmoid-norm −log σ(γu)."""
-    dpop_lambda: float = 50.0
-    """dpop: weight λ of the penalty for lowering the chosen answer's likelihood."""
-    beta_dpo_alpha: float = 0.5
-    """beta_dpo: how strongly β follows the batch's mean margin (0 keeps β fixed)."""
-    beta_dpo_momentum: float = 0.9
-    """beta_dpo: momentum of the running margin statistics."""
-    beta_dpo_filter: float = 0.0
-    """beta_dpo: fraction of outlier pairs dropped from each batch (0: no filtering)."""
-    rdpo_alpha: float = 0.05
-    """rdpo: weight α of the length difference |y_w| − |y_l| inside the sigmoid."""
-    tdpo_alpha: float = 0.5
-    """tdpo: weight α of the sequential-KL term (TDPO2)."""
-    tdpo_variant: Literal[1, 2] = 2
-    """tdpo: 1 (KL terms with full gradient) or 2 (chosen KL detached, weighted by α)."""
-    simpo_gamma: float = 1.0
-    """simpo: target reward margin γ."""
-    cpo_alpha: float = 1.0
-    """cpo: weight of the NLL term on the chosen answer."""
-    orpo_lambda: float = 0.1
-    """orpo: weight λ of the odds-ratio term."""
-    kto_desirable_weight: float = 1.0
-    """kto: λ_D, the weight of desirable examples."""
-    kto_undesirable_weight: float = 1.0
-    """kto: λ_U, the weight of undesirable examples."""
-
-    def resolve_defaults(self, spec_defaults: tuple[tuple[str, float], ...]) -> None:
-        """Fill empty fields with the loss's own defaults, then the general ones."""
-        for key, value in (*spec_defaults, ("beta", 0.1), ("label_smoothing", 0.0)):
-            if getattr(self, key) is None:
-                setattr(self, key, value)
-
-
-@dataclass
 class TrainConfig:
     output: str = "runs/dpokit"
     """Run folder: metrics.jsonl, checkpoint-STEP/, final/."""
@@ -284,20 +235,7 @@ class RunConfig:
              "must be ≥ 1 and smaller than data.max_length"),
             *d.checks(),
             (d.ties == "keep", "data.ties", "'keep' is for `dpokit data convert`: no loss trains on ties"),
-            (lo.beta <= 0, "loss.beta", "must be > 0"),
-            (not 0 <= lo.label_smoothing < 0.5, "loss.label_smoothing", "must be in [0, 0.5)"),
-            (lo.hinge_margin <= 0, "loss.hinge_margin", "must be > 0"),
-            (lo.rso_gamma <= 0, "loss.rso_gamma", "must be > 0"),
-            (lo.dpop_lambda < 0, "loss.dpop_lambda", "must be ≥ 0"),
-            (lo.beta_dpo_alpha < 0, "loss.beta_dpo_alpha", "must be ≥ 0"),
-            (not 0 <= lo.beta_dpo_momentum < 1, "loss.beta_dpo_momentum", "must be in [0, 1)"),
-            (not 0 <= lo.beta_dpo_filter < 1, "loss.beta_dpo_filter", "must be in [0, 1)"),
-            (lo.tdpo_alpha < 0, "loss.tdpo_alpha", "must be ≥ 0"),
-            (lo.simpo_gamma < 0, "loss.simpo_gamma", "must be ≥ 0"),
-            (lo.cpo_alpha < 0, "loss.cpo_alpha", "must be ≥ 0"),
-            (lo.orpo_lambda < 0, "loss.orpo_lambda", "must be ≥ 0"),
-            (min(lo.kto_desirable_weight, lo.kto_undesirable_weight) <= 0, "loss.kto_desirable_weight",
-             "KTO weights must be > 0"),
+            *lo.checks(),
             (spec.token_kl and t.ref not in ("copy", "adapter"), "train.ref",
              f"loss '{spec.name}' needs the reference's full per-token distributions; use copy or adapter"),
             (self.lora.r < 1, "lora.r", "must be ≥ 1"),
@@ -431,11 +369,7 @@ FLAG_FIELDS: dict[str, str] = {
     "max_length": "data.max_length", "max_prompt_length": "data.max_prompt_length",
     **{name: f"data.{name}" for name in DATA_PIPELINE_FLAGS},
     "data_cache": "data.cache", "data_cache_dir": "data.cache_dir",
-    "loss": "loss.name", "dpo_beta": "loss.beta", "label_smoothing": "loss.label_smoothing",
-    **{f: f"loss.{f}" for f in (
-        "ipo_average", "hinge_margin", "rso_gamma", "rso_norm", "dpop_lambda", "beta_dpo_alpha",
-        "beta_dpo_momentum", "beta_dpo_filter", "rdpo_alpha", "tdpo_alpha", "tdpo_variant", "simpo_gamma",
-        "cpo_alpha", "orpo_lambda", "kto_desirable_weight", "kto_undesirable_weight")},
+    **LOSS_FLAGS,
     "output": "train.output", "ref": "train.ref", "max_steps": "train.max_steps", "epochs": "train.epochs",
     "batch_size": "train.batch_size", "grad_accum": "train.grad_accum", "lr": "train.lr",
     "optimizer": "train.optimizer", "scheduler": "train.scheduler", "warmup_steps": "train.warmup_steps",

@@ -20,45 +20,46 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dpokit.data.tokenize import TokenizedRecord, collate
-from dpokit.logprobs import completion_log_probs, completion_logps
+from dpokit.logprobs import FAST, Options, completion_log_probs, completion_logps
 from dpokit.losses import Logps
 
 CACHE_FORMAT = 1
 
 
 class CopyReference:
-    def __init__(self, model, autocast: Callable[[], contextlib.AbstractContextManager]):
-        self.model, self.autocast = model.eval().requires_grad_(False), autocast
+    def __init__(self, model, autocast: Callable[[], contextlib.AbstractContextManager], options: Options = FAST):
+        self.model, self.autocast, self.options = model.eval().requires_grad_(False), autocast, options
 
     @torch.no_grad()
     def logps(self, batch: dict, group_size: int) -> Logps:
         with self.autocast():
-            return completion_logps(self.model, batch, group_size)
+            return completion_logps(self.model, batch, group_size, options=self.options)
 
     @torch.no_grad()
-    def log_probs(self, batch: dict) -> torch.Tensor:
+    def log_probs(self, batch: dict, group_size: int) -> torch.Tensor:
         """Full per-position log-distributions, for token-level losses."""
         with self.autocast():
-            return completion_log_probs(self.model, batch)
+            return completion_log_probs(self.model, batch, group_size, self.options)
 
 
 class AdapterReference:
     """Reads the policy at call time, so it always sees the prepared (wrapped) model."""
 
-    def __init__(self, get_policy: Callable, autocast: Callable[[], contextlib.AbstractContextManager]):
-        self.get_policy, self.autocast = get_policy, autocast
+    def __init__(self, get_policy: Callable, autocast: Callable[[], contextlib.AbstractContextManager],
+                 options: Options = FAST):
+        self.get_policy, self.autocast, self.options = get_policy, autocast, options
 
     @torch.no_grad()
     def logps(self, batch: dict, group_size: int) -> Logps:
         policy = self.get_policy()
         with policy.disable_adapter(), self.autocast():
-            return completion_logps(policy, batch, group_size)
+            return completion_logps(policy, batch, group_size, options=self.options)
 
     @torch.no_grad()
-    def log_probs(self, batch: dict) -> torch.Tensor:
+    def log_probs(self, batch: dict, group_size: int) -> torch.Tensor:
         policy = self.get_policy()
         with policy.disable_adapter(), self.autocast():
-            return completion_log_probs(policy, batch)
+            return completion_log_probs(policy, batch, group_size, self.options)
 
 
 class CachedReference:
@@ -108,7 +109,8 @@ def cache_key(model_digest: str, tokenizer, records: list[TokenizedRecord], sett
 
 
 def compute_reference_logps(model, records: list[TokenizedRecord], pad_id: int, batch_size: int,
-                            autocast: Callable, progress: Iterable | None = None) -> list[list[torch.Tensor]]:
+                            autocast: Callable, progress: Iterable | None = None,
+                            options: Options = FAST) -> list[list[torch.Tensor]]:
     """One no-grad pass over ``records``: per-token log-probs of every completion."""
     model.eval()
     if not records:
@@ -119,9 +121,9 @@ def compute_reference_logps(model, records: list[TokenizedRecord], pad_id: int, 
     with torch.no_grad():
         for start in range(0, len(records), batch_size):
             chunk = records[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
             with autocast():
-                batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
-                lp = completion_logps(model, batch, group)
+                lp = completion_logps(model, batch, group, options=options)
             for b in range(len(chunk)):
                 out.append([lp.tokens[g, b][lp.mask[g, b]].cpu() for g in range(group)])
             if progress is not None:

@@ -68,13 +68,16 @@ def write(path: Path, records: list[dict]) -> Path:
     return path
 
 
+def _held_out_batch(tokenizer, path: Path) -> dict:
+    records, _ = tokenize_records(read_records(path, "pair"), tokenizer, 64, 32)
+    return collate(records, tokenizer.pad_token_id)
+
+
 @torch.no_grad()
 def preference_accuracy(model, tokenizer, path: Path) -> float:
     """Fraction of held-out pairs where the model gives the chosen answer the higher
     log-likelihood."""
-    records, _ = tokenize_records(read_records(path, "pair"), tokenizer, 64, 32)
-    batch = collate(records, tokenizer.pad_token_id)
-    lp = completion_logps(model.eval(), batch, 2)
+    lp = completion_logps(model.eval(), _held_out_batch(tokenizer, path), 2)
     return (lp.sum[0] > lp.sum[1]).float().mean().item()
 
 
@@ -83,8 +86,7 @@ def reward_accuracy(model, start, tokenizer, path: Path) -> float:
     """Fraction of held-out pairs where the trained model raised the chosen answer's
     log-likelihood relative to the starting model more than the rejected one's, i.e. the
     implicit reward log π/π_start ranks the pair right (ties count half)."""
-    records, _ = tokenize_records(read_records(path, "pair"), tokenizer, 64, 32)
-    batch = collate(records, tokenizer.pad_token_id)
+    batch = _held_out_batch(tokenizer, path)
     now, before = completion_logps(model.eval(), batch, 2).sum, completion_logps(start.eval(), batch, 2).sum
     r = now - before
     return ((r[0] > r[1]).float() + 0.5 * (r[0] == r[1]).float()).mean().item()

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from dpokit.config import RunConfig, save_config
 from dpokit.data import TokenizedRecord, collate
-from dpokit.logprobs import Options, completion_logps, logps_from_log_probs
+from dpokit.logprobs import completion_logps, logps_from_log_probs
 from dpokit.losses import LossContext, LossSpec, get_loss
 from dpokit.models import load_tokenizer
 from dpokit.train.checkpoint import (TrainState, latest_checkpoint, load_checkpoint, remove_partial_writes,
@@ -28,7 +28,7 @@ from dpokit.train.checkpoint import (TrainState, latest_checkpoint, load_checkpo
 from dpokit.train.guards import Action, Guard
 from dpokit.train.metrics import MetricsLog, MetricSums, batch_metrics
 from dpokit.train.optim import build_optimizer, build_scheduler
-from dpokit.train.setup import build_policy, build_reference, load_data
+from dpokit.train.setup import build_policy, build_reference, load_data, logprob_options
 from dpokit.train.signals import StopRequest, stop_on_signals
 from dpokit.versions import register_run
 
@@ -101,24 +101,21 @@ def unit_count(spec: LossSpec, batch: dict, group_size: int) -> int:
     return batch["input_ids"].shape[0] // group_size
 
 
-def logprob_options(cfg: RunConfig) -> Options:
-    t = cfg.train
-    return Options(chunk=t.logprob_chunk, share_prompt=t.share_prompt, pack=t.pack)
-
-
 def forward_loss(spec: LossSpec, cfg: RunConfig, policy, reference, batch: dict, group: int, autocast,
                  state: dict, gather=None):
     """Policy (and reference) log-probs of a batch, then the loss's per-example output,
     weighted by each record's weight. ``gather`` concatenates a tensor over processes (training
     steps only: evaluation shards may differ in size, so their statistics stay per batch)."""
-    ref_log_probs = reference.log_probs(batch) if spec.token_kl else None
+    ref_log_probs = reference.log_probs(batch, group) if spec.token_kl else None
     with autocast():
         pol = completion_logps(policy, batch, group, ref_log_probs, logprob_options(cfg))
     if ref_log_probs is not None:
         ref = logps_from_log_probs(ref_log_probs, batch, group)
     else:
         ref = reference.logps(batch, group) if reference is not None else None
-    ctx = LossContext(batch.get("labels"), state, policy.training, gather or (lambda values: values))
+    ctx = LossContext(batch.get("labels"), state, policy.training)
+    if gather is not None:
+        ctx.gather = gather
     out = spec.fn(pol, ref, cfg.loss, ctx)
     out.losses = out.losses * batch["weights"]
     return pol, ref, out

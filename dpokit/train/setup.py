@@ -14,6 +14,7 @@ from dpokit.config import RunConfig
 from dpokit.data import TokenizedRecord
 from dpokit.data.cache import load_tokenized
 from dpokit.errors import UserError
+from dpokit.logprobs import Options
 from dpokit.losses import LossSpec
 from dpokit.models import apply_lora, disable_dropout, load_model
 
@@ -42,6 +43,12 @@ def build_policy(cfg: RunConfig):
     return policy
 
 
+def logprob_options(cfg: RunConfig) -> Options:
+    """How the log-prob path lays out and chunks a batch; the policy and its reference share it."""
+    t = cfg.train
+    return Options(chunk=t.logprob_chunk, share_prompt=t.share_prompt, pack=t.pack)
+
+
 def build_reference(cfg: RunConfig, spec: LossSpec, policy, tokenizer, datasets: dict[str, list],
                     autocast, log, accelerator):
     """The reference strategy the config asks for, built from the *starting* weights.
@@ -65,9 +72,9 @@ def build_reference(cfg: RunConfig, spec: LossSpec, policy, tokenizer, datasets:
         torch.manual_seed(cfg.train.seed)
         policy = apply_lora(policy, cfg.lora)
     if strategy == "copy":
-        reference = ref_lib.CopyReference(ref_model, autocast)
+        reference = ref_lib.CopyReference(ref_model, autocast, logprob_options(cfg))
     elif strategy == "adapter":
-        reference = ref_lib.AdapterReference(lambda: policy, autocast)
+        reference = ref_lib.AdapterReference(lambda: policy, autocast, logprob_options(cfg))
     return reference, policy
 
 
@@ -87,7 +94,7 @@ def _cached(cfg: RunConfig, model, tokenizer, datasets: dict[str, list], autocas
             with tqdm(total=len(mine), desc=f"reference log-probs ({name})", leave=False,
                       disable=not (cfg.train.progress and accelerator.is_main_process)) as bar:
                 share = ref_lib.compute_reference_logps(model, mine, tokenizer.pad_token_id,
-                                                        cfg.train.batch_size, autocast, bar)
+                                                        cfg.train.batch_size, autocast, bar, logprob_options(cfg))
             shares = _gather(share, accelerator)  # a collective: every process takes part
             if accelerator.is_main_process:
                 ref_lib.save_cache(path, _interleave(shares, len(records)))

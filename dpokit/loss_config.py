@@ -1,0 +1,88 @@
+"""The ``loss:`` section of a run config: which loss, and the hyperparameters of every registered
+loss (docs/losses.md). Its own module to keep ``config.py`` short; ``RunConfig`` holds it as
+``loss``, checks it with ``checks()`` and offers its flags through ``FLAG_FIELDS``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class LossConfig:
+    """Hyperparameters of every registered loss; each loss reads the ones it names.
+    ``beta`` and ``label_smoothing`` left empty take the chosen loss's own default."""
+
+    name: str = "sigmoid"
+    """Registered loss (``dpokit losses``), or a weighted sum such as ``sigmoid:1.0,nll:0.2``."""
+    beta: float | None = None
+    """β: the strength of the pull towards the reference (smaller moves further); default 0.1, SimPO 2.0."""
+    label_smoothing: float | None = None
+    """ε, the assumed rate of flipped labels (cdpo, robust, sigmoid): 0 ≤ ε < 0.5; default 0, cdpo/robust 0.1."""
+    ipo_average: bool = True
+    """IPO: compare per-token mean log-probs (true) or summed log-probs as in the paper (false)."""
+    hinge_margin: float = 1.0
+    """hinge (SLiC): the margin δ in max(0, δ − u)."""
+    rso_gamma: float = 0.05
+    """rso: the scale γ of the log-ratio margin."""
+    rso_norm: Literal["hinge", "sigmoid"] = "hinge"
+    """rso: hinge-norm max(0, 1 − γu) or sigmoid-norm −log σ(γu)."""
+    dpop_lambda: float = 50.0
+    """dpop: weight λ of the penalty for lowering the chosen answer's likelihood."""
+    beta_dpo_alpha: float = 0.5
+    """beta_dpo: how strongly β follows the batch's mean margin (0 keeps β fixed)."""
+    beta_dpo_momentum: float = 0.9
+    """beta_dpo: momentum of the running margin statistics."""
+    beta_dpo_filter: float = 0.0
+    """beta_dpo: fraction of outlier pairs dropped from each batch (0: no filtering)."""
+    rdpo_alpha: float = 0.05
+    """rdpo: weight α of the length difference |y_w| − |y_l| inside the sigmoid."""
+    tdpo_alpha: float = 0.5
+    """tdpo: weight α of the sequential-KL term (TDPO2)."""
+    tdpo_variant: Literal[1, 2] = 2
+    """tdpo: 1 (KL terms with full gradient) or 2 (chosen KL detached, weighted by α)."""
+    simpo_gamma: float = 1.0
+    """simpo: target reward margin γ."""
+    cpo_alpha: float = 1.0
+    """cpo: weight of the NLL term on the chosen answer."""
+    orpo_lambda: float = 0.1
+    """orpo: weight λ of the odds-ratio term."""
+    kto_desirable_weight: float = 1.0
+    """kto: λ_D, the weight of desirable examples."""
+    kto_undesirable_weight: float = 1.0
+    """kto: λ_U, the weight of undesirable examples."""
+
+    def resolve_defaults(self, spec_defaults: tuple[tuple[str, float], ...]) -> None:
+        """Fill empty fields with the loss's own defaults, then the general ones."""
+        for key, value in (*spec_defaults, ("beta", 0.1), ("label_smoothing", 0.0)):
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        """(bad, field, message) for each rule on the loss's own settings."""
+        return [
+            (self.beta <= 0, "loss.beta", "must be > 0"),
+            (not 0 <= self.label_smoothing < 0.5, "loss.label_smoothing", "must be in [0, 0.5)"),
+            (self.hinge_margin <= 0, "loss.hinge_margin", "must be > 0"),
+            (self.rso_gamma <= 0, "loss.rso_gamma", "must be > 0"),
+            (self.dpop_lambda < 0, "loss.dpop_lambda", "must be ≥ 0"),
+            (self.beta_dpo_alpha < 0, "loss.beta_dpo_alpha", "must be ≥ 0"),
+            (not 0 <= self.beta_dpo_momentum < 1, "loss.beta_dpo_momentum", "must be in [0, 1)"),
+            (not 0 <= self.beta_dpo_filter < 1, "loss.beta_dpo_filter", "must be in [0, 1)"),
+            (self.tdpo_alpha < 0, "loss.tdpo_alpha", "must be ≥ 0"),
+            (self.simpo_gamma < 0, "loss.simpo_gamma", "must be ≥ 0"),
+            (self.cpo_alpha < 0, "loss.cpo_alpha", "must be ≥ 0"),
+            (self.orpo_lambda < 0, "loss.orpo_lambda", "must be ≥ 0"),
+            (min(self.kto_desirable_weight, self.kto_undesirable_weight) <= 0, "loss.kto_desirable_weight",
+             "KTO weights must be > 0"),
+        ]
+
+
+LOSS_FLAGS: dict[str, str] = {
+    "loss": "loss.name", "dpo_beta": "loss.beta", "label_smoothing": "loss.label_smoothing",
+    **{name: f"loss.{name}" for name in (
+        "ipo_average", "hinge_margin", "rso_gamma", "rso_norm", "dpop_lambda", "beta_dpo_alpha",
+        "beta_dpo_momentum", "beta_dpo_filter", "rdpo_alpha", "tdpo_alpha", "tdpo_variant", "simpo_gamma",
+        "cpo_alpha", "orpo_lambda", "kto_desirable_weight", "kto_undesirable_weight")},
+}
+"""CLI flag -> loss field."""
