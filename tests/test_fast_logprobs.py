@@ -152,3 +152,42 @@ def test_lora_shared_and_chunked_equal_padded(tiny_tokenizer, model):
     fast, plain = run(lora, batch, Options(chunk=4)), run(lora, batch, PLAIN)
     assert all("lora_" in n for n in fast[2])
     assert_same(fast, plain)
+
+
+def saved_for_backward(model, batch) -> int:
+    """How many tensors one forward keeps for its backward."""
+    count = [0]
+
+    def pack(t):
+        count[0] += 1
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        dpo_loss(model, batch, Options())
+    return count[0]
+
+
+def test_gradient_checkpointing_equals_plain(tiny_tokenizer, model):
+    """Checkpointing recomputes the layers' activations in backward: the forward keeps far fewer
+    tensors, and loss and gradients are unchanged."""
+    batch = batch_for(tiny_tokenizer)
+    plain, kept = run(model, batch, Options()), saved_for_backward(model, batch)
+    model.gradient_checkpointing_enable()
+    model.config.use_cache = False
+    assert saved_for_backward(model, batch) < kept / 2
+    assert_same(run(model, batch, Options()), plain)
+
+
+def test_bf16_autocast_tracks_fp32(tiny_tokenizer, model):
+    """bf16 autocast changes the matmuls' precision, not the computation: per-token log-probs
+    stay within bf16 rounding of fp32 (≈ 3 significant digits), the returned log-probs are fp32,
+    and the loss's gradients point the same way."""
+    batch = batch_for(tiny_tokenizer)
+    fp32 = run(model, batch, Options())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = run(model, batch, Options())
+    assert bf16[0].tokens.dtype == torch.float32
+    assert not torch.equal(bf16[0].tokens, fp32[0].tokens)  # autocast really ran in bf16
+    torch.testing.assert_close(bf16[0].tokens, fp32[0].tokens, atol=0.05, rtol=0.02)
+    flat = [torch.cat([g[n].flatten() for n in sorted(g)]) for g in (fp32[2], bf16[2])]
+    assert torch.nn.functional.cosine_similarity(*flat, dim=0) > 0.99
