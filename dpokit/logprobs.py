@@ -90,6 +90,32 @@ def _hidden(model, p: Plan) -> torch.Tensor:
     return hidden.reshape(-1, hidden.shape[-1])[p.src]
 
 
+def _head(model):
+    """The LM head with whatever the model does to its logits after it: Gemma 2/3 soft-cap them
+    (cap·tanh(z/cap)), Cohere multiplies by ``logit_scale``, Granite divides by
+    ``logits_scaling``. Reading hidden states and applying the head here would otherwise give
+    other log-probs than the model's own forward."""
+    base = _base(model)
+    linear, cfg = base.get_output_embeddings(), base.config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    scale, divide = getattr(cfg, "logit_scale", None), getattr(cfg, "logits_scaling", None)
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    if not (scale or divide or cap):
+        return linear
+
+    def head(hidden: torch.Tensor) -> torch.Tensor:
+        logits = linear(hidden)
+        if scale:
+            logits = logits * scale
+        if divide:
+            logits = logits / divide
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return head
+
+
 def _token_logps(head, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     logits = head(hidden).float()
     return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
@@ -132,7 +158,7 @@ def completion_logps(model, batch: dict[str, torch.Tensor], group_size: int,
     the per-token KL(π_ref ‖ π) in ``kl``.
     """
     p = plan(model, batch, group_size, options)
-    hidden, head = _hidden(model, p), _base(model).get_output_embeddings()
+    hidden, head = _hidden(model, p), _head(model)
     tokens = _scatter(_chunked(_token_logps, head, hidden, p.labels, options.chunk), p)
     kl = None
     if ref_log_probs is not None:
@@ -146,7 +172,7 @@ def completion_log_probs(model, batch: dict[str, torch.Tensor], group_size: int 
     """The full fp32 log-distributions (N, T', V) at completion positions (token-level losses);
     zero at positions that are not completion tokens."""
     p = plan(model, batch, group_size, options)
-    log_probs = torch.log_softmax(_base(model).get_output_embeddings()(_hidden(model, p)).float(), dim=-1)
+    log_probs = torch.log_softmax(_head(model)(_hidden(model, p)).float(), dim=-1)
     out = log_probs.new_zeros(p.mask.numel(), log_probs.shape[-1]).index_copy(0, p.dst, log_probs)
     return out.view(*p.mask.shape, -1)
 
