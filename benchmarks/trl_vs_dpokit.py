@@ -21,11 +21,14 @@ TRL is an optional benchmark dependency (``pip install trl``), never one of dpok
   its reference forward inside each step. tokens/s = real tokens of the step (prompt + chosen +
   rejected, no padding, the prompt once) / step time, median over steps.
 - Memory: peak RSS of each subprocess (``os.wait4`` rusage); on a GPU also torch's peak allocation.
-- MFU: model FLOPs / step time / measured matmul peak. Model FLOPs per step = policy forward
-  and backward 6·N per real token + reference forward 2·N per real token (N = all parameters,
-  the tied LM head counted once) + attention 8·L·d per (query, key) pair of the causal
-  sequences prompt+chosen and prompt+rejected (QKᵀ and AV, ×3 policy, ×1 reference). The peak
-  is the best of a few 2048³ matmuls in this process, in the run's dtype.
+- MFU: model FLOPs / step time / measured matmul peak. Model FLOPs count the useful work of a
+  step once: the body's parameters N_body (all parameters less the vocabulary × hidden
+  embedding, which is a lookup) cost 2 FLOPs per real token forward, the LM head 2·V·d per
+  completion token (both tools run it only there), and causal attention 4·L·d per (query, key)
+  pair of prompt+chosen and prompt+rejected (QKᵀ and AV); the policy does forward and backward
+  (×3), the reference a forward (×1). The shared prompt is counted once, as a real token, so a
+  tool that encodes it twice does work this count does not credit. The peak is the best of a
+  few 2048³ matmuls in this process, in the run's dtype.
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ def usable_pairs(tok, n: int, max_length: int) -> list[dict]:
             continue
         out.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
                     "tokens": len(mine[0]) + sum(map(len, mine[1])),
+                    "completion_tokens": sum(map(len, mine[1])),
                     "attn_pairs": sum((len(mine[0]) + len(c)) ** 2 / 2 for c in mine[1])})
         if len(out) == n:
             return out
@@ -256,6 +260,17 @@ def matmul_peak(dtype: str, n: int = 2048, reps: int = 5) -> float:
     return 2 * n ** 3 / best
 
 
+def step_flops(batch: list[dict], info: dict) -> float:
+    """Model FLOPs of one step on ``batch`` (see the module docstring): ×4 = policy forward and
+    backward (×3) + reference forward (×1)."""
+    tokens = sum(p["tokens"] for p in batch)
+    completions = sum(p["completion_tokens"] for p in batch)
+    attn = sum(p["attn_pairs"] for p in batch)
+    forward = 2 * info["body_params"] * tokens + 2 * info["head_params"] * completions \
+        + 4 * info["layers"] * info["hidden"] * attn
+    return 4 * forward
+
+
 def summarise(result: dict, pairs: list[dict], spec: dict, model_info: dict, peak: float) -> dict:
     """Medians over the timed steps (all but the first). dpokit's reference precompute (wall
     seconds) is spread evenly over the steps run; in CPU time it is counted at the run's median
@@ -267,11 +282,9 @@ def summarise(result: dict, pairs: list[dict], spec: dict, model_info: dict, pea
     for i, (w, c) in enumerate(zip(wall, cpu), start=1):  # interval i is step i; step 0 is the warm-up
         batch = pairs[i * b:(i + 1) * b]
         tokens = sum(p["tokens"] for p in batch)
-        attn = sum(p["attn_pairs"] for p in batch)
         tok.append(tokens / (w + extra))
         tok_cpu.append(tokens / (c + extra * ratio))
-        flops.append((8 * model_info["params"] * tokens + 32 * model_info["layers"] * model_info["hidden"] * attn)
-                     / (w + extra))
+        flops.append(step_flops(batch, model_info) / (w + extra))
     step = statistics.median(wall) + extra
     return {"tokens_per_s": statistics.median(tok), "tokens_per_cpu_s": statistics.median(tok_cpu),
             "pairs_per_s": b / step, "step_s": step, "step_cpu_s": statistics.median(cpu) + extra * ratio,
@@ -290,8 +303,11 @@ def model_info(path: str) -> dict:
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg)
-    return {"params": sum(p.numel() for p in model.parameters()), "layers": cfg.num_hidden_layers,
-            "hidden": cfg.hidden_size}
+    params = sum(p.numel() for p in model.parameters())
+    embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    lookups = embed.numel() + (0 if head is embed else head.numel())
+    return {"params": params, "body_params": params - lookups, "head_params": head.numel(),
+            "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size}
 
 
 def one_setting(args, max_length: int, batch: int, tok, info: dict, peak: float) -> dict:
