@@ -158,3 +158,19 @@ def test_self_judge_is_the_rounds_policy_with_its_own_cache_entries(models, tmp_
     assert judges.cache.hits == 3
     judges.cache.save()
     assert len(json.loads((tmp_path / "cache.json").read_text())) == 6
+
+
+def test_self_rewarding_online_rounds(tmp_path):
+    """``--judge self`` over two rounds: round 2 is judged by round 1's policy, under another identity."""
+    from online_util import read_jsonl, tiny_online
+
+    out = tmp_path / "self"
+    result = tiny_online(tmp_path, out, online__judge="self", online__rounds=2, online__samples_per_prompt=3,
+                         online__max_new_tokens=6)
+    stats = [json.loads((out / f"round-{r}" / "sampling.json").read_text()) for r in (1, 2)]
+    assert stats[0]["judge"]["identity"] != stats[1]["judge"]["identity"]
+    assert all(s["judge"]["identity"].startswith("self:") and s["judge"]["failures"] == 0 for s in stats)
+    assert stats[1]["judge"]["cache_hits"] == 0  # nothing of round 1's judge is reused
+    cands = read_jsonl(out / "round-2" / "candidates.jsonl")
+    assert all(1 <= s <= 10 for c in cands for s in c["scores"])
+    assert [e["round"] for e in result.rounds] == [1, 2] and all("mean_score_policy" in e for e in result.rounds)
