@@ -96,7 +96,8 @@ def test_reward_model_two_labels_is_log_odds(models):
         z = judge.model(**judge.tokenizer(text, add_special_tokens=False, return_tensors="pt")).logits[0]
     p_good = torch.softmax(z, -1)[1]
     assert score == pytest.approx(float(torch.log(p_good / (1 - p_good))), abs=1e-5)
-    assert reward_from_logits(torch.tensor([[0.0, 2.0, 1.0]]))[0] == pytest.approx(1 - math.log(1 + math.e ** 2))  # z_last − log(e^0 + e^2)
+    # z_last − log(e^0 + e^2)
+    assert reward_from_logits(torch.tensor([[0.0, 2.0, 1.0]]))[0] == pytest.approx(1 - math.log(1 + math.e ** 2))
 
 
 def test_expected_score_arithmetic():

@@ -83,3 +83,22 @@ def test_online_round_trains_plackett_luce_on_lists(tmp_path):
     assert entry["list_ties"] == ties and entry["discarded"] == entry["candidates"] - 4 * len(lists)
     metrics = read_jsonl(out / "round-1" / "metrics.jsonl")
     assert all("logps/rank4" in m for m in metrics if "loss" in m)  # trained on lists of four
+
+
+def test_a_run_saved_before_the_new_settings_continues(tmp_path):
+    """Settings added later (judge mode, sampling, backend...) count as their defaults in an older
+    run's saved config; a non-default value is still a different run."""
+    import yaml
+
+    from dpokit.online.loop import _check_settings
+
+    cfg = load_config(None, tiny_settings(tmp_path, tmp_path / "old"), root=OnlineConfig)
+    saved = _check_settings(tmp_path / "old", cfg)
+    for key in ("sampling", "rso_beta", "backend", "judge_mode", "list_size"):
+        del saved["online"][key]
+    (tmp_path / "old" / "online_config.yaml").write_text(yaml.safe_dump(saved))
+    _check_settings(tmp_path / "old", cfg)
+    (tmp_path / "old" / "online_config.yaml").write_text(yaml.safe_dump(saved))
+    cfg.online.sampling = "rso"
+    with pytest.raises(UserError, match="online.sampling"):
+        _check_settings(tmp_path / "old", cfg)

@@ -38,7 +38,8 @@ class OnlineSettings:
     """Pairs from a prompt's answers: best vs worst, every pair whose scores differ by more than
     ``min_margin``, or one ranked list of the answers (for listwise losses)."""
     min_margin: float = 0.0
-    """A pair needs score(chosen) − score(rejected) > this (a list: best − worst > this); other answers are discarded."""
+    """A pair needs score(chosen) − score(rejected) > this (a list: best − worst > this); other answers
+    are discarded."""
     list_size: int = 0
     """``list`` pairing: answers per list (0: all ``samples_per_prompt``, or ``rso_accept`` with RSO sampling)."""
     sampling: Literal["plain", "rso"] = "plain"
@@ -68,7 +69,8 @@ class OnlineSettings:
     def checks(self) -> list[tuple[bool, str, str]]:
         return [
             (not self.prompts, "online.prompts", "is required (--prompts)"),
-            (not self.judge, "online.judge", "is required (--judge package.module:function)"),
+            (not self.judge, "online.judge",
+             "is required (--judge package.module:function, rm:PATH, llm:PATH or self)"),
             (self.rounds < 1, "online.rounds", "must be ≥ 1"),
             (self.samples_per_prompt < 2, "online.samples_per_prompt", "must be ≥ 2: a pair needs two answers"),
             (self.prompts_per_round < 0, "online.prompts_per_round", "must be ≥ 0 (0: all prompts)"),

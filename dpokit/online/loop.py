@@ -69,9 +69,11 @@ def _check_settings(out: Path, cfg: OnlineConfig) -> dict:
     current = json.loads(json.dumps(cfg.to_dict()))
     path = out / "online_config.yaml"
     if path.is_file():
-        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
-        diff = sorted(k for k in _flat(current).keys() | _flat(saved).keys()
-                      if k not in IGNORED_ON_RERUN and _flat(current).get(k) != _flat(saved).get(k))
+        # a setting added since the run was saved counts as its default there
+        saved = {**_flat(json.loads(json.dumps(OnlineConfig().to_dict()))),
+                 **_flat(yaml.safe_load(path.read_text(encoding="utf-8")))}
+        now = _flat(current)
+        diff = sorted(k for k in now.keys() | saved.keys() if k not in IGNORED_ON_RERUN and now.get(k) != saved.get(k))
         if diff:
             raise UserError(f"holds an online run with other settings ({', '.join(diff)}); rerun with the same "
                             "settings to continue it, or choose a new --output", where=str(out))
@@ -157,13 +159,13 @@ def run_round(cfg: OnlineConfig, r: int, prompts: list, judge: RunJudges, log) -
 SAMPLING_KEYS = ("prompts", "candidates", "pairs", "discarded", "empty", "prompts_without_pair",
                  "mean_candidate_length", "mean_candidate_score", "judge_failures", "rso_rejected", "list_ties")
 EVAL_KEYS = ("win_rate", "win_rate_ci95", "wins", "ties", "losses", "kl_sampled", "kl_sampled_stderr",
-             "mean_length_policy", "mean_length_reference", "mean_score_policy", "mean_score_reference",
-             "judge_failures")
+             "mean_length_policy", "mean_length_reference", "mean_score_policy", "mean_score_reference")
 
 
 def _eval_fields(report: dict) -> dict:
     fields = {k: report[k] for k in EVAL_KEYS if report.get(k) is not None}
     fields["eval_prompts"] = report["prompts"]
+    fields["eval_judge_failures"] = report["judge_failures"]  # prompts left out of the win rate
     fields["mean_length"] = report["mean_length_policy"]
     return fields
 

@@ -88,7 +88,8 @@ def list_indices(item: Candidates, size: int, margin: float) -> list[int]:
     return ranked
 
 
-def form_pairs(items: list[Candidates], pairing: str, margin: float, list_size: int = 0) -> tuple[list[dict], PairStats]:
+def form_pairs(items: list[Candidates], pairing: str, margin: float,
+               list_size: int = 0) -> tuple[list[dict], PairStats]:
     """Pair records (``prompt``, ``chosen``, ``rejected`` and both scores) or, for ``list`` pairing,
     ranked lists (``prompt``, ``completions`` best first, ``scores``) of ``list_size`` answers, and the
     counts behind them. Identical answers are judged once and never paired with each other (their
@@ -123,7 +124,8 @@ def _message(item: Candidates, text: str):
 
 
 def _record(item: Candidates, w: int, l: int) -> dict:
-    return {"prompt": item.prompt, "chosen": _message(item, item.answers[w]), "rejected": _message(item, item.answers[l]),
+    return {"prompt": item.prompt, "chosen": _message(item, item.answers[w]),
+            "rejected": _message(item, item.answers[l]),
             "score_chosen": item.scores[w], "score_rejected": item.scores[l]}
 
 
