@@ -137,6 +137,10 @@ def test_llm_rubric_file_changes_identity_and_errors(models, tmp_path):
     assert 1 <= custom.score("q", ["a"])[0] <= 10
     with pytest.raises(UserError, match="online.judge_rubric"):
         load_judge(f"llm:{models['llm']}", rubric=str(tmp_path / "missing.txt"))
+    with pytest.raises(UserError, match="online.judge_rubric"):
+        OnlineSettings(prompts="p", judge="self", judge_rubric=str(tmp_path / "missing.txt")).judge_checks()
+    with pytest.raises(UserError, match="not found"):
+        OnlineSettings(prompts="p", judge=f"rm:{tmp_path / 'nothing'}").judge_checks()
     with pytest.raises(UserError, match="online.judge_mode"):
         OnlineSettings(prompts="p", judge="online_judges:count_e", judge_mode="pairwise").judge_checks()
     with pytest.raises(UserError, match="online.judge_rubric"):

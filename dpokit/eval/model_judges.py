@@ -112,6 +112,11 @@ class _ModelJudge:
         """Free the model (the next call loads it again)."""
         self.model = None
 
+    def reset_stats(self) -> None:
+        """Start counting afresh (each round reports its own judgements)."""
+        self.stats = dict.fromkeys(self.stats, 0)
+
+
 class RewardModelJudge(_ModelJudge):
     pointwise = True
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from dpokit.config import FLAG_FIELDS, RunConfig
@@ -95,7 +96,13 @@ class OnlineSettings:
         """Settings that apply to some judges only are refused for the others, never ignored."""
         from dpokit.eval.judges import parse_spec
 
-        kind, _ = parse_spec(self.judge)
+        kind, target = parse_spec(self.judge)
+        if kind in ("rm", "llm") and not Path(target).exists():  # found now, not after a round's sampling
+            raise UserError("the judge's model folder is not found", where=target, field="online.judge")
+        if kind in ("llm", "self") and self.judge_rubric:
+            from dpokit.eval.model_judges import read_rubric
+
+            read_rubric(self.judge_rubric, self.judge_mode)
         if kind in ("fn", "rm") and self.judge_mode != "score":
             why = "a function judge is pairwise when it takes three arguments" if kind == "fn" else \
                 "a reward model scores answers"

@@ -136,8 +136,9 @@ def run_round(cfg: OnlineConfig, r: int, prompts: list, judge: RunJudges, log) -
         "candidates discarded")
     if stats["pairs"] == 0:
         raise UserError(f"round {r}: no two answers to a prompt differ by more than online.min_margin "
-                        f"({cfg.online.min_margin}) (lists: or too few distinct answers); lower it, or sample more "
-                        "or more varied answers (--samples-per-prompt, --temperature)", where=str(rdir / "pairs.jsonl"))
+                        f"({cfg.online.min_margin}) (lists: or too few distinct answers); lower it, or sample "
+                        "more or more varied answers (--samples-per-prompt, --temperature)",
+                        where=str(rdir / "pairs.jsonl"))
     run_cfg = cfg.round_config(r, policy, ref, str(rdir / "pairs.jsonl"), str(rdir))
     final = rdir / "final"
     if final.is_dir() and verify(final) is None:
@@ -148,7 +149,8 @@ def run_round(cfg: OnlineConfig, r: int, prompts: list, judge: RunJudges, log) -
         steps = train(run_cfg, log=log).steps
     report = evaluate_round(cfg, final, rdir, judge)
     entry = {"round": r, "model": str(final), "start_model": policy, "reference": ref_shown,
-             "train_steps": steps, **{k: stats[k] for k in SAMPLING_KEYS}, **_eval_fields(report)}
+             "train_steps": steps, **{k: stats.get(k, 0) for k in SAMPLING_KEYS},  # 0: counted before the key existed
+             **_eval_fields(report)}
     if cfg.train.registry:
         from dpokit.versions import Registry, attach_eval
 
@@ -198,6 +200,8 @@ def sample_and_pair(cfg: OnlineConfig, r: int, policy: str, prompts: list, judge
     answers = sample_answers(cfg, policy, chosen, seed=cfg.train.seed + r)
     judge = judges.for_round(policy)
     judge.cache.hits = judge.cache.misses = 0
+    if hasattr(judge.judge, "reset_stats"):
+        judge.judge.reset_stats()
     items = [Candidates(p, texts, candidate_scores(judge, prompt_text(p), texts))
              for (p, _), (texts, _) in zip(chosen, answers)]
     judge.cache.save()
@@ -217,8 +221,8 @@ def sample_and_pair(cfg: OnlineConfig, r: int, policy: str, prompts: list, judge
              "mean_candidate_score": statistics.fmean(scores) if scores else None,
              "judge_failures": counts.judge_failures, "list_ties": counts.list_ties,
              **(rso or {"rso_rejected": 0}),
-             "judge": {"identity": judge.identity, "cache_hits": judge.cache.hits, "cache_misses": judge.cache.misses,
-                       **getattr(judge.judge, "stats", {})}}
+             "judge": {"identity": judge.identity, "cache_hits": judge.cache.hits,
+                       "cache_misses": judge.cache.misses, **getattr(judge.judge, "stats", {})}}
     write_text_atomic(rdir / "sampling.json", json.dumps(stats, indent=2))
     return stats
 
