@@ -87,6 +87,12 @@ def test_reward_model_scores_batched_deterministic_and_cached(models, tmp_path):
     assert cached.score("What is two plus two?", ANSWERS) == first and cache.hits == 6 and judge.model is None
 
 
+def test_a_causal_lm_is_not_a_reward_model(models):
+    """Loaded as a classifier, a causal LM would get a random head: refused, not scored at random."""
+    with pytest.raises(UserError, match="not a reward model"):
+        load_judge(f"rm:{models['llm']}").score("q", ["a"])
+
+
 def test_reward_model_two_labels_is_log_odds(models):
     judge = load_judge(f"rm:{models['rm2']}")
     score = judge.score("q", ["an answer"])[0]

@@ -133,12 +133,17 @@ class RewardModelJudge(_ModelJudge):
         if gguf is not None:
             raise UserError("a reward model must be a HF folder, not a GGUF file", where=self.path)
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(
+            model, info = AutoModelForSequenceClassification.from_pretrained(
                 folder, local_files_only=not hub_allowed(), trust_remote_code=self.trust_remote_code,
-                dtype=torch.float32, use_safetensors=_weights_file_check(folder, self.path, self.allow_pickle))
+                dtype=torch.float32, use_safetensors=_weights_file_check(folder, self.path, self.allow_pickle),
+                output_loading_info=True)
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot load a sequence-classification model: {str(exc).splitlines()[0]}",
                             where=self.path) from None
+        if info["missing_keys"]:  # e.g. a causal LM: HF would give it a random head, and random scores
+            missing = ", ".join(sorted(info["missing_keys"])[:3])
+            raise UserError(f"not a reward model: weights missing from the folder ({missing}); give a "
+                            "sequence-classification model", where=self.path, field="online.judge")
         tok = load_tokenizer(self.path, self.trust_remote_code)
         tok.padding_side = "right"  # positions stay those of the unpadded text; HF finds the last real token
         if model.config.pad_token_id is None:  # needed by HF to find each row's last token in a batch
