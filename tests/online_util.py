@@ -34,8 +34,9 @@ def tiny_settings(tmp: Path, out: Path, **extra) -> dict:
     return {**base, **{k.replace("__", "."): v for k, v in extra.items()}}
 
 
-def tiny_online(tmp: Path, out: Path, **extra):
-    return online(load_config(None, tiny_settings(tmp, out, **extra), root=OnlineConfig), log=lambda *_: None)
+def tiny_online(tmp: Path, out: Path, log=None, **extra):
+    return online(load_config(None, tiny_settings(tmp, out, **extra), root=OnlineConfig),
+                  log=log or (lambda *_: None))
 
 
 def read_jsonl(path: Path) -> list[dict]:

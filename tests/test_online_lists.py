@@ -74,13 +74,16 @@ def test_backend_choice():
 
 def test_online_round_trains_plackett_luce_on_lists(tmp_path):
     out = tmp_path / "lists"
-    entry = tiny_online(tmp_path, out, loss__name="plackett_luce", online__pairing="list").rounds[0]
+    lines: list[str] = []
+    entry = tiny_online(tmp_path, out, lines.append, loss__name="plackett_luce", online__pairing="list").rounds[0]
     lists = read_jsonl(out / "round-1" / "pairs.jsonl")
     assert entry["pairs"] == len(lists) >= 1 and entry["train_steps"] >= 1
     assert all(len(r["completions"]) == 4 and r["scores"] == sorted(r["scores"], reverse=True) for r in lists)
     assert all(r["scores"][0] == r["completions"][0][0]["content"].lower().count("e") for r in lists)
     ties = sum(a == b for r in lists for a, b in zip(r["scores"], r["scores"][1:]))
     assert entry["list_ties"] == ties and entry["discarded"] == entry["candidates"] - 4 * len(lists)
+    assert f"[online] round 1: {len(lists)} lists, {entry['discarded']} of 24 candidates discarded, {ties} ties in " \
+        "lists" in lines
     metrics = read_jsonl(out / "round-1" / "metrics.jsonl")
     assert all("logps/rank4" in m for m in metrics if "loss" in m)  # trained on lists of four
 

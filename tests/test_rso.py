@@ -87,12 +87,14 @@ def test_rso_config_checks(tmp_path):
 def test_online_round_with_rso_sampling(tmp_path):
     """One round: 6 answers per prompt, 3 accepted by RSO, the best against the worst of those."""
     out = tmp_path / "rso"
-    entry = tiny_online(tmp_path, out, online__sampling="rso", online__rso_beta=1.0, online__samples_per_prompt=6,
+    lines: list[str] = []
+    entry = tiny_online(tmp_path, out, lines.append, online__sampling="rso", online__rso_beta=1.0, online__samples_per_prompt=6,
                         online__rso_accept=3, loss__name="rso").rounds[0]
     cands, pairs = read_jsonl(out / "round-1" / "candidates.jsonl"), read_jsonl(out / "round-1" / "pairs.jsonl")
     usable = sum(sum(1 for a, s in zip(c["answers"], c["scores"]) if a.strip() and s is not None) for c in cands)
     assert all(len(c["accepted"]) == 3 for c in cands) and usable >= 30  # few empty answers in 8 tokens
     assert entry["rso_rejected"] == usable - 18 > 0
+    assert any(line.endswith(f"{entry['rso_rejected']} rejected by RSO") for line in lines), lines
     assert entry["pairs"] == len(pairs) >= 1 and entry["candidates"] == 36
     for c in cands:
         accepted = [c["answers"][i] for i in c["accepted"]]

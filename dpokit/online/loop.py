@@ -132,8 +132,11 @@ def run_round(cfg: OnlineConfig, r: int, prompts: list, judge: RunJudges, log) -
     if stats is None:
         _clear_round(rdir)
         stats = sample_and_pair(cfg, r, policy, prompts, judge, rdir, log)
-    log(f"[online] round {r}: {stats['pairs']} pairs, {stats['discarded']} of {stats['candidates']} "
-        "candidates discarded")
+    extra = "".join(f", {stats[k]} {what}" for k, what in (("judge_failures", "failed judgements"),
+                                                           ("rso_rejected", "rejected by RSO"),
+                                                           ("list_ties", "ties in lists")) if stats.get(k))
+    log(f"[online] round {r}: {stats['pairs']} {'lists' if cfg.online.pairing == 'list' else 'pairs'}, "
+        f"{stats['discarded']} of {stats['candidates']} candidates discarded{extra}")
     if stats["pairs"] == 0:
         raise UserError(f"round {r}: no two answers to a prompt differ by more than online.min_margin "
                         f"({cfg.online.min_margin}) (lists: or too few distinct answers); lower it, or sample "
