@@ -81,7 +81,7 @@ def list_indices(item: Candidates, size: int, margin: float) -> list[int]:
             seen.add(text)
             distinct.append(i)
     ranked = sorted(distinct, key=lambda i: -item.scores[i])  # stable: ties stay in sampling order
-    if len(ranked) < max(size, 2) or item.scores[ranked[0]] - item.scores[ranked[-1]] <= margin:
+    if len(ranked) < size or item.scores[ranked[0]] - item.scores[ranked[-1]] <= margin:
         return []
     if len(ranked) > size:
         ranked = [ranked[round(j * (len(ranked) - 1) / (size - 1))] for j in range(size)]
@@ -94,6 +94,8 @@ def form_pairs(items: list[Candidates], pairing: str, margin: float,
     ranked lists (``prompt``, ``completions`` best first, ``scores``) of ``list_size`` answers, and the
     counts behind them. Identical answers are judged once and never paired with each other (their
     scores are equal)."""
+    if pairing == "list" and list_size < 2:
+        raise ValueError("list pairing needs the list size (≥ 2): every list of a round has the same length")
     records, stats = [], PairStats()
     for item in items:
         stats.candidates += len(item.answers)
