@@ -185,3 +185,24 @@ def test_self_rewarding_online_rounds(tmp_path):
     cands = read_jsonl(out / "round-2" / "candidates.jsonl")
     assert all(1 <= s <= 10 for c in cands for s in c["scores"])
     assert [e["round"] for e in result.rounds] == [1, 2] and all("mean_score_policy" in e for e in result.rounds)
+
+
+def test_eval_with_model_judges(models, tmp_path):
+    """``dpokit eval`` takes the same specs: a reward model's mean scores; ``self`` (the model
+    evaluated) scoring 1–10; and an LLM judge passed in, pairwise, asked in both orders."""
+    from dpokit.config import EvalConfig
+    from dpokit.eval import evaluate_models
+    from online_util import write_prompts
+
+    prompts = write_prompts(tmp_path / "p.jsonl", 3)
+    base = {"model": str(models["llm"]), "ref_model": str(models["llm2"]), "prompts": str(prompts),
+            "max_new_tokens": 6, "batch_size": 4, "max_length": 48, "max_prompt_length": 24}
+    report = evaluate_models(EvalConfig(judge=f"rm:{models['rm1']}", **base).validate())
+    assert report["judge_failures"] == 0 and report["wins"] + report["ties"] + report["losses"] == 3
+    assert {"mean_score_policy", "mean_score_reference"} <= report.keys()
+    self_judged = evaluate_models(EvalConfig(judge="self", **base).validate())
+    assert 1 <= self_judged["mean_score_policy"] <= 10 and 1 <= self_judged["mean_score_reference"] <= 10
+    pairwise = load_judge(f"llm:{models['llm']}", mode="pairwise")
+    evaluate_models(EvalConfig(judge="(passed in)", output=str(tmp_path / "e"), **base).validate(), judge=pairwise)
+    outcomes = [json.loads(line)["judge"] for line in (tmp_path / "e" / "samples.jsonl").read_text().splitlines()]
+    assert all(0 < o < 1 for o in outcomes) and pairwise.stats["judgements"] == 6  # 3 prompts × 2 orders
