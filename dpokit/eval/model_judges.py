@@ -18,8 +18,8 @@ Both read numbers off the model instead of parsing generated text, so they canno
   next-token distribution, for the order given (``judges.both_orders`` asks both).
 
 A judgement fails (None) only when the model puts no probability at all on a valid answer. The
-mean probability mass on valid answers is kept in ``stats``: a low value says the judge does not
-follow the rubric (a random or base model), and its scores mean little.
+probability mass on valid answers is summed in ``stats`` (over ``stats["judgements"]``): a low
+mean says the judge does not follow the rubric (a random or base model), and its scores mean little.
 """
 
 from __future__ import annotations

@@ -97,7 +97,9 @@ class OnlineSettings:
         from dpokit.eval.judges import parse_spec
 
         kind, target = parse_spec(self.judge)
-        if kind in ("rm", "llm") and not Path(target).exists():  # found now, not after a round's sampling
+        from dpokit.models import BUILTIN_SMOLLM2
+
+        if kind in ("rm", "llm") and target != BUILTIN_SMOLLM2 and not Path(target).exists():  # now, not after sampling
             raise UserError("the judge's model folder is not found", where=target, field="online.judge")
         if kind in ("llm", "self") and self.judge_rubric:
             from dpokit.eval.model_judges import read_rubric
