@@ -80,14 +80,12 @@ def candidate_scores(judge, prompt: str, answers: list[str]) -> list[float | Non
 
 
 class CandidateJudge:
-    """Scores for each prompt's candidates under the judge ``spec``, cached in ``cache_path``.
+    """Scores for each prompt's candidates under the judge ``spec``, cached in ``cache_path`` (a
+    shortcut for scripts and tests; the round loop uses ``RunJudges``)."""
 
-    ``judge`` may be given instead of a spec (the round loop builds ``self`` judges per round)."""
-
-    def __init__(self, spec: str, cache_path: Path | None = None, judge: Judge | None = None,
-                 cache: JudgeCache | None = None):
-        self.cache = cache or JudgeCache(cache_path)
-        self.judge = CachedJudge(judge or load_judge(spec), self.cache)
+    def __init__(self, spec: str, cache_path: Path):
+        self.cache = JudgeCache(cache_path)
+        self.judge = CachedJudge(load_judge(spec), self.cache)
         self.pointwise = self.judge.pointwise
 
     def scores(self, prompt: str, answers: list[str]) -> list[float | None]:
