@@ -57,7 +57,7 @@ def test_function_judge_failures_are_none(tmp_path):
     assert judge.score("p", ["a", "ab", "abc"]) == [1.0, None, None]  # NaN and a string are failures
     cache = JudgeCache(tmp_path / "c.json")
     cached = CachedJudge(judge, cache)
-    assert cached.score("p", ["ab"]) == [None]
+    assert cached.score("p", ["ab"]) == [None] and cached.failed == 1
     cache.save()
     assert list(JudgeCache(tmp_path / "c.json").values.values()) == [None]  # a failure is cached too
 
@@ -206,3 +206,17 @@ def test_eval_with_model_judges(models, tmp_path):
     evaluate_models(EvalConfig(judge="(passed in)", output=str(tmp_path / "e"), **base).validate(), judge=pairwise)
     outcomes = [json.loads(line)["judge"] for line in (tmp_path / "e" / "samples.jsonl").read_text().splitlines()]
     assert all(0 < o < 1 for o in outcomes) and pairwise.stats["judgements"] == 6  # 3 prompts × 2 orders
+
+
+def test_failed_judgements_are_left_out_and_reported(tmp_path):
+    from online_util import read_jsonl, tiny_online
+
+    out = tmp_path / "fail"
+    entry = tiny_online(tmp_path, out, online__judge="online_judges:count_e_or_nan", online__pairing="all").rounds[0]
+    cands = read_jsonl(out / "round-1" / "candidates.jsonl")
+    failed = sum(s is None for c in cands for s in c["scores"])
+    assert entry["judge_failures"] == failed > 0
+    assert all(s is None or s % 2 == 0 for c in cands for s in c["scores"])
+    pairs = read_jsonl(out / "round-1" / "pairs.jsonl")
+    assert pairs and all(p["score_chosen"] is not None and p["score_rejected"] is not None for p in pairs)
+    assert json.loads((out / "round-1" / "sampling.json").read_text())["judge"]["failed_judgements"] == failed

@@ -44,6 +44,9 @@ class CachedJudge:
     def __init__(self, judge: Judge, cache: JudgeCache):
         self.judge, self.cache = judge, cache
         self.identity, self.pointwise = judge.identity, judge.pointwise
+        self.failed = 0
+        """Judgements asked through this object that failed (cached ones included): for a pairwise
+        judge, comparisons, which leave an answer's score to its other comparisons."""
 
     def score(self, prompt: str, answers: Sequence[str]) -> list[float | None]:
         return self._lookup([(prompt, a) for a in answers], lambda todo: self.judge.score(prompt, [a for _, a in todo]))
@@ -59,7 +62,9 @@ class CachedJudge:
         self.cache.hits += len(keys) - len(todo)
         if todo:
             self.cache.values.update(zip(todo, ask(list(todo.values()))))
-        return [self.cache.values[k] for k in keys]
+        values = [self.cache.values[k] for k in keys]
+        self.failed += sum(v is None for v in values)
+        return values
 
 
 def candidate_scores(judge, prompt: str, answers: list[str]) -> list[float | None]:

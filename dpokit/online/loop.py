@@ -225,7 +225,8 @@ def sample_and_pair(cfg: OnlineConfig, r: int, policy: str, prompts: list, judge
              "judge_failures": counts.judge_failures, "list_ties": counts.list_ties,
              **(rso or {"rso_rejected": 0}),
              "judge": {"identity": judge.identity, "cache_hits": judge.cache.hits,
-                       "cache_misses": judge.cache.misses, **getattr(judge.judge, "stats", {})}}
+                       "cache_misses": judge.cache.misses, "failed_judgements": judge.failed,
+                       **getattr(judge.judge, "stats", {})}}
     write_text_atomic(rdir / "sampling.json", json.dumps(stats, indent=2))
     return stats
 
