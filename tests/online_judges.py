@@ -22,3 +22,14 @@ def prefer_more_e(prompt: str, a: str, b: str) -> float:
 def always_first(prompt: str, a: str, b: str) -> float:
     """A judge with pure position bias: the first answer always wins."""
     return 1.0
+
+
+def broken(prompt: str, response: str):
+    """A judge that fails on some answers: NaN for two characters, not a number for three or more."""
+    return 1.0 if len(response) < 2 else float("nan") if len(response) == 2 else "many"
+
+
+def count_e_or_nan(prompt: str, response: str) -> float:
+    """``count_e``, but a failed judgement (NaN) when the count is odd."""
+    n = response.lower().count("e")
+    return float("nan") if n % 2 else float(n)

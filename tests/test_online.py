@@ -178,9 +178,11 @@ def test_config_rejects(files, override, field):
 
 
 def test_any_loss_trains_on_round_pairs(files):
-    """Pairs become what the loss takes (data/kinds.py), so unpaired and listwise losses validate too."""
-    for loss in ("kto", "lipo", "ipo"):
-        cfg = load_config(None, {**settings(files, files[0] / "x"), "loss.name": loss}, root=OnlineConfig)
+    """Pairs become what the loss takes (data/kinds.py), so unpaired losses validate too; listwise
+    losses take the ranked lists of ``--pairing list`` (tests/test_online_lists.py)."""
+    for loss, pairing in (("kto", "best-worst"), ("lipo", "list"), ("ipo", "all")):
+        cfg = load_config(None, {**settings(files, files[0] / "x"), "loss.name": loss, "online.pairing": pairing},
+                          root=OnlineConfig)
         assert cfg.round_config(2, "m", None, "p.jsonl", "o").loss.name == loss
 
 
@@ -203,4 +205,4 @@ def test_pairwise_judge_is_asked_both_orders_and_cached(tmp_path):
     assert judge.cache.misses == 6
     judge.cache.save()
     again = CandidateJudge("online_judges:prefer_more_e", tmp_path / "b.json")
-    assert again.scores("p", ["e", "ee", "x"]) == [0.5, 1.0, 0.0] and again.cache.hits == 12
+    assert again.scores("p", ["e", "ee", "x"]) == [0.5, 1.0, 0.0] and again.cache.hits == 6

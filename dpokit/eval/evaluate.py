@@ -1,7 +1,8 @@
 """``dpokit eval``: sample policy and reference on held-out prompts, judge, and estimate KL.
 
 - Win rate: mean over prompts of the judge's P(policy answer beats reference answer), ties
-  0.5, with a 95% percentile-bootstrap interval over prompts.
+  0.5, with a 95% percentile-bootstrap interval over prompts. A pairwise judge is asked in both
+  orders; prompts whose judgement failed are left out and counted (``judge_failures``).
 - Sampled KL(π‖π_ref): mean over answers y ~ π(·|x) of log π(y|x) − log π_ref(y|x), unbiased
   when sampling π itself (temperature 1, top-p 1), with its standard error.
 - With ``pairs``: reward accuracy and margins of the implicit reward β·log π/π_ref.
@@ -23,7 +24,7 @@ from dpokit.data.readers import text_field
 from dpokit.data.tokenize import collate
 from dpokit.errors import UserError
 from dpokit.eval.generate import sample
-from dpokit.eval.judges import as_compare, import_judge, is_scorer
+from dpokit.eval.judges import both_orders, load_judge, score_outcome
 from dpokit.logprobs import completion_logps
 from dpokit.losses import get_loss
 from dpokit.models import disable_dropout, load_model, load_tokenizer
@@ -73,8 +74,8 @@ def win_rate(outcomes: list[float], seed: int) -> dict:
             "losses": sum(o < 0.5 for o in outcomes)}
 
 
-def evaluate_models(cfg: EvalConfig, policy=None, reference=None, tokenizer=None) -> dict:
-    """The whole evaluation; models may be passed in to avoid reloading them."""
+def evaluate_models(cfg: EvalConfig, policy=None, reference=None, tokenizer=None, judge=None) -> dict:
+    """The whole evaluation; models (and the judge, e.g. a cached one) may be passed in to avoid reloading them."""
     accelerator = Accelerator()
     autocast = bf16_autocast(accelerator.device, cfg.bf16)
     tokenizer = tokenizer or load_tokenizer(cfg.model, cfg.trust_remote_code)
@@ -83,8 +84,8 @@ def evaluate_models(cfg: EvalConfig, policy=None, reference=None, tokenizer=None
     for m in (policy, reference):
         disable_dropout(m)
         m.to(accelerator.device).eval()
-    judge_fn = import_judge(cfg.judge)
-    judge = as_compare(judge_fn)
+    judge = judge or load_judge(cfg.judge, self_model=cfg.model, batch_size=cfg.batch_size,
+                                trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     prompts = read_prompts(cfg.prompts, cfg.num_prompts)
     if not prompts:
         raise UserError("no prompts", where=cfg.prompts)
@@ -93,28 +94,40 @@ def evaluate_models(cfg: EvalConfig, policy=None, reference=None, tokenizer=None
         gen = {name: sample(m, tokenizer, prompt_ids, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
                             cfg.batch_size, cfg.seed) for name, m in (("policy", policy), ("reference", reference))}
     texts = {k: [tokenizer.decode(a, skip_special_tokens=True).strip() for a in v] for k, v in gen.items()}
-    outcomes = [judge(prompt_text(p), a, b) for (p, _), a, b in zip(prompts, texts["policy"], texts["reference"])]
+    judged, scores = judge_answers(judge, [prompt_text(p) for p, _ in prompts], texts["policy"], texts["reference"])
+    outcomes = [o for o in judged if o is not None]
+    if not outcomes:
+        raise UserError("the judge failed on every prompt (see docs/online.md, judges)", where=cfg.judge)
     # KL(π‖π_ref) from the policy's own samples.
     pad = tokenizer.pad_token_id
     lp_pol = sequence_logps(policy, prompt_ids, gen["policy"], pad, cfg.batch_size, autocast)
     lp_ref = sequence_logps(reference, prompt_ids, gen["policy"], pad, cfg.batch_size, autocast)
     diffs = [a - b for a, b in zip(lp_pol, lp_ref)]
     report = {
-        "prompts": len(prompts), **win_rate(outcomes, cfg.seed),
+        "prompts": len(prompts), **win_rate(outcomes, cfg.seed), "judge_failures": len(judged) - len(outcomes),
         "kl_sampled": statistics.fmean(diffs),
         "kl_sampled_stderr": statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0,
         "mean_length_policy": statistics.fmean(map(len, gen["policy"])),
         "mean_length_reference": statistics.fmean(map(len, gen["reference"])),
     }
-    if is_scorer(judge_fn):
-        for name in ("policy", "reference"):
-            report[f"mean_score_{name}"] = statistics.fmean(
-                judge_fn(prompt_text(p), a) for (p, _), a in zip(prompts, texts[name]))
+    for name, values in scores.items():
+        valid = [v for v in values if v is not None]
+        report[f"mean_score_{name}"] = statistics.fmean(valid) if valid else None
     if cfg.pairs:
         report.update(pair_metrics(cfg, policy, reference, tokenizer, autocast, accelerator))
     if cfg.output:
-        write_report(Path(cfg.output), report, prompts, texts, outcomes)
+        write_report(Path(cfg.output), report, prompts, texts, judged)
     return report
+
+
+def judge_answers(judge, prompts: list[str], policy: list[str], reference: list[str]) -> tuple[list, dict]:
+    """(P(policy answer beats reference answer) or None per prompt, and for a pointwise judge each
+    side's scores); a pointwise judge scores both answers in one call, a pairwise one is asked in both orders."""
+    if not judge.pointwise:
+        return [both_orders(judge, p, [(a, b)])[0] for p, a, b in zip(prompts, policy, reference)], {}
+    pairs = [judge.score(p, [a, b]) for p, a, b in zip(prompts, policy, reference)]
+    judged = [score_outcome(sa, sb) for sa, sb in pairs]
+    return judged, {"policy": [sa for sa, _ in pairs], "reference": [sb for _, sb in pairs]}
 
 
 def pair_metrics(cfg: EvalConfig, policy, reference, tokenizer, autocast, accelerator) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from dpokit.config import FLAG_FIELDS, RunConfig
@@ -22,17 +23,35 @@ class OnlineSettings:
     prompts: str = ""
     """Prompts to sample answers for: records with a ``prompt`` field (string or chat messages)."""
     judge: str = ""
-    """``package.module:function`` scoring (prompt, response) or comparing (prompt, a, b)."""
+    """The judge: ``fn:package.module:function`` (or without ``fn:``), ``rm:PATH`` (a reward model),
+    ``llm:PATH`` (a causal LM asked with a rubric) or ``self`` (the round's policy as that LLM judge)."""
+    judge_mode: Literal["score", "pairwise"] = "score"
+    """LLM and self judges: score each answer 1–10, or compare two answers (A or B, both orders)."""
+    judge_rubric: str = ""
+    """LLM and self judges: a text file whose instructions replace the default rubric."""
     rounds: int = 3
     """Rounds of sample → judge → pair → train → evaluate."""
     samples_per_prompt: int = 4
     """Answers sampled per prompt from the current policy (K ≥ 2)."""
     prompts_per_round: int = 0
     """Prompts used per round, taken in turn from ``prompts`` (0: all of them every round)."""
-    pairing: Literal["best-worst", "all"] = "best-worst"
-    """Pairs from a prompt's answers: best vs worst, or every pair whose scores differ by more than ``min_margin``."""
+    pairing: Literal["best-worst", "all", "list"] = "best-worst"
+    """Pairs from a prompt's answers: best vs worst, every pair whose scores differ by more than
+    ``min_margin``, or one ranked list of the answers (for listwise losses)."""
     min_margin: float = 0.0
-    """A pair needs score(chosen) − score(rejected) > this; other answers are discarded."""
+    """A pair needs score(chosen) − score(rejected) > this (a list: best − worst > this); other answers
+    are discarded."""
+    list_size: int = 0
+    """``list`` pairing: answers per list (0: all ``samples_per_prompt``, or ``rso_accept`` with RSO sampling)."""
+    sampling: Literal["plain", "rso"] = "plain"
+    """``plain``: pair the K sampled answers; ``rso``: first keep ``rso_accept`` of them by statistical
+    rejection sampling towards π* ∝ π·exp(r/β) (Liu 2023; train with ``--loss rso``)."""
+    rso_beta: float = 0.5
+    """RSO sampling: β of the target exp(r/β), in the judge's score units (large: near uniform; small: the best)."""
+    rso_accept: int = 2
+    """RSO sampling: answers to accept per prompt (fewer than ``samples_per_prompt``)."""
+    backend: Literal["auto", "hf", "vllm"] = "auto"
+    """Sampling backend: vLLM when installed and CUDA is available (auto), HF generate otherwise."""
     ref_update: Literal["fixed", "round"] = "fixed"
     """Reference of each round: the initial model (fixed), or the previous round's policy (round, sDPO)."""
     max_new_tokens: int = 64
@@ -51,7 +70,8 @@ class OnlineSettings:
     def checks(self) -> list[tuple[bool, str, str]]:
         return [
             (not self.prompts, "online.prompts", "is required (--prompts)"),
-            (not self.judge, "online.judge", "is required (--judge package.module:function)"),
+            (not self.judge, "online.judge",
+             "is required (--judge package.module:function, rm:PATH, llm:PATH or self)"),
             (self.rounds < 1, "online.rounds", "must be ≥ 1"),
             (self.samples_per_prompt < 2, "online.samples_per_prompt", "must be ≥ 2: a pair needs two answers"),
             (self.prompts_per_round < 0, "online.prompts_per_round", "must be ≥ 0 (0: all prompts)"),
@@ -61,7 +81,37 @@ class OnlineSettings:
             (not 0 < self.top_p <= 1, "online.top_p", "must be in (0, 1]"),
             (self.generation_batch_size < 1, "online.generation_batch_size", "must be ≥ 1"),
             (self.eval_num_prompts < 0, "online.eval_num_prompts", "must be ≥ 0 (0: all)"),
+            (self.sampling == "rso" and not self.rso_beta > 0, "online.rso_beta", "must be > 0"),
+            (self.sampling == "rso" and not 2 <= self.rso_accept < self.samples_per_prompt, "online.rso_accept",
+             "must be ≥ 2 and below online.samples_per_prompt: RSO draws more candidates than it keeps"),
+            (self.list_size != 0 and not 2 <= self.list_size <= self.pool_size(), "online.list_size",
+             f"must be 0 or from 2 to the answers kept per prompt ({self.pool_size()})"),
         ]
+
+    def pool_size(self) -> int:
+        """Answers per prompt that pairing sees: those sampled, or those RSO accepts."""
+        return self.rso_accept if self.sampling == "rso" else self.samples_per_prompt
+
+    def judge_checks(self) -> None:
+        """Settings that apply to some judges only are refused for the others, never ignored."""
+        from dpokit.eval.judges import parse_spec
+
+        kind, target = parse_spec(self.judge)
+        from dpokit.models import BUILTIN_SMOLLM2
+
+        if kind in ("rm", "llm") and target != BUILTIN_SMOLLM2 and not Path(target).exists():  # now, not after sampling
+            raise UserError("the judge's model folder is not found", where=target, field="online.judge")
+        if kind in ("llm", "self") and self.judge_rubric:
+            from dpokit.eval.model_judges import read_rubric
+
+            read_rubric(self.judge_rubric, self.judge_mode)
+        if kind in ("fn", "rm") and self.judge_mode != "score":
+            why = "a function judge is pairwise when it takes three arguments" if kind == "fn" else \
+                "a reward model scores answers"
+            raise UserError(f"applies to llm: and self judges only ({why})", where="config",
+                            field="online.judge_mode")
+        if kind in ("fn", "rm") and self.judge_rubric:
+            raise UserError("applies to llm: and self judges only", where="config", field="online.judge_rubric")
 
 
 @dataclass
@@ -77,20 +127,40 @@ class OnlineConfig(RunConfig):
         for bad, key, msg in self.online.checks():
             if bad:
                 raise UserError(msg, where="config", field=key)
+        self.online.judge_checks()
         if self.data.train:
             raise UserError("each round writes its own pairs; drop --data", where="config", field="data.train")
         if self.train.resume:
             raise UserError("an online run resumes by itself when rerun; drop --resume", where="config",
                             field="train.resume")
-        self.round_config(1, self.model.path, self.model.ref_path, "(round pairs)", self.train.output)
+        first = self.round_config(1, self.model.path, self.model.ref_path, "(round pairs)", self.train.output)
+        self._kind_checks(first)
+        from dpokit.online.sampling import choose_backend
+
+        choose_backend(self.online.backend, lora=self.lora.enabled and not self.lora.merge)
         return self
+
+    def _kind_checks(self, cfg: RunConfig) -> None:
+        """Listwise losses train on ranked lists, and lists are only for them (a list of two is a pair)."""
+        from dpokit.losses import get_loss
+
+        listwise, lists = get_loss(cfg.loss.name).input_kind == "list", self.online.pairing == "list"
+        if listwise and not lists:
+            raise UserError(f"the listwise loss {cfg.loss.name!r} needs ranked lists: add --pairing list",
+                            where="config", field="online.pairing")
+        if lists and not listwise:
+            raise UserError(f"--pairing list writes ranked lists, which {cfg.loss.name!r} does not take; use a "
+                            "listwise loss (plackett_luce, lipo, softmax_dpo) or pairs", where="config",
+                            field="online.pairing")
 
     def round_config(self, round_no: int, model: str, ref: str | None, pairs: str, output: str) -> RunConfig:
         """The validated training config of one round."""
         cfg = RunConfig(**{name: copy.deepcopy(getattr(self, name)) for name in ("model", "lora", "data", "loss",
                                                                                   "train")})
         cfg.model.path, cfg.model.ref_path = model, ref
-        cfg.data.train, cfg.data.format, cfg.train.output = pairs, "pairs", output
+        # lists are written as rated records: prompt, completions best first, scores
+        cfg.data.train, cfg.train.output = pairs, output
+        cfg.data.format = "rated" if self.online.pairing == "list" else "pairs"
         try:
             return cfg.validate()
         except UserError as exc:
@@ -106,8 +176,8 @@ ONLINE_FLAGS: dict[str, str] = {
     **{flag: dotted for flag, dotted in FLAG_FIELDS.items()
        if dotted not in SET_BY_LOOP},
     **{name: f"online.{name}" for name in (
-        "prompts", "judge", "rounds", "samples_per_prompt", "prompts_per_round", "pairing", "min_margin",
-        "ref_update", "max_new_tokens", "temperature", "top_p", "generation_batch_size", "eval_prompts",
-        "eval_num_prompts")},
+        "prompts", "judge", "judge_mode", "judge_rubric", "rounds", "samples_per_prompt", "prompts_per_round",
+        "pairing", "min_margin", "list_size", "sampling", "rso_beta", "rso_accept", "backend", "ref_update",
+        "max_new_tokens", "temperature", "top_p", "generation_batch_size", "eval_prompts", "eval_num_prompts")},
 }
 """Flags of ``dpokit online``: the training flags of ``dpokit dpo`` (less those the loop sets) and its own."""

@@ -3,10 +3,10 @@
 Files under the run folder ``OUT`` (``--output``):
 
 - ``online_config.yaml``: the settings; a rerun with other settings (beyond ``rounds``) is refused.
-- ``judge_cache.json``: every judgement made, keyed by a hash of (judge, prompt, answers).
+- ``judge_cache.json``: every judgement made, keyed by a hash of (judge identity, prompt, answers).
 - ``round-N/candidates.jsonl``, ``pairs.jsonl``, ``sampling.json``: the answers sampled from the
-  round's starting policy with their scores, the pairs trained on, and the counts (written last,
-  so it marks a finished sampling step).
+  round's starting policy with their scores (and RSO acceptance), the pairs (or ranked lists)
+  trained on, and the counts (written last, so it marks a finished sampling step).
 - ``round-N/``: the round's training run (``final/``, ``metrics.jsonl``, checkpoints) and ``eval/``.
 - ``online_report.json`` and ``reward_vs_kl.png``: one entry per finished round.
 
@@ -29,8 +29,9 @@ from dpokit.atomic import folder_digest, verify, write_text_atomic
 from dpokit.errors import UserError
 from dpokit.eval.evaluate import prompt_text, read_prompts
 from dpokit.online.config import OnlineConfig
-from dpokit.online.judging import CandidateJudge
+from dpokit.online.judging import RunJudges, candidate_scores, release
 from dpokit.online.pairs import Candidates, form_pairs, write_jsonl
+from dpokit.online.rso import rejection_sample
 from dpokit.online.report import read_rounds, write_rounds
 from dpokit.train.checkpoint import checkpoints
 
@@ -51,7 +52,8 @@ def online(cfg: OnlineConfig, log=print) -> OnlineResult:
     prompts = read_prompts(cfg.online.prompts, 0)
     if not prompts:
         raise UserError("no prompts", where=cfg.online.prompts)
-    judge = CandidateJudge(cfg.online.judge, out / "judge_cache.json")
+    judge = RunJudges(cfg.online, cfg.model.path, out / "judge_cache.json", cfg.model.trust_remote_code,
+                      cfg.model.allow_pickle)
     rounds = _finished_rounds(out, read_rounds(out), log)
     for r in range(len(rounds) + 1, cfg.online.rounds + 1):
         log(f"[online] round {r}/{cfg.online.rounds}")
@@ -67,9 +69,11 @@ def _check_settings(out: Path, cfg: OnlineConfig) -> dict:
     current = json.loads(json.dumps(cfg.to_dict()))
     path = out / "online_config.yaml"
     if path.is_file():
-        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
-        diff = sorted(k for k in _flat(current).keys() | _flat(saved).keys()
-                      if k not in IGNORED_ON_RERUN and _flat(current).get(k) != _flat(saved).get(k))
+        # a setting added since the run was saved counts as its default there
+        saved = {**_flat(json.loads(json.dumps(OnlineConfig().to_dict()))),
+                 **_flat(yaml.safe_load(path.read_text(encoding="utf-8")))}
+        now = _flat(current)
+        diff = sorted(k for k in now.keys() | saved.keys() if k not in IGNORED_ON_RERUN and now.get(k) != saved.get(k))
         if diff:
             raise UserError(f"holds an online run with other settings ({', '.join(diff)}); rerun with the same "
                             "settings to continue it, or choose a new --output", where=str(out))
@@ -119,7 +123,7 @@ def model_id(path: str) -> str:
     return (folder_digest(p) if p.is_dir() else None) or str(p.resolve() if p.exists() else path)
 
 
-def run_round(cfg: OnlineConfig, r: int, prompts: list, judge: CandidateJudge, log) -> dict:
+def run_round(cfg: OnlineConfig, r: int, prompts: list, judge: RunJudges, log) -> dict:
     from dpokit.train import train
 
     rdir = Path(cfg.train.output) / f"round-{r}"
@@ -128,12 +132,16 @@ def run_round(cfg: OnlineConfig, r: int, prompts: list, judge: CandidateJudge, l
     if stats is None:
         _clear_round(rdir)
         stats = sample_and_pair(cfg, r, policy, prompts, judge, rdir, log)
-    log(f"[online] round {r}: {stats['pairs']} pairs, {stats['discarded']} of {stats['candidates']} "
-        "candidates discarded")
+    extra = "".join(f", {stats[k]} {what}" for k, what in (("judge_failures", "failed judgements"),
+                                                           ("rso_rejected", "rejected by RSO"),
+                                                           ("list_ties", "ties in lists")) if stats.get(k))
+    log(f"[online] round {r}: {stats['pairs']} {'lists' if cfg.online.pairing == 'list' else 'pairs'}, "
+        f"{stats['discarded']} of {stats['candidates']} candidates discarded{extra}")
     if stats["pairs"] == 0:
         raise UserError(f"round {r}: no two answers to a prompt differ by more than online.min_margin "
-                        f"({cfg.online.min_margin}); lower it, or sample more or more varied answers "
-                        "(--samples-per-prompt, --temperature)", where=str(rdir / "pairs.jsonl"))
+                        f"({cfg.online.min_margin}) (lists: or too few distinct answers); lower it, or sample "
+                        "more or more varied answers (--samples-per-prompt, --temperature)",
+                        where=str(rdir / "pairs.jsonl"))
     run_cfg = cfg.round_config(r, policy, ref, str(rdir / "pairs.jsonl"), str(rdir))
     final = rdir / "final"
     if final.is_dir() and verify(final) is None:
@@ -142,9 +150,10 @@ def run_round(cfg: OnlineConfig, r: int, prompts: list, judge: CandidateJudge, l
     else:
         run_cfg.train.resume = bool(checkpoints(rdir))
         steps = train(run_cfg, log=log).steps
-    report = evaluate_round(cfg, final, rdir)
+    report = evaluate_round(cfg, final, rdir, judge)
     entry = {"round": r, "model": str(final), "start_model": policy, "reference": ref_shown,
-             "train_steps": steps, **{k: stats[k] for k in SAMPLING_KEYS}, **_eval_fields(report)}
+             "train_steps": steps, **{k: stats.get(k, 0) for k in SAMPLING_KEYS},  # 0: counted before the key existed
+             **_eval_fields(report)}
     if cfg.train.registry:
         from dpokit.versions import Registry, attach_eval
 
@@ -153,14 +162,15 @@ def run_round(cfg: OnlineConfig, r: int, prompts: list, judge: CandidateJudge, l
 
 
 SAMPLING_KEYS = ("prompts", "candidates", "pairs", "discarded", "empty", "prompts_without_pair",
-                 "mean_candidate_length", "mean_candidate_score")
+                 "mean_candidate_length", "mean_candidate_score", "judge_failures", "rso_rejected", "list_ties")
 EVAL_KEYS = ("win_rate", "win_rate_ci95", "wins", "ties", "losses", "kl_sampled", "kl_sampled_stderr",
              "mean_length_policy", "mean_length_reference", "mean_score_policy", "mean_score_reference")
 
 
 def _eval_fields(report: dict) -> dict:
-    fields = {k: report[k] for k in EVAL_KEYS if k in report}
+    fields = {k: report[k] for k in EVAL_KEYS if report.get(k) is not None}
     fields["eval_prompts"] = report["prompts"]
+    fields["eval_judge_failures"] = report["judge_failures"]  # prompts left out of the win rate
     fields["mean_length"] = report["mean_length_policy"]
     return fields
 
@@ -182,29 +192,57 @@ def _clear_round(rdir: Path) -> None:
         shutil.rmtree(rdir / "final")
 
 
-def sample_and_pair(cfg: OnlineConfig, r: int, policy: str, prompts: list, judge: CandidateJudge,
+def sample_and_pair(cfg: OnlineConfig, r: int, policy: str, prompts: list, judges: RunJudges,
                     rdir: Path, log) -> dict:
-    """Sample K answers per prompt from ``policy``, score them, write candidates, pairs and counts."""
+    """Sample K answers per prompt from ``policy``, score them, keep some (RSO), write candidates,
+    pairs (or lists) and counts."""
     from dpokit.online.sampling import sample_answers
 
     o = cfg.online
     chosen = round_prompts(prompts, r, o.prompts_per_round)
     answers = sample_answers(cfg, policy, chosen, seed=cfg.train.seed + r)
-    items = [Candidates(p, texts, judge.scores(prompt_text(p), texts)) for (p, _), (texts, _) in zip(chosen, answers)]
+    judge = judges.for_round(policy)
+    judge.cache.hits = judge.cache.misses = 0
+    if hasattr(judge.judge, "reset_stats"):
+        judge.judge.reset_stats()
+    items = [Candidates(p, texts, candidate_scores(judge, prompt_text(p), texts))
+             for (p, _), (texts, _) in zip(chosen, answers)]
     judge.cache.save()
-    records, counts = form_pairs(items, o.pairing, o.min_margin)
+    release(judge)  # the judge's weights are not needed while training
+    rso = rso_select(items, o.rso_accept, o.rso_beta, cfg.train.seed + r) if o.sampling == "rso" else None
+    records, counts = form_pairs(items, o.pairing, o.min_margin, o.list_size or o.pool_size())
     write_jsonl(rdir / "candidates.jsonl", [{"prompt": it.prompt, "answers": it.answers, "scores": it.scores,
-                                              "pairs": n} for it, n in zip(items, counts.per_prompt)])
+                                              **({"accepted": it.selected} if rso else {}), "pairs": n}
+                                             for it, n in zip(items, counts.per_prompt)])
     write_jsonl(rdir / "pairs.jsonl", records)
     lengths = [n for _, token_counts in answers for n in token_counts]
+    scores = [s for it in items for s in it.scores if s is not None]
     stats = {"policy": policy, "policy_id": model_id(policy), "prompts": len(chosen),
              "candidates": counts.candidates, "pairs": counts.pairs, "discarded": counts.discarded,
              "empty": counts.empty, "prompts_without_pair": counts.prompts_without_pair,
              "mean_candidate_length": statistics.fmean(lengths),
-             "mean_candidate_score": statistics.fmean(s for it in items for s in it.scores),
-             "judge_cache": {"hits": judge.cache.hits, "misses": judge.cache.misses}}
+             "mean_candidate_score": statistics.fmean(scores) if scores else None,
+             "judge_failures": counts.judge_failures, "list_ties": counts.list_ties,
+             **(rso or {"rso_rejected": 0}),
+             "judge": {"identity": judge.identity, "cache_hits": judge.cache.hits,
+                       "cache_misses": judge.cache.misses, "failed_judgements": judge.failed,
+                       **getattr(judge.judge, "stats", {})}}
     write_text_atomic(rdir / "sampling.json", json.dumps(stats, indent=2))
     return stats
+
+
+def rso_select(items: list[Candidates], accept: int, beta: float, seed: int) -> dict:
+    """Mark each prompt's answers accepted by rejection sampling (``Candidates.selected``); the counts."""
+    import random
+
+    rejected = draws = 0
+    for n, item in enumerate(items):
+        usable = item.usable()  # empty answers and failed judgements are never proposed
+        result = rejection_sample([item.scores[i] for i in usable], accept, beta, random.Random(seed * 1_000_003 + n))
+        item.selected = sorted(usable[i] for i in result.accepted)
+        rejected += len(usable) - len(result.accepted)
+        draws += result.draws
+    return {"rso_rejected": rejected, "rso_draws": draws}
 
 
 def round_prompts(prompts: list, r: int, per_round: int) -> list:
@@ -215,7 +253,7 @@ def round_prompts(prompts: list, r: int, per_round: int) -> list:
     return [prompts[(start + i) % len(prompts)] for i in range(per_round)]
 
 
-def evaluate_round(cfg: OnlineConfig, final: Path, rdir: Path) -> dict:
+def evaluate_round(cfg: OnlineConfig, final: Path, rdir: Path, judges: RunJudges) -> dict:
     """Win rate and sampled KL of the round's policy against the initial model (temperature 1, top-p 1)."""
     from dpokit.config import EvalConfig
     from dpokit.eval import evaluate_models
@@ -227,4 +265,8 @@ def evaluate_round(cfg: OnlineConfig, final: Path, rdir: Path) -> dict:
                       max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length,
                       seed=cfg.train.seed, bf16=cfg.train.bf16, output=str(rdir / "eval"),
                       trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
-    return evaluate_models(ecfg.validate())
+    judge = judges.for_eval()
+    report = evaluate_models(ecfg.validate(), judge=judge)
+    judge.cache.save()
+    release(judge)
+    return report

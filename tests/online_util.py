@@ -1,0 +1,43 @@
+"""A tiny online run for the tests of RSO sampling and list pairing: the tiny random model, a few
+prompts, the judge "more letters e is better" (tests/online_judges.py), one short round."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dpokit.config import load_config
+from dpokit.online import OnlineConfig, online
+from util import tiny_model_dir
+
+
+def write_prompts(path: Path, n: int, start: int = 0) -> Path:
+    with path.open("w") as f:
+        for i in range(start, start + n):
+            f.write(json.dumps({"prompt": [{"role": "user", "content": f"Tell me about thing {i}"}]}) + "\n")
+    return path
+
+
+def tiny_settings(tmp: Path, out: Path, **extra) -> dict:
+    model = tmp / "tiny-model-0"
+    if not model.is_dir():
+        tiny_model_dir(tmp)
+    prompts, held = tmp / "prompts.jsonl", tmp / "held.jsonl"
+    if not prompts.is_file():
+        write_prompts(prompts, 6)
+        write_prompts(held, 2, 100)
+    base = {"model.path": str(model), "train.output": str(out), "online.prompts": str(prompts),
+            "online.eval_prompts": str(held), "online.judge": "online_judges:count_e", "online.rounds": 1,
+            "online.samples_per_prompt": 4, "online.max_new_tokens": 8, "online.generation_batch_size": 32,
+            "train.lr": 1e-3, "train.batch_size": 2, "train.progress": False, "train.ref": "copy",
+            "data.max_length": 48, "data.max_prompt_length": 24}
+    return {**base, **{k.replace("__", "."): v for k, v in extra.items()}}
+
+
+def tiny_online(tmp: Path, out: Path, log=None, **extra):
+    return online(load_config(None, tiny_settings(tmp, out, **extra), root=OnlineConfig),
+                  log=log or (lambda *_: None))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
