@@ -74,7 +74,9 @@ def trl_ids(tok, prompt: str, completion: str) -> tuple[list[int], list[int]]:
     return p[:n], full[n:]
 
 
-def usable_pairs(tok, n: int, max_length: int) -> list[dict]:
+def usable_pairs(tok, n: int, max_length: int, longest: bool = False) -> list[dict]:
+    """The first ``n`` usable pairs within ``max_length`` (file order), or with ``longest`` the
+    ``n`` longest ones, so a larger limit really brings longer sequences."""
     from dpokit.data import encode
 
     out = []
@@ -83,15 +85,18 @@ def usable_pairs(tok, n: int, max_length: int) -> list[dict]:
         theirs = [trl_ids(tok, prompt, c) for c in (chosen, rejected)]
         if any(t != (mine[0], c) for t, c in zip(theirs, mine[1])):
             continue
-        if len(mine[0]) + max(map(len, mine[1])) > max_length:
+        length = len(mine[0]) + max(map(len, mine[1]))
+        if length > max_length:
             continue
-        out.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
+        out.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "length": length,
                     "tokens": len(mine[0]) + sum(map(len, mine[1])),
                     "completion_tokens": sum(map(len, mine[1])),
                     "attn_pairs": sum((len(mine[0]) + len(c)) ** 2 / 2 for c in mine[1])})
-        if len(out) == n:
+        if len(out) == n and not longest:
             return out
-    raise SystemExit(f"only {len(out)} usable pairs within max_length {max_length}; {n} needed")
+    if len(out) < n:
+        raise SystemExit(f"only {len(out)} usable pairs within max_length {max_length}; {n} needed")
+    return sorted(out, key=lambda p: -p["length"])[:n]
 
 
 def dpokit_order(n: int) -> list[int]:
@@ -312,10 +317,11 @@ def model_info(path: str) -> dict:
 
 def one_setting(args, max_length: int, batch: int, tok, info: dict, peak: float) -> dict:
     n = batch * args.steps
-    pairs = usable_pairs(tok, n, max_length)
+    pairs = usable_pairs(tok, n, max_length, args.longest)
     pairs = [pairs[i] for i in dpokit_order(n)]  # the order dpokit's seeded shuffle reads them in
     out = {"max_length": max_length, "batch_size": batch, "dtype": args.dtype, "steps": args.steps,
-           "pairs": n, "tokens": sum(p["tokens"] for p in pairs)}
+           "pairs": n, "tokens": sum(p["tokens"] for p in pairs), "longest": max(p["length"] for p in pairs),
+           "mean_length": sum(p["length"] for p in pairs) / n}
     for tool in ([] if args.skip_trl else ["trl"]) + ["dpokit"]:
         with tempfile.TemporaryDirectory() as tmp:
             spec = {"model": args.model, "pairs": pairs, "steps": args.steps, "batch_size": batch,
@@ -329,23 +335,24 @@ def one_setting(args, max_length: int, batch: int, tok, info: dict, peak: float)
 
 
 def print_table(results: list[dict]) -> None:
-    print("| max_length | batch | tool | tokens/s | tokens/CPU-s | pairs/s | s/step | CPU-s/step | peak RSS GB "
-          "| MFU | step-0 loss |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| max_length | batch | length mean/max | tool | tokens/s | tokens/CPU-s | pairs/s | s/step | CPU-s/step "
+          "| peak RSS GB | MFU | step-0 loss |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
+        size = f"{r['mean_length']:.0f}/{r['longest']}"
         for tool in ("trl", "dpokit"):
             m = r.get(tool)
             if m is None or "failed" in m:
                 if m:
-                    print(f"| {r['max_length']} | {r['batch_size']} | {tool} | failed: {m['failed']} | | | | | | | |")
+                    print(f"| {r['max_length']} | {r['batch_size']} | {size} | {tool} | failed: {m['failed']} | | | | | | | |")
                 continue
-            print(f"| {r['max_length']} | {r['batch_size']} | {tool} | {m['tokens_per_s']:.0f} | "
+            print(f"| {r['max_length']} | {r['batch_size']} | {size} | {tool} | {m['tokens_per_s']:.0f} | "
                   f"{m['tokens_per_cpu_s']:.0f} | {m['pairs_per_s']:.3f} | {m['step_s']:.2f} | {m['step_cpu_s']:.2f} | "
                   f"{m['peak_rss_gb']:.2f} | {m['mfu']:.1%} | {m['loss0']:.6f} |")
         if all(r.get(t) and "failed" not in r[t] for t in ("trl", "dpokit")):
             t, d = r["trl"], r["dpokit"]
             gap = max(abs(a - b) for a, b in zip(d["logps0"], t["logps0"]))
-            print(f"|  |  | dpokit / TRL | ×{d['tokens_per_s'] / t['tokens_per_s']:.2f} | "
+            print(f"|  |  |  | dpokit / TRL | ×{d['tokens_per_s'] / t['tokens_per_s']:.2f} | "
                   f"×{d['tokens_per_cpu_s'] / t['tokens_per_cpu_s']:.2f} | | | | "
                   f"×{d['peak_rss_gb'] / t['peak_rss_gb']:.2f} | | Δ {abs(d['loss0'] - t['loss0']):.1e} "
                   f"(mean log π(y|x) Δ {gap:.1e}) |")
@@ -359,6 +366,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--grid", action="store_true", help="max_length 256/512/1024/2048 × batch 1/4/16")
     ap.add_argument("--skip-trl", action="store_true")
+    ap.add_argument("--longest", action="store_true",
+                    help="take the longest usable pairs within each max_length instead of the first ones")
+    ap.add_argument("--lengths", default="256,512,1024,2048", help="max_length values of --grid")
+    ap.add_argument("--batches", default="1,4,16", help="batch sizes of --grid")
     ap.add_argument("--model", default=None, help="HF model folder (default: embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--rss-limit", type=float, default=16.0,
@@ -383,7 +394,7 @@ def main() -> None:
     peak = matmul_peak(args.dtype)
     print(f"matmul peak ({args.dtype}, 2048³, best of 5): {peak / 1e9:.0f} GFLOP/s; params {info['params']:,}; "
           f"load {os.getloadavg()}", flush=True)
-    settings = [(L, B) for L in (256, 512, 1024, 2048) for B in (1, 4, 16)] if args.grid else \
+    settings = [(int(L), int(B)) for L in args.lengths.split(",") for B in args.batches.split(",")] if args.grid else \
         [(args.max_length, args.batch_size)]
     results = []
     for L, B in settings:
