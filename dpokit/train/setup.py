@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from dpokit.errors import UserError
 from dpokit.logprobs import Options
 from dpokit.losses import LossSpec
 from dpokit.models import apply_lora, disable_dropout, load_model
+from dpokit.train.engines import Engine, prepare_reference
 
 
 def load_data(path: str, kind: str, tokenizer, cfg: RunConfig, name: str, log) -> list[TokenizedRecord]:
@@ -49,12 +51,22 @@ def logprob_options(cfg: RunConfig) -> Options:
     return Options(chunk=t.logprob_chunk, share_prompt=t.share_prompt, pack=t.pack)
 
 
+class PendingCache:
+    """A precomputed reference still to compute: under a sharding engine every forward pass is a
+    collective, so the cache is computed after the policy (or ``model``) is wrapped, by
+    ``finish_reference``. ``digest`` hashes the starting weights, taken while they were whole."""
+
+    def __init__(self, model, digest: str):
+        self.model, self.digest = model, digest
+
+
 def build_reference(cfg: RunConfig, spec: LossSpec, policy, tokenizer, datasets: dict[str, list],
-                    autocast, log, accelerator):
+                    autocast, log, accelerator, engine: Engine | None = None):
     """The reference strategy the config asks for, built from the *starting* weights.
 
     Must run before LoRA is applied and before a checkpoint is loaded into the policy.
-    Returns (reference or None, policy possibly wrapped with LoRA).
+    Returns (reference or None, policy possibly wrapped with LoRA). A copied reference's model is
+    placed or wrapped later, by ``finish_reference``, once the policy is prepared.
     """
     strategy = cfg.train.ref if spec.needs_reference else "none"
     ref_model = None
@@ -66,7 +78,10 @@ def build_reference(cfg: RunConfig, spec: LossSpec, policy, tokenizer, datasets:
     reference = None
     if strategy == "precomputed":
         source = ref_model if ref_model is not None else policy
-        reference = _cached(cfg, source, tokenizer, datasets, autocast, log, accelerator)
+        if engine is not None and engine.sharded:
+            reference = PendingCache(ref_model, ref_lib.model_hash(source))
+        else:
+            reference = _cached(cfg, source, tokenizer, datasets, autocast, log, accelerator)
         ref_model = None  # freed: training holds one model
     if cfg.lora.enabled:
         torch.manual_seed(cfg.train.seed)
@@ -78,24 +93,43 @@ def build_reference(cfg: RunConfig, spec: LossSpec, policy, tokenizer, datasets:
     return reference, policy
 
 
-def _cached(cfg: RunConfig, model, tokenizer, datasets: dict[str, list], autocast, log, accelerator):
+def finish_reference(cfg: RunConfig, engine: Engine, reference, policy, tokenizer, datasets: dict[str, list],
+                     autocast, log):
+    """After ``accelerator.prepare``: the copied reference placed or wrapped as the policy is, and
+    a pending cache computed through the wrapped model (the prepared policy still holds the
+    starting weights: no checkpoint has been loaded yet)."""
+    if isinstance(reference, ref_lib.CopyReference):
+        reference.model = prepare_reference(engine, reference.model)
+    elif isinstance(reference, PendingCache):
+        model = policy if reference.model is None else prepare_reference(engine, reference.model)
+        reference = _cached(cfg, model, tokenizer, datasets, autocast, log, engine.accelerator, reference.digest)
+    return reference
+
+
+def _cached(cfg: RunConfig, model, tokenizer, datasets: dict[str, list], autocast, log, accelerator,
+            digest: str | None = None):
     """Reference log-probs for every record of every dataset, from disk or computed now; on
-    several processes each computes every P-th record and the shares are gathered."""
+    several processes each computes every P-th record and the shares are gathered. ``digest``
+    is given when ``model`` is already wrapped (sharded), and then it is not moved."""
     folder = Path(cfg.train.cache_dir or Path(cfg.train.output) / "reflogps")  # nothing outside the run by default
-    digest = ref_lib.model_hash(model)
     settings = {"bf16": cfg.train.bf16}
     values: dict[str, list] = {}
-    model.to(accelerator.device)
+    if digest is None:
+        digest = ref_lib.model_hash(model)
+        model.to(accelerator.device)
     rank, size = accelerator.process_index, accelerator.num_processes
     for name, records in datasets.items():
         path = folder / f"{ref_lib.cache_key(digest, tokenizer, records, settings)}.safetensors"
         if not path.is_file():
             mine, start = records[rank::size], time.perf_counter()
-            with tqdm(total=len(mine), desc=f"reference log-probs ({name})", leave=False,
+            # Equal shares (padded with the first record, dropped after): under a sharding engine
+            # every process must run the same number of forward passes.
+            padded = mine + records[:1] * (math.ceil(len(records) / size) - len(mine))
+            with tqdm(total=len(padded), desc=f"reference log-probs ({name})", leave=False,
                       disable=not (cfg.train.progress and accelerator.is_main_process)) as bar:
-                share = ref_lib.compute_reference_logps(model, mine, tokenizer.pad_token_id,
+                share = ref_lib.compute_reference_logps(model, padded, tokenizer.pad_token_id,
                                                         cfg.train.batch_size, autocast, bar, logprob_options(cfg))
-            shares = _gather(share, accelerator)  # a collective: every process takes part
+            shares = _gather(share[:len(mine)], accelerator)  # a collective: every process takes part
             if accelerator.is_main_process:
                 ref_lib.save_cache(path, _interleave(shares, len(records)))
                 log(f"[reference] {name}: computed in {time.perf_counter() - start:.2f} s and cached at {path}")
