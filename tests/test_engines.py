@@ -111,3 +111,32 @@ def test_fsdp1_is_refused(setup):
                **{**FSDP_ENV, "FSDP_VERSION": "1"})
     assert done.returncode != 0
     assert "dpokit: error: accelerate config: field 'fsdp_version': dpokit runs FSDP as FSDP2" in done.stderr
+
+
+def accelerate_launch(config: str, args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(ROOT / "examples" / "accelerate" / config), "--num_processes", "2",
+              "--main_process_port", str(free_port()), "-m", "dpokit.cli", "dpo"]
+    return subprocess.run(launch + args, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.parametrize("config,engine", [("cpu_2proc.yaml", "ddp"), ("fsdp.yaml", "fsdp")])
+def test_shipped_accelerate_configs_run_two_cpu_processes(setup, config, engine):
+    """``accelerate launch`` with a shipped config starts two CPU processes on the engine it names
+    (ACCELERATE_USE_CPU=1; ``--cpu`` would start one), and they train like one process."""
+    tmp, common = setup
+    common += ["--ref", "copy"]
+    done = accelerate_launch(config, common + ["--output", str(tmp / "two"), "--batch-size", "2"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"[engine] {engine} on 2 processes (cpu)" in done.stdout
+    done = dpo(common + ["--output", str(tmp / "one"), "--batch-size", "4"], 1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_run(tmp / "one", tmp / "two")
+
+
+def test_fsdp_offload_on_cpu_processes_is_a_clear_error(setup):
+    tmp, common = setup
+    done = accelerate_launch("fsdp_offload.yaml", common + ["--output", str(tmp / "off"), "--batch-size", "2"])
+    assert done.returncode != 0
+    assert "dpokit: error: accelerate config: field 'fsdp_offload_params': FSDP CPU offload needs GPUs" in done.stderr

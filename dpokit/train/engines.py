@@ -47,7 +47,8 @@ class Engine:
 
 
 def resolve(accelerator, cfg) -> Engine:
-    """The engine accelerate was configured for, after checking that dpokit supports the
+    """The engine accelerate was configured for (FSDP is turned on for CPU processes too, see
+    ``_fsdp_on_cpu``), after checking that dpokit supports the
     combination; a mismatch is a one-line ``UserError``."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
@@ -115,7 +116,12 @@ def _fsdp_on_cpu(accelerator) -> None:
 
     from accelerate.state import PartialState
 
-    state.fsdp_plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables accelerate launch sets
+    plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables accelerate launch sets
+    if type(plugin.cpu_offload).__name__ == "CPUOffloadPolicy":
+        # fully_shard pins the offloaded shards in host memory, which needs an accelerator
+        raise UserError("FSDP CPU offload needs GPUs (the processes here already run on the CPU): use fsdp.yaml",
+                        where="accelerate config", field="fsdp_offload_params")
+    state.fsdp_plugin = plugin
     state.distributed_type = DistributedType.FSDP
     # As accelerate does for GPUs: the process-level state says FSDP too, or the next
     # AcceleratorState() (accelerate makes them freely) copies MULTI_CPU back.

@@ -302,8 +302,11 @@ def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
 
 
 def _save(engine: engines.Engine, out: Path, state: TrainState, policy, optimizer, scheduler, cfg: RunConfig,
-          metrics: dict, eval_metrics: dict) -> Path:
-    """``checkpoint-STEP``: states gathered on every process (sharding engines), written by the main one."""
+          metrics: dict, eval_metrics: dict) -> Path | None:
+    """``checkpoint-STEP``: states gathered on every process (sharding engines), written by the main
+    one. Under DeepSpeed none is written (``engines._check`` refuses --save-steps and --resume there)."""
+    if engine.deepspeed:
+        return None
     gathered = engines.gather_states(engine, policy, optimizer)
     saved = out / f"checkpoint-{state.step}"
     if engine.accelerator.is_main_process:
