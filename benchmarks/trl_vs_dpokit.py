@@ -38,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -193,19 +194,45 @@ def child(tool: str, spec_path: str) -> None:
 
 
 def measure(tool: str, spec: dict) -> dict | None:
-    """Run one tool in a subprocess; its result with its own peak RSS, or None if it failed."""
+    """Run one tool in a subprocess; its result with its own peak RSS, or {"failed": why}."""
     spec_path = Path(spec["tmp"]) / f"spec-{tool}.json"
     spec_path.write_text(json.dumps(spec))
     proc = subprocess.Popen([sys.executable, __file__, "--child", tool, "--spec", str(spec_path)],
                             env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    over = _watch_memory(proc, spec["rss_limit_gb"])
     _, status, usage = os.wait4(proc.pid, 0)
     result_path = Path(spec["tmp"]) / f"result-{tool}.json"
+    if over.is_set():
+        print(f"[{tool}] stopped: resident memory passed --rss-limit {spec['rss_limit_gb']} GB", file=sys.stderr)
+        return {"failed": f"> {spec['rss_limit_gb']} GB RSS"}
     if status != 0 or not result_path.is_file():
         print(f"[{tool}] failed (wait status {status})", file=sys.stderr)
-        return None
+        return {"failed": f"exit status {status}"}
     result = json.loads(result_path.read_text())
     result["peak_rss_bytes"] = usage.ru_maxrss * 1024  # Linux reports KiB
     return result
+
+
+def _watch_memory(proc: subprocess.Popen, limit_gb: float) -> threading.Event:
+    """Kill ``proc`` when its resident memory passes ``limit_gb``, so a setting that does not fit
+    is reported as such instead of pushing the whole machine into swap or the OOM killer."""
+    over = threading.Event()
+
+    def poll():
+        status = Path(f"/proc/{proc.pid}/status")
+        while proc.poll() is None:
+            try:
+                kib = next(int(x.split()[1]) for x in status.read_text().splitlines() if x.startswith("VmRSS"))
+            except (OSError, StopIteration):
+                kib = 0
+            if kib * 1024 > limit_gb * 1e9:
+                over.set()
+                proc.kill()
+                return
+            time.sleep(0.2)
+
+    threading.Thread(target=poll, daemon=True).start()
+    return over
 
 
 # ----------------------------------------------------------------------------- figures
@@ -276,10 +303,10 @@ def one_setting(args, max_length: int, batch: int, tok, info: dict, peak: float)
     for tool in ([] if args.skip_trl else ["trl"]) + ["dpokit"]:
         with tempfile.TemporaryDirectory() as tmp:
             spec = {"model": args.model, "pairs": pairs, "steps": args.steps, "batch_size": batch,
-                    "max_length": max_length, "dtype": args.dtype, "tmp": tmp}
+                    "max_length": max_length, "dtype": args.dtype, "tmp": tmp, "rss_limit_gb": args.rss_limit}
             result = measure(tool, spec)
-        out[tool] = None if result is None else summarise(result, pairs, spec, info, peak)
-        if result is not None:
+        out[tool] = result if "failed" in result else summarise(result, pairs, spec, info, peak)
+        if "config" in result:
             out[tool + "_config"] = result["config"]
         print(f"[{tool}] L={max_length} B={batch} {args.dtype}: {out[tool]}  load {os.getloadavg()}", flush=True)
     return out
@@ -292,14 +319,14 @@ def print_table(results: list[dict]) -> None:
     for r in results:
         for tool in ("trl", "dpokit"):
             m = r.get(tool)
-            if m is None:
-                if tool in r:
-                    print(f"| {r['max_length']} | {r['batch_size']} | {tool} | failed | | | | | | | |")
+            if m is None or "failed" in m:
+                if m:
+                    print(f"| {r['max_length']} | {r['batch_size']} | {tool} | failed: {m['failed']} | | | | | | | |")
                 continue
             print(f"| {r['max_length']} | {r['batch_size']} | {tool} | {m['tokens_per_s']:.0f} | "
                   f"{m['tokens_per_cpu_s']:.0f} | {m['pairs_per_s']:.3f} | {m['step_s']:.2f} | {m['step_cpu_s']:.2f} | "
                   f"{m['peak_rss_gb']:.2f} | {m['mfu']:.1%} | {m['loss0']:.6f} |")
-        if r.get("trl") and r.get("dpokit"):
+        if all(r.get(t) and "failed" not in r[t] for t in ("trl", "dpokit")):
             t, d = r["trl"], r["dpokit"]
             gap = max(abs(a - b) for a, b in zip(d["logps0"], t["logps0"]))
             print(f"|  |  | dpokit / TRL | ×{d['tokens_per_s'] / t['tokens_per_s']:.2f} | "
@@ -318,6 +345,8 @@ def main() -> None:
     ap.add_argument("--skip-trl", action="store_true")
     ap.add_argument("--model", default=None, help="HF model folder (default: embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--rss-limit", type=float, default=16.0,
+                    help="GB of resident memory at which a tool's run is stopped and reported as not fitting")
     ap.add_argument("--child", choices=("trl", "dpokit"), help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -340,10 +369,12 @@ def main() -> None:
           f"load {os.getloadavg()}", flush=True)
     settings = [(L, B) for L in (256, 512, 1024, 2048) for B in (1, 4, 16)] if args.grid else \
         [(args.max_length, args.batch_size)]
-    results = [one_setting(args, L, B, tok, info, peak) for L, B in settings]
+    results = []
+    for L, B in settings:
+        results.append(one_setting(args, L, B, tok, info, peak))
+        if args.json:  # after every setting: a long grid keeps what it measured if stopped
+            Path(args.json).write_text(json.dumps({"peak_flops": peak, "results": results}, indent=1))
     print_table(results)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"peak_flops": peak, "results": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -101,7 +101,8 @@ def _hidden(model, p: Plan) -> tuple[torch.Tensor, torch.nn.Module]:
     logits of one position only, and the last hidden state is read from its outputs. Under a
     sharding engine the head cannot run outside the forward (see ``sharded``): the forward then
     returns the logits of every position, the (K, V) logits at completion positions stand in for
-    the hidden states, and the head is the identity. That costs one (rows × length × V) logits
+    the hidden states, and the head is the identity (the forward has applied any logit transform,
+    see ``_head``). That costs one (rows × length × V) logits
     tensor, which the chunked path avoids; the log-softmax stays in fp32 chunks either way.
     """
     if sharded(model):
@@ -110,7 +111,33 @@ def _hidden(model, p: Plan) -> tuple[torch.Tensor, torch.nn.Module]:
     keep = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
     out = model(**_inputs(model, p), use_cache=False, output_hidden_states=True, **keep)
     hidden = out.hidden_states[-1]
-    return hidden.reshape(-1, hidden.shape[-1])[p.src], _base(model).get_output_embeddings()
+    return hidden.reshape(-1, hidden.shape[-1])[p.src], _head(model)
+
+
+def _head(model):
+    """The LM head with whatever the model does to its logits after it: Gemma 2/3 soft-cap them
+    (cap·tanh(z/cap)), Cohere multiplies by ``logit_scale``, Granite divides by
+    ``logits_scaling``. Reading hidden states and applying the head here would otherwise give
+    other log-probs than the model's own forward."""
+    base = _base(model)
+    linear, cfg = base.get_output_embeddings(), base.config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    scale, divide = getattr(cfg, "logit_scale", None), getattr(cfg, "logits_scaling", None)
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    if not (scale or divide or cap):
+        return linear
+
+    def head(hidden: torch.Tensor) -> torch.Tensor:
+        logits = linear(hidden)
+        if scale:
+            logits = logits * scale
+        if divide:
+            logits = logits / divide
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return head
 
 
 def _token_logps(head, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

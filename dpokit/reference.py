@@ -108,26 +108,28 @@ def cache_key(model_digest: str, tokenizer, records: list[TokenizedRecord], sett
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
-def compute_reference_logps(model, records: list[TokenizedRecord], pad_id: int, batch_size: int,
+def compute_reference_logps(model, records: list[TokenizedRecord], batches: list[list[int]], pad_id: int,
                             autocast: Callable, progress: Iterable | None = None,
-                            options: Options = FAST) -> list[list[torch.Tensor]]:
-    """One no-grad pass over ``records``: per-token log-probs of every completion."""
+                            options: Options = FAST) -> dict[int, list[torch.Tensor]]:
+    """One no-grad pass over the records named in ``batches``: per-token log-probs of every
+    completion, by record index. Running the batches training will run makes each value
+    bitwise what a live reference would give at that step, in bf16 too (a different batch
+    layout changes bf16 rounding)."""
     model.eval()
-    if not records:
-        return []
-    group = len(records[0].completion_ids)
+    if not batches:
+        return {}
+    group = len(records[batches[0][0]].completion_ids)
     device = next(model.parameters()).device
-    out: list[list[torch.Tensor]] = []
+    out: dict[int, list[torch.Tensor]] = {}
     with torch.no_grad():
-        for start in range(0, len(records), batch_size):
-            chunk = records[start:start + batch_size]
-            batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+        for indices in batches:
+            batch = {k: v.to(device) for k, v in collate([records[i] for i in indices], pad_id).items()}
             with autocast():
                 lp = completion_logps(model, batch, group, options=options)
-            for b in range(len(chunk)):
-                out.append([lp.tokens[g, b][lp.mask[g, b]].cpu() for g in range(group)])
+            for b, i in enumerate(indices):
+                out.setdefault(i, [lp.tokens[g, b][lp.mask[g, b]].cpu() for g in range(group)])
             if progress is not None:
-                progress.update(len(chunk))
+                progress.update(len(indices))
     return out
 
 

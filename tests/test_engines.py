@@ -50,7 +50,9 @@ def assert_same_run(one: Path, two: Path) -> None:
 @pytest.fixture()
 def setup(tmp_path):
     model, data = tiny_model_dir(tmp_path), write_pairs(tmp_path / "pairs.jsonl", n=22)
-    held = write_pairs(tmp_path / "held.jsonl", n=7, seed=5)
+    # 5 held-out pairs on 2 processes × batch 2: 2 batches on one process, 1 on the other, so
+    # the evaluation and its precomputed reference run a stand-in batch (a sharded forward is a collective)
+    held = write_pairs(tmp_path / "held.jsonl", n=5, seed=5)
     return tmp_path, ["--model", str(model), "--data", str(data), "--eval-data", str(held), "--loss", "sigmoid",
                       "--max-steps", "4", "--lr", "1e-3", "--max-length", "64", "--max-prompt-length", "32",
                       "--no-progress"]

@@ -152,3 +152,74 @@ def test_lora_shared_and_chunked_equal_padded(tiny_tokenizer, model):
     fast, plain = run(lora, batch, Options(chunk=4)), run(lora, batch, PLAIN)
     assert all("lora_" in n for n in fast[2])
     assert_same(fast, plain)
+
+
+def saved_for_backward(model, batch) -> int:
+    """How many tensors one forward keeps for its backward."""
+    count = [0]
+
+    def pack(t):
+        count[0] += 1
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        dpo_loss(model, batch, Options())
+    return count[0]
+
+
+def test_gradient_checkpointing_equals_plain(tiny_tokenizer, model):
+    """Checkpointing recomputes the layers' activations in backward: the forward keeps far fewer
+    tensors, and loss and gradients are unchanged."""
+    batch = batch_for(tiny_tokenizer)
+    plain, kept = run(model, batch, Options()), saved_for_backward(model, batch)
+    model.gradient_checkpointing_enable()
+    model.config.use_cache = False
+    assert saved_for_backward(model, batch) < kept / 2
+    assert_same(run(model, batch, Options()), plain)
+
+
+def test_bf16_autocast_tracks_fp32(tiny_tokenizer, model):
+    """bf16 autocast changes the matmuls' precision, not the computation: per-token log-probs
+    stay within bf16 rounding of fp32 (≈ 3 significant digits), the returned log-probs are fp32,
+    and the loss's gradients point the same way."""
+    batch = batch_for(tiny_tokenizer)
+    fp32 = run(model, batch, Options())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = run(model, batch, Options())
+    assert bf16[0].tokens.dtype == torch.float32
+    assert not torch.equal(bf16[0].tokens, fp32[0].tokens)  # autocast really ran in bf16
+    torch.testing.assert_close(bf16[0].tokens, fp32[0].tokens, atol=0.05, rtol=0.02)
+    flat = [torch.cat([g[n].flatten() for n in sorted(g)]) for g in (fp32[2], bf16[2])]
+    assert torch.nn.functional.cosine_similarity(*flat, dim=0) > 0.99
+
+
+def _scaled_head_models():
+    from transformers import (CohereConfig, CohereForCausalLM, Gemma2Config, Gemma2ForCausalLM, GraniteConfig,
+                              GraniteForCausalLM)
+
+    small = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=1, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return {"gemma2-softcap": (Gemma2ForCausalLM, Gemma2Config(**small, head_dim=16, final_logit_softcapping=0.5)),
+            "granite-divide": (GraniteForCausalLM, GraniteConfig(**small, logits_scaling=4.0)),
+            "cohere-scale": (CohereForCausalLM, CohereConfig(**small, logit_scale=0.25))}
+
+
+@pytest.mark.parametrize("name", ["gemma2-softcap", "granite-divide", "cohere-scale"])
+def test_models_that_transform_their_logits(name):
+    """Soft-capped or scaled logits (applied by the model after its LM head) give the log-probs
+    of the model's own forward, on every path."""
+    cls, cfg = _scaled_head_models()[name]
+    torch.manual_seed(0)
+    model = cls(cfg).float().eval()
+    recs = [TokenizedRecord([5, 6, 7, 8], [[9, 10], [11, 12, 13]], "a"),
+            TokenizedRecord([15, 16], [[17, 18, 19, 20], [21]], "b")]
+    batch = collate(recs, 0)
+    ids, cmask = batch["input_ids"], batch["completion_mask"]
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=batch["attention_mask"]).logits.float()
+        for options in (PLAIN, Options(chunk=3)):
+            lp = completion_logps(model, batch, 2, options=options)
+            first = ids.shape[1] - lp.tokens.shape[-1]
+            own = logits[:, first - 1:-1].log_softmax(-1).gather(-1, ids[:, first:, None]).squeeze(-1)
+            own = own.masked_fill(~cmask[:, first:], 0.0)
+            torch.testing.assert_close(lp.tokens.reshape(own.shape), own, atol=1e-5, rtol=0)

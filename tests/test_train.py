@@ -67,6 +67,24 @@ def test_copy_and_precomputed_reference_agree(setup):
     assert sorted((tmp / "refcache").glob("*.safetensors")) == sorted(cached)
 
 
+def test_bf16_precomputed_reference_is_the_live_one_bitwise(setup):
+    """The precompute runs training's own micro-batches, so even in bf16 (whose rounding depends
+    on how a batch is laid out) the cached values are exactly what a live copy computes:
+    the step-0 loss is ln 2 and the first epoch's metrics are identical."""
+    tmp, model, data = setup
+    runs = {}
+    for ref in ("copy", "precomputed"):
+        out = tmp / f"bf16-{ref}"
+        train(config(model, data, out, train__ref=ref, train__bf16=True, train__batch_size=3, train__grad_accum=2,
+                     train__max_steps=2, train__cache_dir=str(tmp / "bf16-cache")))
+        runs[ref] = metrics(out)
+    assert runs["precomputed"][0]["loss"] == pytest.approx(math.log(2), abs=1e-7)
+    for a, b in zip(runs["copy"], runs["precomputed"]):
+        for k in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/ref_chosen"):
+            if k in a:
+                assert a[k] == b[k], k
+
+
 def test_resume_gives_identical_weights(setup):
     tmp, model, data = setup
     full = tmp / "resume-full"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from dpokit.data import TokenizedRecord, collate
 from dpokit.logprobs import completion_logps, logps_from_log_probs
 from dpokit.losses import LossContext, LossSpec, get_loss
 from dpokit.models import load_tokenizer
+from dpokit.train.batches import BatchStream, eval_batches
 from dpokit.train.checkpoint import (TrainState, latest_checkpoint, load_checkpoint, remove_partial_writes,
                                      save_checkpoint, save_model)
 from dpokit.train import engines
@@ -45,42 +45,6 @@ class TrainResult:
     stopped_by: str | None = None
     """``SIGTERM`` or ``SIGINT`` when a signal stopped the run after saving ``checkpoint``."""
     checkpoint: Path | None = None
-
-
-class BatchStream:
-    """Record indices for each optimizer step: ``grad_accum`` consecutive slices of
-    ``batch_size × processes`` from a per-epoch permutation seeded by (seed, epoch); process
-    ``rank`` takes its own ``batch_size`` of each slice.
-
-    A step of k micro-batches of b on P processes therefore sees exactly the records one
-    batch of k·b·P would, and the position in the data is two integers, saved in every
-    checkpoint. On several processes a step whose slice does not divide evenly is padded with
-    the epoch's first records (as torch's DistributedSampler pads), so every process runs the
-    same number of micro-batches.
-    """
-
-    def __init__(self, n: int, batch_size: int, grad_accum: int, seed: int, processes: int = 1, rank: int = 0):
-        self.n, self.b, self.k, self.seed = n, batch_size, grad_accum, seed
-        self.processes, self.rank = processes, rank
-        self.steps_per_epoch = math.ceil(n / (batch_size * grad_accum * processes))
-
-    def _order(self, epoch: int) -> list[int]:
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
-
-    def next_step(self, state: TrainState) -> list[list[int]]:
-        if state.position >= self.n:
-            state.epoch, state.position = state.epoch + 1, 0
-        order = self._order(state.epoch)
-        width = self.b * self.processes
-        take = order[state.position: state.position + width * self.k]
-        state.position += len(take)
-        micro = []
-        for i in range(0, len(take), width):
-            part = take[i:i + width]
-            part += (order * self.processes)[: -len(part) % self.processes]
-            share = len(part) // self.processes
-            micro.append(part[self.rank * share:(self.rank + 1) * share])
-        return micro
 
 
 def bf16_autocast(device: torch.device, enabled: bool):
@@ -130,19 +94,18 @@ def evaluate(spec: LossSpec, cfg: RunConfig, policy, reference, records: list[To
     was_training = policy.training
     policy.eval()
     group = len(records[0].completion_ids)
-    mine = list(range(accelerator.process_index, len(records), accelerator.num_processes))
-    b = cfg.train.batch_size
     sums = MetricSums()
-    # Every process runs the same number of batches (sharding engines make each forward pass a
-    # collective); one whose share ran out runs a stand-in batch and drops its output.
-    for start in range(0, math.ceil(len(records) / accelerator.num_processes), b):
-        part = mine[start:start + b]
-        batch = make_batch(records, part or [0], pad_id, "eval", accelerator.device)
+    batches = eval_batches(len(records), cfg.train.batch_size, accelerator.num_processes,
+                           accelerator.process_index)
+    extra = engines.stand_ins(len(batches), accelerator)  # before any (collective) forward pass
+    for indices in batches:
+        batch = make_batch(records, indices, pad_id, "eval", accelerator.device)
         pol, ref, out = forward_loss(spec, cfg, policy, reference, batch, group, autocast, state or {})
-        if not part:
-            continue
         sums.add("loss", out.losses.sum(), unit_count(spec, batch, group))
         sums.merge(batch_metrics(spec.input_kind, pol, ref, out))
+    for _ in range(extra):  # stand-ins, outputs dropped: as many forward passes as the busiest process
+        forward_loss(spec, cfg, policy, reference, make_batch(records, batches[0] if batches else [0], pad_id, "eval",
+                                                              accelerator.device), group, autocast, state or {})
     policy.train(was_training)
     return sums.gathered(accelerator).means()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 import time
 from pathlib import Path
 
@@ -18,7 +17,8 @@ from dpokit.errors import UserError
 from dpokit.logprobs import Options
 from dpokit.losses import LossSpec
 from dpokit.models import apply_lora, disable_dropout, load_model
-from dpokit.train.engines import Engine, prepare_reference
+from dpokit.train.batches import BatchStream, eval_batches, first_epoch_batches
+from dpokit.train.engines import Engine, prepare_reference, stand_ins
 
 
 def load_data(path: str, kind: str, tokenizer, cfg: RunConfig, name: str, log) -> list[TokenizedRecord]:
@@ -109,29 +109,32 @@ def finish_reference(cfg: RunConfig, engine: Engine, reference, policy, tokenize
 def _cached(cfg: RunConfig, model, tokenizer, datasets: dict[str, list], autocast, log, accelerator,
             digest: str | None = None):
     """Reference log-probs for every record of every dataset, from disk or computed now; on
-    several processes each computes every P-th record and the shares are gathered. ``digest``
-    is given when ``model`` is already wrapped (sharded), and then it is not moved."""
+    several processes each computes its own training (or evaluation) batches and the shares are
+    gathered. ``digest`` is given when ``model`` is already wrapped (sharded), and then it is not
+    moved."""
     folder = Path(cfg.train.cache_dir or Path(cfg.train.output) / "reflogps")  # nothing outside the run by default
     settings = {"bf16": cfg.train.bf16}
     values: dict[str, list] = {}
     if digest is None:
         digest = ref_lib.model_hash(model)
         model.to(accelerator.device)
-    rank, size = accelerator.process_index, accelerator.num_processes
     for name, records in datasets.items():
         path = folder / f"{ref_lib.cache_key(digest, tokenizer, records, settings)}.safetensors"
         if not path.is_file():
-            mine, start = records[rank::size], time.perf_counter()
-            # Equal shares (padded with the first record, dropped after): under a sharding engine
-            # every process must run the same number of forward passes.
-            padded = mine + records[:1] * (math.ceil(len(records) / size) - len(mine))
-            with tqdm(total=len(padded), desc=f"reference log-probs ({name})", leave=False,
+            batches, start = _precompute_batches(cfg, name, len(records), accelerator), time.perf_counter()
+            # Counted before any forward pass: under a sharding engine each one is a collective, and
+            # the processes with fewer batches run stand-ins (outputs dropped) to match the others.
+            extra = stand_ins(len(batches), accelerator)
+            with tqdm(total=sum(map(len, batches)), desc=f"reference log-probs ({name})", leave=False,
                       disable=not (cfg.train.progress and accelerator.is_main_process)) as bar:
-                share = ref_lib.compute_reference_logps(model, padded, tokenizer.pad_token_id,
-                                                        cfg.train.batch_size, autocast, bar, logprob_options(cfg))
-            shares = _gather(share[:len(mine)], accelerator)  # a collective: every process takes part
+                share = ref_lib.compute_reference_logps(model, records, batches, tokenizer.pad_token_id,
+                                                        autocast, bar, logprob_options(cfg))
+            ref_lib.compute_reference_logps(model, records, [batches[0] if batches else [0]] * extra,
+                                            tokenizer.pad_token_id, autocast, options=logprob_options(cfg))
+            shares = _gather(share, accelerator)  # a collective: every process takes part
             if accelerator.is_main_process:
-                ref_lib.save_cache(path, _interleave(shares, len(records)))
+                merged = {i: v for s in shares for i, v in s.items()}
+                ref_lib.save_cache(path, [merged[i] for i in range(len(records))])
                 log(f"[reference] {name}: computed in {time.perf_counter() - start:.2f} s and cached at {path}")
             accelerator.wait_for_everyone()
         else:
@@ -140,14 +143,18 @@ def _cached(cfg: RunConfig, model, tokenizer, datasets: dict[str, list], autocas
     return ref_lib.CachedReference(values)
 
 
-def _gather(share: list, accelerator) -> list[list]:
+def _precompute_batches(cfg: RunConfig, name: str, n: int, accelerator) -> list[list[int]]:
+    """The batches this process will run on ``name`` in training (first epoch) or evaluation, so
+    cached values equal a live reference's at those steps."""
+    t, size, rank = cfg.train, accelerator.num_processes, accelerator.process_index
+    if name == "train":
+        return first_epoch_batches(BatchStream(n, t.batch_size, t.grad_accum, t.seed, size, rank))
+    return eval_batches(n, t.batch_size, size, rank)
+
+
+def _gather(share: dict, accelerator) -> list[dict]:
     if accelerator.num_processes == 1:
         return [share]
     from accelerate.utils import gather_object
 
     return gather_object([share])
-
-
-def _interleave(shares: list[list], n: int) -> list:
-    """Undo the round-robin split: record i was computed by process i mod P."""
-    return [shares[i % len(shares)][i // len(shares)] for i in range(n)]
