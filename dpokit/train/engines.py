@@ -48,8 +48,8 @@ class Engine:
 
 def resolve(accelerator, cfg) -> Engine:
     """The engine accelerate was configured for (FSDP is turned on for CPU processes too, see
-    ``_fsdp_on_cpu``), after checking that dpokit supports the
-    combination; a mismatch is a one-line ``UserError``."""
+    ``_fsdp_on_cpu``), after checking that dpokit supports the combination; a mismatch is a
+    one-line ``UserError``."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
         raise UserError(f"{launched} processes were launched, but accelerate sees {accelerator.num_processes}: "
@@ -64,8 +64,8 @@ def resolve(accelerator, cfg) -> Engine:
     elif kind == DistributedType.DEEPSPEED:
         stage = accelerator.state.deepspeed_plugin.zero_stage
         if stage not in (2, 3):
-            raise UserError(f"ZeRO stage {stage} is not supported: use 2 or 3 (examples/accelerate/deepspeed_zero*.yaml)",
-                            where="accelerate config", field="zero_stage")
+            raise UserError(f"ZeRO stage {stage} is not supported: use 2 or 3 "
+                            "(examples/accelerate/deepspeed_zero*.yaml)", where="accelerate config", field="zero_stage")
         engine = Engine(f"zero{stage}", accelerator)
         _configure_deepspeed(accelerator, cfg)
     else:
@@ -112,9 +112,8 @@ def _fsdp_on_cpu(accelerator) -> None:
     wanted = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     if not (wanted and state.distributed_type == DistributedType.MULTI_CPU):
         return
-    from accelerate.utils import FullyShardedDataParallelPlugin
-
     from accelerate.state import PartialState
+    from accelerate.utils import FullyShardedDataParallelPlugin
 
     plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables accelerate launch sets
     if type(plugin.cpu_offload).__name__ == "CPUOffloadPolicy":
