@@ -142,3 +142,23 @@ def test_fsdp_offload_on_cpu_processes_is_a_clear_error(setup):
     done = accelerate_launch("fsdp_offload.yaml", common + ["--output", str(tmp / "off"), "--batch-size", "2"])
     assert done.returncode != 0
     assert "dpokit: error: accelerate config: field 'fsdp_offload_params': FSDP CPU offload needs GPUs" in done.stderr
+
+
+def test_fsdp_guard_rollback_matches_one_process(setup):
+    """A guard rollback reloads the last checkpoint into the shards (after evaluation forward
+    passes left the embedding/LM-head group unsharded) and carries on as one process does:
+    the KL limit trips at step 2, both roll back to checkpoint-1 with a halved learning rate,
+    trip again and stop at guard.max_rollbacks with the same metrics logged."""
+    tmp, common = setup
+    common += ["--ref", "copy", "--lr", "1e-2", "--save-steps", "1", "--eval-steps", "1", "--guard-max-kl", "0.05",
+               "--guard-max-rollbacks", "1"]
+    two = dpo(common + ["--output", str(tmp / "two"), "--batch-size", "2"], 2, **FSDP_ENV)
+    one = dpo(common + ["--output", str(tmp / "one"), "--batch-size", "4"], 1)
+    assert one.returncode == 2 and two.returncode != 0
+    assert "after 1 rollbacks (guard.max_rollbacks)" in one.stderr and "after 1 rollbacks" in two.stderr
+    m1, m2 = metrics(tmp / "one"), metrics(tmp / "two")
+    assert [m.get("event") for m in m2] == [m.get("event") for m in m1] and any(m.get("event") for m in m1)
+    for a, b in zip(m1, m2):
+        for key, value in a.items():
+            if isinstance(value, float) and key not in ("tokens_per_s", "step_s"):
+                assert b[key] == pytest.approx(value, rel=1e-5, abs=1e-5), key

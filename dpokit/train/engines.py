@@ -205,6 +205,13 @@ def load_states(engine: Engine, model, optimizer, weights: dict, optim: dict) ->
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                          set_optimizer_state_dict)
 
+    from torch.distributed.fsdp import FSDPModule
+
+    # A forward pass leaves groups with reshard_after_forward=False (accelerate's embedding/LM-head
+    # group) holding whole tensors; loading copies into the shards, so put every group back first.
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
     # Not strict: tied names were left out on saving (``gather_weights``) and load through their twin.
     missing, unexpected = set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True,
                                                                                         strict=False))
