@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 from torch.utils.checkpoint import checkpoint
 
 from dpokit.layout import Plan, padded_plan, shared_plan
@@ -74,20 +75,43 @@ def plan(model, batch: dict, group_size: int, options: Options) -> Plan:
     return padded_plan(batch)
 
 
-def _hidden(model, p: Plan) -> torch.Tensor:
-    """(K, d) final hidden states (after the last norm) at the positions that predict each token.
+def sharded(model) -> bool:
+    """Parameters split across processes (FSDP, DeepSpeed ZeRO-3): outside the model's own
+    forward its LM head's weight is a shard (an FSDP2 DTensor, an empty ZeRO-3 placeholder), so
+    the head may only run inside the forward."""
+    if isinstance(model, (FSDPModule, FullyShardedDataParallel)):
+        return True
+    first = next(getattr(model, "module", model).parameters(), None)
+    return first is not None and hasattr(first, "ds_id")  # ZeRO-3 tags its partitioned parameters
 
-    The model is called as a whole (so DDP and PEFT wrappers see their forward), keeping the
-    logits of one position only, and the last hidden state is read from its outputs.
-    """
+
+def _inputs(model, p: Plan) -> dict:
     inputs = dict(p.inputs)
     if inputs["attention_mask"].dim() == 4 and _base(model).config._attn_implementation == "eager":
         see = inputs["attention_mask"]
         inputs["attention_mask"] = torch.zeros(see.shape, device=see.device).masked_fill(~see, torch.finfo().min)
+    return inputs
+
+
+def _hidden(model, p: Plan) -> tuple[torch.Tensor, torch.nn.Module]:
+    """(K, d) final hidden states (after the last norm) at the positions that predict each token,
+    and the LM head to apply to them.
+
+    The model is called as a whole (so DDP and PEFT wrappers see their forward), keeping the
+    logits of one position only, and the last hidden state is read from its outputs. Under a
+    sharding engine the head cannot run outside the forward (see ``sharded``): the forward then
+    returns the logits of every position, the (K, V) logits at completion positions stand in for
+    the hidden states, and the head is the identity (the forward has applied any logit transform,
+    see ``_head``). That costs one (rows × length × V) logits
+    tensor, which the chunked path avoids; the log-softmax stays in fp32 chunks either way.
+    """
+    if sharded(model):
+        logits = model(**_inputs(model, p), use_cache=False).logits
+        return logits.reshape(-1, logits.shape[-1])[p.src], torch.nn.Identity()
     keep = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
-    out = model(**inputs, use_cache=False, output_hidden_states=True, **keep)
+    out = model(**_inputs(model, p), use_cache=False, output_hidden_states=True, **keep)
     hidden = out.hidden_states[-1]
-    return hidden.reshape(-1, hidden.shape[-1])[p.src]
+    return hidden.reshape(-1, hidden.shape[-1])[p.src], _head(model)
 
 
 def _head(model):
@@ -158,7 +182,7 @@ def completion_logps(model, batch: dict[str, torch.Tensor], group_size: int,
     the per-token KL(π_ref ‖ π) in ``kl``.
     """
     p = plan(model, batch, group_size, options)
-    hidden, head = _hidden(model, p), _head(model)
+    hidden, head = _hidden(model, p)
     tokens = _scatter(_chunked(_token_logps, head, hidden, p.labels, options.chunk), p)
     kl = None
     if ref_log_probs is not None:
@@ -172,7 +196,8 @@ def completion_log_probs(model, batch: dict[str, torch.Tensor], group_size: int 
     """The full fp32 log-distributions (N, T', V) at completion positions (token-level losses);
     zero at positions that are not completion tokens."""
     p = plan(model, batch, group_size, options)
-    log_probs = torch.log_softmax(_head(model)(_hidden(model, p)).float(), dim=-1)
+    hidden, head = _hidden(model, p)
+    log_probs = torch.log_softmax(head(hidden).float(), dim=-1)
     out = log_probs.new_zeros(p.mask.numel(), log_probs.shape[-1]).index_copy(0, p.dst, log_probs)
     return out.view(*p.mask.shape, -1)
 

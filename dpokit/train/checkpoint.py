@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from dpokit.atomic import atomic_folder, verify
 from dpokit.config import RunConfig, TrainConfig, save_config
 from dpokit.errors import UserError
+from dpokit.train.engines import FULL_OPTIMIZER, Engine, load_states
 
 
 @dataclass
@@ -52,20 +53,28 @@ def is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 
 
-def _write_model(model, folder: Path, merge_lora: bool = False) -> None:
+def _write_model(model, folder: Path, merge_lora: bool = False, weights: dict | None = None) -> None:
+    """``weights``: the full state dict a sharding engine gathered (the model's own are shards)."""
     if is_peft(model) and merge_lora:
         import copy
 
         model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(folder, safe_serialization=True)
+    model.save_pretrained(folder, safe_serialization=True, **({"state_dict": weights} if weights is not None else {}))
 
 
-def save_model(model, folder: Path, merge_lora: bool = False, tokenizer=None) -> None:
+def save_model(model, folder: Path, merge_lora: bool = False, tokenizer=None, weights: dict | None = None) -> None:
     """The model (and tokenizer) as a ``from_pretrained`` folder, written atomically with a manifest."""
     with atomic_folder(folder, "model") as tmp:
-        _write_model(model, tmp, merge_lora)
+        _write_model(model, tmp, merge_lora, weights)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    state = {}
+    for f in sorted(folder.glob("model*.safetensors")):  # model.safetensors or its shards
+        state.update(load_file(str(f)))
+    return state
 
 
 def load_model_weights(model, folder: Path) -> None:
@@ -75,9 +84,7 @@ def load_model_weights(model, folder: Path) -> None:
 
         set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
         return
-    state = {}
-    for f in sorted(folder.glob("model*.safetensors")):  # model.safetensors or its shards
-        state.update(load_file(str(f)))
+    state = read_weights(folder)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
     if unexpected or set(missing) - tied:
@@ -130,17 +137,24 @@ def load_state(path: Path) -> Any:
 # -- saving, retention, choosing and loading a checkpoint ------------------------------------------
 
 def save_checkpoint(output: Path, state: TrainState, model, optimizer, scheduler, cfg: RunConfig,
-                    metrics: dict | None = None, eval_metrics: dict | None = None) -> Path:
+                    metrics: dict | None = None, eval_metrics: dict | None = None,
+                    gathered: tuple[dict, dict] | tuple[None, None] = (None, None)) -> Path:
     """Write ``checkpoint-STEP/`` atomically, then apply retention.
 
     ``metrics`` and ``eval_metrics`` are those logged at this step (eval ones get the ``eval/``
-    prefix, as in metrics.jsonl); retention by ``save_best_metric`` reads them back.
+    prefix, as in metrics.jsonl); retention by ``save_best_metric`` reads them back. ``gathered``:
+    the full (weights, optimizer state) of a sharding engine (``engines.gather_states``); the
+    optimizer state is then keyed by parameter name and stored as ``optimizer_full.safetensors``.
     """
+    weights, optim = gathered
     final = output / f"checkpoint-{state.step}"
     logged = {**(metrics or {}), **{f"eval/{k}": v for k, v in (eval_metrics or {}).items()}}
     with atomic_folder(final, "checkpoint") as tmp:
-        _write_model(model, tmp)
-        save_state(tmp / "optimizer.safetensors", optimizer.state_dict())
+        _write_model(model, tmp, weights=weights)
+        if optim is None:
+            save_state(tmp / "optimizer.safetensors", optimizer.state_dict())
+        else:
+            save_state(tmp / FULL_OPTIMIZER, optim)
         save_state(tmp / "scheduler.safetensors", scheduler.state_dict())
         save_state(tmp / "rng.safetensors", {"torch": torch.get_rng_state(), "python": random.getstate()})
         (tmp / "trainer_state.json").write_text(json.dumps(asdict(state)))
@@ -211,9 +225,19 @@ def latest_checkpoint(output: Path, log=print) -> Path | None:
     return None
 
 
-def load_checkpoint(folder: Path, model, optimizer, scheduler) -> TrainState:
-    load_model_weights(model, folder)
-    optimizer.load_state_dict(load_state(folder / "optimizer.safetensors"))
+def load_checkpoint(folder: Path, model, optimizer, scheduler, engine: Engine | None = None) -> TrainState:
+    """Every process loads the same folder; under a sharding engine each keeps its shards."""
+    full = (folder / FULL_OPTIMIZER).is_file()
+    gathers = engine is not None and engine.gathers
+    if full != gathers:
+        raise UserError(f"it was saved under {'FSDP' if full else 'DDP or one process'}, and this run uses "
+                        f"{engine.name if engine else 'one process'}: resume it under the engine that wrote it",
+                        where=str(folder))
+    if full:
+        load_states(engine, model, optimizer, read_weights(folder), load_state(folder / FULL_OPTIMIZER))
+    else:
+        load_model_weights(model, folder)
+        optimizer.load_state_dict(load_state(folder / "optimizer.safetensors"))
     scheduler.load_state_dict(load_state(folder / "scheduler.safetensors"))
     rng = load_state(folder / "rng.safetensors")
     torch.set_rng_state(rng["torch"])

@@ -25,10 +25,11 @@ from dpokit.models import load_tokenizer
 from dpokit.train.batches import BatchStream, eval_batches
 from dpokit.train.checkpoint import (TrainState, latest_checkpoint, load_checkpoint, remove_partial_writes,
                                      save_checkpoint, save_model)
+from dpokit.train import engines
 from dpokit.train.guards import Action, Guard
 from dpokit.train.metrics import MetricsLog, MetricSums, batch_metrics
 from dpokit.train.optim import build_optimizer, build_scheduler
-from dpokit.train.setup import build_policy, build_reference, load_data, logprob_options
+from dpokit.train.setup import build_policy, build_reference, finish_reference, load_data, logprob_options
 from dpokit.train.signals import StopRequest, stop_on_signals
 from dpokit.versions import register_run
 
@@ -94,12 +95,17 @@ def evaluate(spec: LossSpec, cfg: RunConfig, policy, reference, records: list[To
     policy.eval()
     group = len(records[0].completion_ids)
     sums = MetricSums()
-    for indices in eval_batches(len(records), cfg.train.batch_size, accelerator.num_processes,
-                                accelerator.process_index):
+    batches = eval_batches(len(records), cfg.train.batch_size, accelerator.num_processes,
+                           accelerator.process_index)
+    extra = engines.stand_ins(len(batches), accelerator)  # before any (collective) forward pass
+    for indices in batches:
         batch = make_batch(records, indices, pad_id, "eval", accelerator.device)
         pol, ref, out = forward_loss(spec, cfg, policy, reference, batch, group, autocast, state or {})
         sums.add("loss", out.losses.sum(), unit_count(spec, batch, group))
         sums.merge(batch_metrics(spec.input_kind, pol, ref, out))
+    for _ in range(extra):  # stand-ins, outputs dropped: as many forward passes as the busiest process
+        forward_loss(spec, cfg, policy, reference, make_batch(records, batches[0] if batches else [0], pad_id, "eval",
+                                                              accelerator.device), group, autocast, state or {})
     policy.train(was_training)
     return sums.gathered(accelerator).means()
 
@@ -115,8 +121,11 @@ def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
     t, spec = cfg.train, get_loss(cfg.loss.name)
     out = Path(t.output)
     accelerator = Accelerator()
+    engine = engines.resolve(accelerator, cfg)  # DDP (or one process), FSDP2, or DeepSpeed ZeRO-2/3
     main = accelerator.is_main_process
     log = log if main else (lambda *_: None)
+    if accelerator.num_processes > 1:
+        log(f"[engine] {engine.name} on {accelerator.num_processes} processes ({accelerator.device.type})")
     if main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
@@ -134,15 +143,14 @@ def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
 
     # 2. Policy and reference, both from the starting weights, before any checkpoint is loaded.
     policy = build_policy(cfg)
-    reference, policy = build_reference(cfg, spec, policy, tokenizer, datasets, autocast, log, accelerator)
+    reference, policy = build_reference(cfg, spec, policy, tokenizer, datasets, autocast, log, accelerator, engine)
     stream = BatchStream(len(train_records), t.batch_size, t.grad_accum, t.seed, accelerator.num_processes,
                          accelerator.process_index)
     total = t.max_steps if t.max_steps > 0 else t.epochs * stream.steps_per_epoch
     optimizer = build_optimizer(policy.parameters(), t)
     scheduler = build_scheduler(optimizer, t, total)
     policy, optimizer = accelerator.prepare(policy, optimizer)
-    if hasattr(reference, "model"):
-        reference.model.to(accelerator.device)
+    reference = finish_reference(cfg, engine, reference, policy, tokenizer, datasets, autocast, log)
 
     # 3. Resume: weights, optimizer, schedule, RNG and data position from the newest checkpoint.
     state = TrainState()
@@ -150,7 +158,7 @@ def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
         remove_partial_writes(out)  # a run killed while writing leaves a hidden .tmp folder
     ckpt = latest_checkpoint(out, log) if t.resume else None
     if ckpt is not None:
-        state = load_checkpoint(ckpt, accelerator.unwrap_model(policy), optimizer, scheduler)
+        state = load_checkpoint(ckpt, engines.unwrap(engine, policy), optimizer, scheduler, engine)
         log(f"[resume] from {ckpt} at step {state.step}")
     metrics_log = MetricsLog(out / "metrics.jsonl", state.step if t.resume else None, enabled=main)
     guard = Guard(cfg.guard, state)
@@ -162,11 +170,7 @@ def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
     eval_metrics: dict = {}
     while state.step < total:
         if stop.requested(accelerator):  # SIGTERM / SIGINT: keep what the finished steps did, then stop
-            saved = out / f"checkpoint-{state.step}"
-            if main:
-                saved = save_checkpoint(out, state, accelerator.unwrap_model(policy), optimizer, scheduler, cfg,
-                                        last, eval_metrics)
-            accelerator.wait_for_everyone()
+            saved = _save(engine, out, state, policy, optimizer, scheduler, cfg, last, eval_metrics)
             bar.close()
             log(f"[stop] {stop.name} at step {state.step}: saved {saved}; continue with --resume")
             return TrainResult(out, None, state.step, last, eval_metrics, stop.name, saved)
@@ -177,10 +181,12 @@ def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
                    for ix in stream.next_step(state)]
         denom = accelerator.reduce(torch.tensor(float(sum(unit_count(spec, b, group) for b in batches)),
                                                 device=accelerator.device), "sum")
-        denom = denom / accelerator.num_processes  # DDP averages gradients over processes
+        denom = denom / accelerator.num_processes  # DDP, FSDP and DeepSpeed average gradients over processes
         step_loss, step_sums, step_tokens = 0.0, MetricSums(), 0
         for i, batch in enumerate(batches):
             sync = contextlib.nullcontext() if i == len(batches) - 1 else accelerator.no_sync(policy)
+            if engine.deepspeed:  # DeepSpeed steps inside backward, at the micro-batch that ends the step
+                accelerator.gradient_state._set_sync_gradients(i == len(batches) - 1)
             with sync:
                 pol, ref, lo = forward_loss(spec, cfg, policy, reference, batch, group, autocast, state.loss_state,
                                             accelerator.gather)  # shares are equal: BatchStream pads
@@ -191,6 +197,8 @@ def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
             step_tokens += int(batch["attention_mask"].sum())
         grad_norm = accelerator.clip_grad_norm_(policy.parameters(), t.max_grad_norm if t.max_grad_norm > 0
                                                 else float("inf"))
+        if grad_norm is None:  # DeepSpeed has no norm before its first step
+            grad_norm = float("nan")
         # 5. Guards: a non-finite step is skipped (not counted); too many in a row roll back.
         action = guard.check_step(accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum"),
                                   grad_norm)
@@ -198,8 +206,8 @@ def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
             optimizer.zero_grad(set_to_none=True)
             log(f"[guard] skipped a step after step {state.step}: {guard.reason}")
             if action is Action.ROLLBACK:
-                state = guard.roll_back(out, state, accelerator.unwrap_model(policy), optimizer, scheduler, t.lr,
-                                        log, metrics_log)
+                state = guard.roll_back(out, state, engines.unwrap(engine, policy), optimizer, scheduler, t.lr,
+                                        log, metrics_log, engine)
                 bar.n, window, window_tokens, window_steps = state.step, MetricSums(), 0, 0  # those steps were undone
             continue
         window.merge(step_sums)
@@ -236,22 +244,36 @@ def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
             metrics_log.write({"step": state.step, **{f"eval/{k}": v for k, v in eval_metrics.items()}})
             fresh.update({f"eval/{k}": v for k, v in eval_metrics.items()})
         if guard.check_metrics(fresh) is Action.ROLLBACK:
-            state = guard.roll_back(out, state, accelerator.unwrap_model(policy), optimizer, scheduler, t.lr, log,
-                                    metrics_log)
+            state = guard.roll_back(out, state, engines.unwrap(engine, policy), optimizer, scheduler, t.lr, log,
+                                    metrics_log, engine)
             bar.n, window, window_tokens, window_steps = state.step, MetricSums(), 0, 0
             continue
         if t.save_steps and state.step % t.save_steps == 0 and state.step < total:
-            if main:
-                save_checkpoint(out, state, accelerator.unwrap_model(policy), optimizer, scheduler, cfg, last,
-                                eval_metrics)
-            accelerator.wait_for_everyone()
+            _save(engine, out, state, policy, optimizer, scheduler, cfg, last, eval_metrics)
     bar.close()
 
     # 7. The final model, loadable with from_pretrained (LoRA: the adapter, or merged).
     final = out / "final"
     result = TrainResult(out, final, state.step, last, eval_metrics)
+    weights = engines.gather_weights(engine, policy)  # a collective under sharding engines
     if main:
-        save_model(accelerator.unwrap_model(policy), final, merge_lora=cfg.lora.merge, tokenizer=tokenizer)
+        save_model(engines.unwrap(engine, policy), final, merge_lora=cfg.lora.merge, tokenizer=tokenizer,
+                   weights=weights)
         register_run(cfg, result, datasets, log)  # a new version in train.registry, when set
     accelerator.wait_for_everyone()
     return result
+
+
+def _save(engine: engines.Engine, out: Path, state: TrainState, policy, optimizer, scheduler, cfg: RunConfig,
+          metrics: dict, eval_metrics: dict) -> Path | None:
+    """``checkpoint-STEP``: states gathered on every process (sharding engines), written by the main
+    one. Under DeepSpeed none is written (``engines._check`` refuses --save-steps and --resume there)."""
+    if engine.deepspeed:
+        return None
+    gathered = engines.gather_states(engine, policy, optimizer)
+    saved = out / f"checkpoint-{state.step}"
+    if engine.accelerator.is_main_process:
+        saved = save_checkpoint(out, state, engines.unwrap(engine, policy), optimizer, scheduler, cfg, metrics,
+                                eval_metrics, gathered)
+    engine.accelerator.wait_for_everyone()
+    return saved

@@ -18,6 +18,7 @@ from dpokit.logprobs import Options
 from dpokit.losses import LossSpec
 from dpokit.models import apply_lora, disable_dropout, load_model
 from dpokit.train.batches import BatchStream, eval_batches, first_epoch_batches
+from dpokit.train.engines import Engine, prepare_reference, stand_ins
 
 
 def load_data(path: str, kind: str, tokenizer, cfg: RunConfig, name: str, log) -> list[TokenizedRecord]:
@@ -50,12 +51,22 @@ def logprob_options(cfg: RunConfig) -> Options:
     return Options(chunk=t.logprob_chunk, share_prompt=t.share_prompt, pack=t.pack)
 
 
+class PendingCache:
+    """A precomputed reference still to compute: under a sharding engine every forward pass is a
+    collective, so the cache is computed after the policy (or ``model``) is wrapped, by
+    ``finish_reference``. ``digest`` hashes the starting weights, taken while they were whole."""
+
+    def __init__(self, model, digest: str):
+        self.model, self.digest = model, digest
+
+
 def build_reference(cfg: RunConfig, spec: LossSpec, policy, tokenizer, datasets: dict[str, list],
-                    autocast, log, accelerator):
+                    autocast, log, accelerator, engine: Engine | None = None):
     """The reference strategy the config asks for, built from the *starting* weights.
 
     Must run before LoRA is applied and before a checkpoint is loaded into the policy.
-    Returns (reference or None, policy possibly wrapped with LoRA).
+    Returns (reference or None, policy possibly wrapped with LoRA). A copied reference's model is
+    placed or wrapped later, by ``finish_reference``, once the policy is prepared.
     """
     strategy = cfg.train.ref if spec.needs_reference else "none"
     ref_model = None
@@ -67,7 +78,10 @@ def build_reference(cfg: RunConfig, spec: LossSpec, policy, tokenizer, datasets:
     reference = None
     if strategy == "precomputed":
         source = ref_model if ref_model is not None else policy
-        reference = _cached(cfg, source, tokenizer, datasets, autocast, log, accelerator)
+        if engine is not None and engine.sharded:
+            reference = PendingCache(ref_model, ref_lib.model_hash(source))
+        else:
+            reference = _cached(cfg, source, tokenizer, datasets, autocast, log, accelerator)
         ref_model = None  # freed: training holds one model
     if cfg.lora.enabled:
         torch.manual_seed(cfg.train.seed)
@@ -79,23 +93,44 @@ def build_reference(cfg: RunConfig, spec: LossSpec, policy, tokenizer, datasets:
     return reference, policy
 
 
-def _cached(cfg: RunConfig, model, tokenizer, datasets: dict[str, list], autocast, log, accelerator):
+def finish_reference(cfg: RunConfig, engine: Engine, reference, policy, tokenizer, datasets: dict[str, list],
+                     autocast, log):
+    """After ``accelerator.prepare``: the copied reference placed or wrapped as the policy is, and
+    a pending cache computed through the wrapped model (the prepared policy still holds the
+    starting weights: no checkpoint has been loaded yet)."""
+    if isinstance(reference, ref_lib.CopyReference):
+        reference.model = prepare_reference(engine, reference.model)
+    elif isinstance(reference, PendingCache):
+        model = policy if reference.model is None else prepare_reference(engine, reference.model)
+        reference = _cached(cfg, model, tokenizer, datasets, autocast, log, engine.accelerator, reference.digest)
+    return reference
+
+
+def _cached(cfg: RunConfig, model, tokenizer, datasets: dict[str, list], autocast, log, accelerator,
+            digest: str | None = None):
     """Reference log-probs for every record of every dataset, from disk or computed now; on
     several processes each computes its own training (or evaluation) batches and the shares are
-    gathered."""
+    gathered. ``digest`` is given when ``model`` is already wrapped (sharded), and then it is not
+    moved."""
     folder = Path(cfg.train.cache_dir or Path(cfg.train.output) / "reflogps")  # nothing outside the run by default
-    digest = ref_lib.model_hash(model)
     settings = {"bf16": cfg.train.bf16}
     values: dict[str, list] = {}
-    model.to(accelerator.device)
+    if digest is None:
+        digest = ref_lib.model_hash(model)
+        model.to(accelerator.device)
     for name, records in datasets.items():
         path = folder / f"{ref_lib.cache_key(digest, tokenizer, records, settings)}.safetensors"
         if not path.is_file():
             batches, start = _precompute_batches(cfg, name, len(records), accelerator), time.perf_counter()
+            # Counted before any forward pass: under a sharding engine each one is a collective, and
+            # the processes with fewer batches run stand-ins (outputs dropped) to match the others.
+            extra = stand_ins(len(batches), accelerator)
             with tqdm(total=sum(map(len, batches)), desc=f"reference log-probs ({name})", leave=False,
                       disable=not (cfg.train.progress and accelerator.is_main_process)) as bar:
                 share = ref_lib.compute_reference_logps(model, records, batches, tokenizer.pad_token_id,
                                                         autocast, bar, logprob_options(cfg))
+            ref_lib.compute_reference_logps(model, records, [batches[0] if batches else [0]] * extra,
+                                            tokenizer.pad_token_id, autocast, options=logprob_options(cfg))
             shares = _gather(share, accelerator)  # a collective: every process takes part
             if accelerator.is_main_process:
                 merged = {i: v for s in shares for i, v in s.items()}
