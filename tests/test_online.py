@@ -204,3 +204,14 @@ def test_pairwise_judge_is_asked_both_orders_and_cached(tmp_path):
     judge.cache.save()
     again = CandidateJudge("online_judges:prefer_more_e", tmp_path / "b.json")
     assert again.scores("p", ["e", "ee", "x"]) == [0.5, 1.0, 0.0] and again.cache.hits == 12
+
+
+def test_pair_budget_keeps_the_fewest_prompts_in_order():
+    from dpokit.online.loop import within_pair_budget
+
+    items = [Candidates(p, ["a", "b", "c"], s) for p, s in
+             (("p", [1.0, 1.0, 1.0]), ("q", [2.0, 1.0, 0.0]), ("r", [0.0, 1.0, 1.0]), ("s", [3.0, 0.0, 1.0]))]
+    assert [it.prompt for it in within_pair_budget(items, "best-worst", 0.0, 2)] == ["p", "q", "r"]
+    assert within_pair_budget(items, "best-worst", 0.0, 0) == items == within_pair_budget(items, "best-worst", 0.0, 9)
+    # with --pairing all, a prompt's pairs stay together: q alone gives 3 pairs for a budget of 2
+    assert [it.prompt for it in within_pair_budget(items, "all", 0.0, 2)] == ["p", "q"]

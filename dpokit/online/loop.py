@@ -192,12 +192,14 @@ def sample_and_pair(cfg: OnlineConfig, r: int, policy: str, prompts: list, judge
     answers = sample_answers(cfg, policy, chosen, seed=cfg.train.seed + r)
     items = [Candidates(p, texts, judge.scores(prompt_text(p), texts)) for (p, _), (texts, _) in zip(chosen, answers)]
     judge.cache.save()
+    items = within_pair_budget(items, o.pairing, o.min_margin, o.max_pairs)
+    answers = answers[:len(items)]
     records, counts = form_pairs(items, o.pairing, o.min_margin)
     write_jsonl(rdir / "candidates.jsonl", [{"prompt": it.prompt, "answers": it.answers, "scores": it.scores,
                                               "pairs": n} for it, n in zip(items, counts.per_prompt)])
     write_jsonl(rdir / "pairs.jsonl", records)
     lengths = [n for _, token_counts in answers for n in token_counts]
-    stats = {"policy": policy, "policy_id": model_id(policy), "prompts": len(chosen),
+    stats = {"policy": policy, "policy_id": model_id(policy), "prompts": len(items), "prompts_sampled": len(chosen),
              "candidates": counts.candidates, "pairs": counts.pairs, "discarded": counts.discarded,
              "empty": counts.empty, "prompts_without_pair": counts.prompts_without_pair,
              "mean_candidate_length": statistics.fmean(lengths),
@@ -205,6 +207,19 @@ def sample_and_pair(cfg: OnlineConfig, r: int, policy: str, prompts: list, judge
              "judge_cache": {"hits": judge.cache.hits, "misses": judge.cache.misses}}
     write_text_atomic(rdir / "sampling.json", json.dumps(stats, indent=2))
     return stats
+
+
+def within_pair_budget(items: list[Candidates], pairing: str, margin: float, max_pairs: int) -> list[Candidates]:
+    """The shortest run of prompts, in order, whose pairs reach ``max_pairs`` (all of them when 0 or
+    when they give fewer); the answers of the prompts left out are neither written nor paired."""
+    if max_pairs <= 0:
+        return items
+    total = 0
+    for i, n in enumerate(form_pairs(items, pairing, margin)[1].per_prompt):
+        total += n
+        if total >= max_pairs:
+            return items[:i + 1]
+    return items
 
 
 def round_prompts(prompts: list, r: int, per_round: int) -> list:
