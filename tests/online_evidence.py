@@ -1,22 +1,23 @@
 """Online rounds against one offline round on the same pair budget, shared by
 tests/test_online_evidence.py and benchmarks/online_vs_offline.py.
 
-Every arm samples K answers for the same R·P prompts, pairs best against worst, and trains with the
-same loss, optimizer settings, epochs and seed; they differ only in where the answers come from:
+Every arm samples K answers per prompt, pairs best against worst, and trains with the same loss,
+optimizer settings, epochs and seed; they differ only in where the answers come from:
 
-- ``offline``: one round, all R·P prompts sampled from the initial model, trained on together;
 - ``online``: R rounds of P prompts, each sampled from the previous round's policy, reference fixed
   to the initial model;
 - ``online-sdpo``: the same, with each round's reference set to its starting policy (sDPO);
+- ``offline``: one round sampled from the initial model, trained on all its pairs at once;
 - ``offline-long``: ``offline`` trained R times as many epochs, to see whether more passes over the
   initial model's pairs close the gap (it has R times the optimizer steps of the others).
 
 The pair budget is the online arm's: a prompt whose K answers all score the same gives no pair, and
 the initial model leaves more such prompts than a trained policy, so the offline arms sample up to
-twice R·P prompts (the online arm's first, then fresh ones) and keep the fewest, in order, that give
+2·R·P prompts (the online arm's R·P first, then fresh ones) and keep the fewest, in order, that give
 as many pairs (``online.max_pairs``). With the same epochs, the optimizer steps are then equal up to
-rounding (⌈pairs / batch⌉ per round). Each arm is evaluated on the same held-out prompts against the initial model with the same seed, so
-the reference's answers are the same for every arm and the comparison is paired.
+rounding (⌈pairs / batch⌉ per round). Every arm is evaluated on the same held-out prompts against
+the initial model with the same seed, so the initial model's answers are the same for every arm and
+the comparison is paired.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def arm_config(arm: str, model: str, out: Path, prompts: Path, held: Path, b: Bu
         "online.max_pairs": pairs if offline else 0, "online.max_new_tokens": b.max_new_tokens,
         "online.ref_update": "round" if arm == "online-sdpo" else "fixed", "online.generation_batch_size": 64,
         "loss.name": b.loss, "loss.beta": b.beta, "train.lr": b.lr, "train.batch_size": b.batch_size,
-        "train.epochs": b.epochs * b.rounds if arm == "offline-long" else b.epochs, "train.seed": seed, "train.bf16": b.bf16,
+        "train.epochs": b.epochs * b.rounds if arm == "offline-long" else b.epochs, "train.seed": seed,
+        "train.bf16": b.bf16,
         # A constant rate: online runs one schedule per round, so a decaying one would differ between arms.
         "train.scheduler": "constant", "train.progress": False, "train.ref": "copy",
         "data.max_length": b.max_length, "data.max_prompt_length": b.max_prompt_length}, root=OnlineConfig)

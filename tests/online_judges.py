@@ -29,6 +29,13 @@ def count_kvw(prompt: str, response: str) -> float:
     return float(sum(lowered.count(c) for c in "kvw"))
 
 
+def count_exclamations(prompt: str, response: str) -> float:
+    """Pointwise: the number of ``!`` in the answer, a rule for the embedded SmolLM2-135M-Instruct.
+    Its sampled answers to "Tell me about X." rarely exclaim (8 of 64 answers of 32 tokens held a
+    ``!``), the rule is graded, and the model already knows where exclamations fit."""
+    return float(response.count("!"))
+
+
 def prefer_more_e(prompt: str, a: str, b: str) -> float:
     """Pairwise: P(a beats b) is 1 when a has more ``e`` characters, 0 when fewer, ½ on a tie."""
     ca, cb = a.lower().count("e"), b.lower().count("e")
