@@ -9,7 +9,10 @@ optimizer settings, epochs and seed; they differ only in where the answers come 
 - ``online-sdpo``: the same, with each round's reference set to its starting policy (sDPO);
 - ``offline``: one round sampled from the initial model, trained on all its pairs at once;
 - ``offline-long``: ``offline`` trained R times as many epochs, to see whether more passes over the
-  initial model's pairs close the gap (it has R times the optimizer steps of the others).
+  initial model's pairs close the gap (it has R times the optimizer steps of the others);
+- ``offline-rounds``: R rounds like ``online``, but each samples the initial model
+  (``online.sample_from initial``), with about 1/R of the pair budget per round: the control that
+  tells what on-policy samples bring apart from training in rounds.
 
 The pair budget is the online arm's: a prompt whose K answers all score the same gives no pair, and
 the initial model leaves more such prompts than a trained policy, so the offline arms sample up to
@@ -29,7 +32,7 @@ from pathlib import Path
 from dpokit.config import load_config
 from dpokit.online import OnlineConfig, online
 
-ARMS = ("offline", "online", "online-sdpo", "offline-long")
+ARMS = ("online", "online-sdpo", "offline", "offline-long", "offline-rounds")
 
 
 @dataclass
@@ -63,14 +66,15 @@ def numbered_prompts(n: int, start: int) -> list[str]:
 
 def arm_config(arm: str, model: str, out: Path, prompts: Path, held: Path, b: Budget, seed: int,
                pairs: int = 0) -> OnlineConfig:
-    """The arm's run; an offline arm samples 2·R·P prompts and keeps the first ``pairs`` pairs."""
-    offline = arm.startswith("offline")
+    """The arm's run. Offline arms sample twice the prompts they need and keep ``pairs`` pairs in all."""
+    offline, one_round = arm.startswith("offline"), arm in ("offline", "offline-long")
+    rounds = 1 if one_round else b.rounds
     return load_config(None, {
         "model.path": model, "train.output": str(out / arm), "online.prompts": str(prompts),
-        "online.eval_prompts": str(held), "online.judge": b.judge, "online.rounds": 1 if offline else b.rounds,
-        "online.samples_per_prompt": b.samples,
-        "online.prompts_per_round": 2 * b.rounds * b.prompts_per_round if offline else b.prompts_per_round,
-        "online.max_pairs": pairs if offline else 0, "online.max_new_tokens": b.max_new_tokens,
+        "online.eval_prompts": str(held), "online.judge": b.judge, "online.rounds": rounds,
+        "online.samples_per_prompt": b.samples, "online.sample_from": "initial" if offline else "current",
+        "online.prompts_per_round": b.prompts_per_round * (2 if offline else 1) * b.rounds // rounds,
+        "online.max_pairs": round(pairs / rounds) if offline else 0, "online.max_new_tokens": b.max_new_tokens,
         "online.ref_update": "round" if arm == "online-sdpo" else "fixed", "online.generation_batch_size": 64,
         "loss.name": b.loss, "loss.beta": b.beta, "train.lr": b.lr, "train.batch_size": b.batch_size,
         "train.epochs": b.epochs * b.rounds if arm == "offline-long" else b.epochs, "train.seed": seed,

@@ -38,6 +38,9 @@ class OnlineSettings:
     (a prompt's pairs stay together), e.g. to compare runs on the same pair budget (0: no limit)."""
     ref_update: Literal["fixed", "round"] = "fixed"
     """Reference of each round: the initial model (fixed), or the previous round's policy (round, sDPO)."""
+    sample_from: Literal["current", "initial"] = "current"
+    """Policy each round samples: the one being trained (online), or always the initial model (pairs as
+    offline, trained in rounds: a control for experiments)."""
     max_new_tokens: int = 64
     """Answer budget per sample."""
     temperature: float = 1.0
@@ -111,7 +114,7 @@ ONLINE_FLAGS: dict[str, str] = {
        if dotted not in SET_BY_LOOP},
     **{name: f"online.{name}" for name in (
         "prompts", "judge", "rounds", "samples_per_prompt", "prompts_per_round", "pairing", "min_margin",
-        "max_pairs", "ref_update", "max_new_tokens", "temperature", "top_p", "generation_batch_size", "eval_prompts",
-        "eval_num_prompts")},
+        "max_pairs", "ref_update", "sample_from", "max_new_tokens", "temperature", "top_p", "generation_batch_size",
+        "eval_prompts", "eval_num_prompts")},
 }
 """Flags of ``dpokit online``: the training flags of ``dpokit dpo`` (less those the loop sets) and its own."""

@@ -124,10 +124,13 @@ def run_round(cfg: OnlineConfig, r: int, prompts: list, judge: CandidateJudge, l
 
     rdir = Path(cfg.train.output) / f"round-{r}"
     policy, ref, ref_shown = round_models(cfg, r)
-    stats = _reuse_sampling(rdir, policy)
+    # "initial" keeps the rounds but samples off-policy: a control that separates what on-policy
+    # samples bring from what training in rounds brings.
+    sampler = cfg.model.path if cfg.online.sample_from == "initial" else policy
+    stats = _reuse_sampling(rdir, sampler)
     if stats is None:
         _clear_round(rdir)
-        stats = sample_and_pair(cfg, r, policy, prompts, judge, rdir, log)
+        stats = sample_and_pair(cfg, r, sampler, prompts, judge, rdir, log)
     log(f"[online] round {r}: {stats['pairs']} pairs, {stats['discarded']} of {stats['candidates']} "
         "candidates discarded")
     if stats["pairs"] == 0:
