@@ -23,8 +23,8 @@ def count_k(prompt: str, response: str) -> float:
 
 
 def count_kvw(prompt: str, response: str) -> float:
-    """Pointwise: ``k``, ``v`` and ``w`` characters together (108 tokens hold one: a property the
-    initial model already shows about once per answer), the contrast to ``count_k`` in the benchmark."""
+    """Pointwise: ``k``, ``v`` and ``w`` characters together (108 tokens hold one, so the initial
+    model shows about one per answer): a second, commoner rule for the benchmark."""
     lowered = response.lower()
     return float(sum(lowered.count(c) for c in "kvw"))
 
