@@ -88,6 +88,8 @@ def run_arms(model: str, out: Path, b: Budget, seed: int, arms=("online", "offli
              prompts: list[str] | None = None, held: list[str] | None = None) -> dict[str, list[dict]]:
     """Each arm's report entries (one per round), on the given or the numbered prompts. The online
     arms run first: the pair count of the first of them is the budget of the offline arms."""
+    if not {"online", "online-sdpo"} & set(arms):
+        raise ValueError("the offline arms take their pair budget from an online arm: add online")
     out.mkdir(parents=True, exist_ok=True)
     n = 2 * b.rounds * b.prompts_per_round
     train_file = write_prompts(out / "prompts.jsonl", (prompts or numbered_prompts(n, 0))[:n])
