@@ -1,7 +1,8 @@
 """Evidence for online rounds: on the tiny model, with a rule the initial model rarely satisfies and
 a graded judge (``online_judges:count_k``), 3 online rounds of 8 prompts reach a higher judge win
 rate over the initial model than one offline round on the same number of pairs sampled from the
-initial model, with the same epochs and hyperparameters (tests/online_evidence.py says what the arms share).
+initial model, with the same epochs and hyperparameters (tests/online_evidence.py lists what the
+arms share).
 
 Why online should win here: the initial model's answers hold about 0.2 ``k`` each, so its pairs
 are mostly "one ``k`` against none" and say little about which further tokens add more. Online
