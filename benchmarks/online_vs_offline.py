@@ -46,7 +46,7 @@ PRESETS = {
     "tiny": Budget(),
     # Exclamations are rare in SmolLM2's answers about everyday topics, and every further one counts.
     "smollm2": Budget(judge="online_judges:count_exclamations", rounds=3, prompts_per_round=8, samples=8,
-                      max_new_tokens=32, beta=0.1, lr=1e-5, epochs=2, batch_size=4, eval_prompts=32,
+                      max_new_tokens=32, beta=0.1, lr=2e-5, epochs=2, batch_size=4, eval_prompts=32,
                       max_length=128, max_prompt_length=64),
 }
 
