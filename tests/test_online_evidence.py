@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import statistics
 
+import pytest
+import torch
+
 from dpokit.tiny import write_tiny_model
 from online_evidence import Budget, run_arms, summary
 
@@ -26,7 +29,18 @@ SEEDS = (0, 1, 2)
 MIN_MEAN_MARGIN = 0.1
 
 
-def test_three_online_rounds_beat_one_offline_round_on_the_same_pairs(tmp_path):
+@pytest.fixture
+def one_thread():
+    """The tiny model's matmuls are too small to gain from threads, and on a shared 2-core machine
+    two threads spin against other jobs (130 s for this test against 35 s on one); one thread also
+    keeps the sums, and so the samples, the same on any core count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_three_online_rounds_beat_one_offline_round_on_the_same_pairs(tmp_path, one_thread):
     budget = Budget()
     rows = []
     for seed in SEEDS:
@@ -36,6 +50,7 @@ def test_three_online_rounds_beat_one_offline_round_on_the_same_pairs(tmp_path):
     report = "\n".join(f"seed {seed}: " + ", ".join(
         f"{arm} {s['win_rate']:.3f} ({s['pairs']} pairs, {s['steps']} steps, score {s['score']:.2f})"
         for arm, s in row.items()) for seed, row in zip(SEEDS, rows))
+    print(report)  # the measured figures, shown with pytest -s
     for row in rows:
         on = row["online"]
         for arm in ("offline", "offline-rounds"):
