@@ -1,18 +1,22 @@
-"""Online rounds against one offline round on the same pair budget, over several seeds (a script, not a test).
+"""Online rounds against one offline round on the same pair budget, over seeds (a script, not a test).
 
 The arms (tests/online_evidence.py): ``online`` (R rounds of P prompts, each sampled from the
 current policy, reference fixed), ``online-sdpo`` (reference = each round's starting policy),
-``offline`` (one round sampled from the initial model, cut to the online arm's pair count) and
-``offline-long`` (the same pairs, R times the epochs). All share the judge, K, loss, optimizer
-settings, epochs and seed, and are evaluated against the initial model on the same held-out prompts.
+``offline`` (one round sampled from the initial model, cut to the online arm's pair count),
+``offline-long`` (the same pairs, R times the epochs) and ``offline-rounds`` (R rounds that each
+sample the initial model: the control). All share the judge, K, loss, optimizer settings, epochs
+and seed, and are evaluated against the initial model on the same held-out prompts. docs/online.md
+has the results.
 
 Tiny random model (a new one per seed), judge ``online_judges:count_k``:
 
-    PYTHONPATH=.:tests python benchmarks/online_vs_offline.py --seeds 0-9
+    PYTHONPATH=.:tests python benchmarks/online_vs_offline.py --seeds 0-9 \
+        --arms online,online-sdpo,offline,offline-long,offline-rounds
 
-The embedded SmolLM2-135M-Instruct with the judge ``online_judges:count_exclamations``, one seed:
+The embedded SmolLM2-135M-Instruct with the judge ``online_judges:count_exclamations``, one seed
+(about 10 minutes on 2 CPU cores):
 
-    PYTHONPATH=.:tests python benchmarks/online_vs_offline.py --preset smollm2 --seeds 0
+    OMP_NUM_THREADS=1 PYTHONPATH=.:tests python benchmarks/online_vs_offline.py --preset smollm2 --seeds 0
 
 Prints each arm's pairs, optimizer steps, final win rate over the initial model with its 95%
 bootstrap interval, mean judge score and sampled KL, then the margins over ``offline`` per seed
