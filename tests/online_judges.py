@@ -1,7 +1,7 @@
 """Programmatic judges for the online tests, importable as ``online_judges:NAME`` (tests/ on the path).
 
-The rule is one the tiny random model can learn from its own samples within a few steps:
-answers with more of the letter ``e`` are better. Sampled answers from the random model are
+The rules are ones the tiny random model can learn from its own samples within a few steps,
+e.g. answers with more of the letter ``e`` are better. Sampled answers from the random model are
 byte-level BPE tokens in roughly even proportions, so the count varies between candidates.
 """
 
@@ -11,6 +11,29 @@ from __future__ import annotations
 def count_e(prompt: str, response: str) -> float:
     """Pointwise: the number of ``e`` characters in the answer."""
     return float(response.lower().count("e"))
+
+
+def count_k(prompt: str, response: str) -> float:
+    """Pointwise: the number of ``k`` characters in the answer. A rule the initial random model
+    rarely satisfies: 25 of the tiny tokenizer's 1,024 tokens contain a ``k`` (``e``: 325), so its
+    answers hold about 0.2 on average and most first-round pairs are one ``k`` against none. The
+    score is graded (every further ``k`` counts), so a policy that has learned some keeps getting
+    pairs that teach more; the online-vs-offline evidence (tests/test_online_evidence.py) uses it."""
+    return float(response.lower().count("k"))
+
+
+def count_kvw(prompt: str, response: str) -> float:
+    """Pointwise: ``k``, ``v`` and ``w`` characters together (108 tokens hold one, so the initial
+    model shows about one per answer): a second, commoner rule for the benchmark."""
+    lowered = response.lower()
+    return float(sum(lowered.count(c) for c in "kvw"))
+
+
+def count_exclamations(prompt: str, response: str) -> float:
+    """Pointwise: the number of ``!`` in the answer, a rule for the embedded SmolLM2-135M-Instruct.
+    Its sampled answers to "Tell me about X." rarely exclaim (8 of 64 answers of 32 tokens held a
+    ``!``), the rule is graded, and the model already knows where exclamations fit."""
+    return float(response.count("!"))
 
 
 def prefer_more_e(prompt: str, a: str, b: str) -> float:

@@ -206,3 +206,32 @@ def test_pairwise_judge_is_asked_both_orders_and_cached(tmp_path):
     judge.cache.save()
     again = CandidateJudge("online_judges:prefer_more_e", tmp_path / "b.json")
     assert again.scores("p", ["e", "ee", "x"]) == [0.5, 1.0, 0.0] and again.cache.hits == 6
+
+
+def test_pair_budget_keeps_the_fewest_prompts_in_order():
+    from dpokit.online.loop import within_pair_budget
+
+    items = [Candidates(p, ["a", "b", "c"], s) for p, s in
+             (("p", [1.0, 1.0, 1.0]), ("q", [2.0, 1.0, 0.0]), ("r", [0.0, 1.0, 1.0]), ("s", [3.0, 0.0, 1.0]))]
+    assert [it.prompt for it in within_pair_budget(items, "best-worst", 0.0, 0, 2)] == ["p", "q", "r"]
+    unlimited, enough = (within_pair_budget(items, "best-worst", 0.0, 0, n) for n in (0, 9))
+    assert unlimited == items == enough
+    # with --pairing all, a prompt's pairs stay together: q alone gives 3 pairs for a budget of 2
+    assert [it.prompt for it in within_pair_budget(items, "all", 0.0, 0, 2)] == ["p", "q"]
+
+
+def test_sample_from_initial_and_pair_budget(files):
+    """The control of docs/online.md: round 2 trains on from round 1's policy but samples the initial
+    model; ``max_pairs`` keeps the fewest prompts that give that many pairs."""
+    import yaml
+
+    out = files[0] / "initial-sampler"
+    result = run(files, out, online__sample_from="initial", online__max_pairs=3)
+    second = json.loads((out / "round-2" / "sampling.json").read_text())
+    assert second["policy"] == str(files[1]) and second["prompts_sampled"] == 8
+    trained_from = yaml.safe_load((out / "round-2" / "config.yaml").read_text())["model"]["path"]
+    assert trained_from == str(out / "round-1" / "final")
+    for e in result.rounds:
+        cands = read_jsonl(out / f"round-{e['round']}" / "candidates.jsonl")
+        assert e["pairs"] == 3 == sum(c["pairs"] for c in cands) and e["prompts"] == len(cands) < 8
+        assert cands[-1]["pairs"] == 1  # the last prompt kept is the one that reached the budget

@@ -41,6 +41,9 @@ class OnlineSettings:
     min_margin: float = 0.0
     """A pair needs score(chosen) − score(rejected) > this (a list: best − worst > this); other answers
     are discarded."""
+    max_pairs: int = 0
+    """Pairs per round at most: the round keeps the fewest prompts, in order, that give this many
+    (a prompt's pairs stay together), e.g. to compare runs on the same pair budget (0: no limit)."""
     list_size: int = 0
     """``list`` pairing: answers per list (0: all ``samples_per_prompt``, or ``rso_accept`` with RSO sampling)."""
     sampling: Literal["plain", "rso"] = "plain"
@@ -54,6 +57,9 @@ class OnlineSettings:
     """Sampling backend: vLLM when installed and CUDA is available (auto), HF generate otherwise."""
     ref_update: Literal["fixed", "round"] = "fixed"
     """Reference of each round: the initial model (fixed), or the previous round's policy (round, sDPO)."""
+    sample_from: Literal["current", "initial"] = "current"
+    """Policy each round samples: the one being trained (online), or always the initial model (pairs as
+    offline, trained in rounds: a control for experiments)."""
     max_new_tokens: int = 64
     """Answer budget per sample."""
     temperature: float = 1.0
@@ -76,6 +82,7 @@ class OnlineSettings:
             (self.samples_per_prompt < 2, "online.samples_per_prompt", "must be ≥ 2: a pair needs two answers"),
             (self.prompts_per_round < 0, "online.prompts_per_round", "must be ≥ 0 (0: all prompts)"),
             (self.min_margin < 0, "online.min_margin", "must be ≥ 0"),
+            (self.max_pairs < 0, "online.max_pairs", "must be ≥ 0 (0: no limit)"),
             (self.max_new_tokens < 1, "online.max_new_tokens", "must be ≥ 1"),
             (self.temperature <= 0, "online.temperature", "must be > 0: candidates are sampled"),
             (not 0 < self.top_p <= 1, "online.top_p", "must be in (0, 1]"),
@@ -177,7 +184,8 @@ ONLINE_FLAGS: dict[str, str] = {
        if dotted not in SET_BY_LOOP},
     **{name: f"online.{name}" for name in (
         "prompts", "judge", "judge_mode", "judge_rubric", "rounds", "samples_per_prompt", "prompts_per_round",
-        "pairing", "min_margin", "list_size", "sampling", "rso_beta", "rso_accept", "backend", "ref_update",
-        "max_new_tokens", "temperature", "top_p", "generation_batch_size", "eval_prompts", "eval_num_prompts")},
+        "pairing", "min_margin", "max_pairs", "list_size", "sampling", "rso_beta", "rso_accept", "backend",
+        "ref_update", "sample_from", "max_new_tokens", "temperature", "top_p", "generation_batch_size", "eval_prompts",
+        "eval_num_prompts")},
 }
 """Flags of ``dpokit online``: the training flags of ``dpokit dpo`` (less those the loop sets) and its own."""

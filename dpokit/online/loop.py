@@ -128,10 +128,13 @@ def run_round(cfg: OnlineConfig, r: int, prompts: list, judge: RunJudges, log) -
 
     rdir = Path(cfg.train.output) / f"round-{r}"
     policy, ref, ref_shown = round_models(cfg, r)
-    stats = _reuse_sampling(rdir, policy)
+    # "initial" keeps the rounds but samples off-policy: a control that separates what on-policy
+    # samples bring from what training in rounds brings.
+    sampler = cfg.model.path if cfg.online.sample_from == "initial" else policy
+    stats = _reuse_sampling(rdir, sampler)
     if stats is None:
         _clear_round(rdir)
-        stats = sample_and_pair(cfg, r, policy, prompts, judge, rdir, log)
+        stats = sample_and_pair(cfg, r, sampler, prompts, judge, rdir, log)
     extra = "".join(f", {stats[k]} {what}" for k, what in (("judge_failures", "failed judgements"),
                                                            ("rso_rejected", "rejected by RSO"),
                                                            ("list_ties", "ties in lists")) if stats.get(k))
@@ -210,14 +213,17 @@ def sample_and_pair(cfg: OnlineConfig, r: int, policy: str, prompts: list, judge
     judge.cache.save()
     release(judge)  # the judge's weights are not needed while training
     rso = rso_select(items, o.rso_accept, o.rso_beta, cfg.train.seed + r) if o.sampling == "rso" else None
-    records, counts = form_pairs(items, o.pairing, o.min_margin, o.list_size or o.pool_size())
+    list_size = o.list_size or o.pool_size()
+    items = within_pair_budget(items, o.pairing, o.min_margin, list_size, o.max_pairs)
+    answers = answers[:len(items)]
+    records, counts = form_pairs(items, o.pairing, o.min_margin, list_size)
     write_jsonl(rdir / "candidates.jsonl", [{"prompt": it.prompt, "answers": it.answers, "scores": it.scores,
                                               **({"accepted": it.selected} if rso else {}), "pairs": n}
                                              for it, n in zip(items, counts.per_prompt)])
     write_jsonl(rdir / "pairs.jsonl", records)
     lengths = [n for _, token_counts in answers for n in token_counts]
     scores = [s for it in items for s in it.scores if s is not None]
-    stats = {"policy": policy, "policy_id": model_id(policy), "prompts": len(chosen),
+    stats = {"policy": policy, "policy_id": model_id(policy), "prompts": len(items), "prompts_sampled": len(chosen),
              "candidates": counts.candidates, "pairs": counts.pairs, "discarded": counts.discarded,
              "empty": counts.empty, "prompts_without_pair": counts.prompts_without_pair,
              "mean_candidate_length": statistics.fmean(lengths),
@@ -243,6 +249,21 @@ def rso_select(items: list[Candidates], accept: int, beta: float, seed: int) -> 
         rejected += len(usable) - len(result.accepted)
         draws += result.draws
     return {"rso_rejected": rejected, "rso_draws": draws}
+
+
+def within_pair_budget(items: list[Candidates], pairing: str, margin: float, list_size: int,
+                       max_pairs: int) -> list[Candidates]:
+    """The shortest run of prompts, in order, whose pairs (or lists) reach ``max_pairs`` (all of
+    them when 0 or when they give fewer); the answers of the prompts left out are neither
+    written nor paired."""
+    if max_pairs <= 0:
+        return items
+    total = 0
+    for i, n in enumerate(form_pairs(items, pairing, margin, list_size)[1].per_prompt):
+        total += n
+        if total >= max_pairs:
+            return items[:i + 1]
+    return items
 
 
 def round_prompts(prompts: list, r: int, per_round: int) -> list:
