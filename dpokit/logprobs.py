@@ -102,8 +102,8 @@ def _hidden(model, p: Plan) -> tuple[torch.Tensor, torch.nn.Module]:
     sharding engine the head cannot run outside the forward (see ``sharded``): the forward then
     returns the logits of every position, the (K, V) logits at completion positions stand in for
     the hidden states, and the head is the identity (the forward has applied any logit transform,
-    see ``_head``). That costs one (rows × length × V) logits
-    tensor, which the chunked path avoids; the log-softmax stays in fp32 chunks either way.
+    see ``_head``). That costs one (rows × length × V) logits tensor, which the chunked path
+    avoids; the log-softmax stays in fp32 chunks either way.
     """
     if sharded(model):
         logits = model(**_inputs(model, p), use_cache=False).logits
