@@ -26,10 +26,16 @@ def tiny_settings(tmp: Path, out: Path, **extra) -> dict:
     if not prompts.is_file():
         write_prompts(prompts, 6)
         write_prompts(held, 2, 100)
+    return online_settings(model, out, prompts, held, online__rounds=1, online__max_new_tokens=8,
+                           train__batch_size=2, **extra)
+
+
+def online_settings(model: Path, out: Path, prompts: Path, held: Path, **extra) -> dict:
+    """Settings of a short online run on the tiny model; ``extra`` overrides (``a__b`` for ``a.b``)."""
     base = {"model.path": str(model), "train.output": str(out), "online.prompts": str(prompts),
-            "online.eval_prompts": str(held), "online.judge": "online_judges:count_e", "online.rounds": 1,
-            "online.samples_per_prompt": 4, "online.max_new_tokens": 8, "online.generation_batch_size": 32,
-            "train.lr": 1e-3, "train.batch_size": 2, "train.progress": False, "train.ref": "copy",
+            "online.eval_prompts": str(held), "online.judge": "online_judges:count_e", "online.rounds": 2,
+            "online.samples_per_prompt": 4, "online.max_new_tokens": 10, "online.generation_batch_size": 32,
+            "train.lr": 1e-3, "train.batch_size": 4, "train.progress": False, "train.ref": "copy",
             "data.max_length": 48, "data.max_prompt_length": 24}
     return {**base, **{k.replace("__", "."): v for k, v in extra.items()}}
 

@@ -18,16 +18,10 @@ from dpokit.online import OnlineConfig, online
 from dpokit.online.judging import CandidateJudge
 from dpokit.online.pairs import Candidates, form_pairs, pair_indices
 from dpokit.versions import Registry
+from online_util import online_settings, write_prompts
 from util import tiny_model_dir
 
 TESTS = Path(__file__).resolve().parent
-
-
-def write_prompts(path: Path, n: int, start: int = 0) -> Path:
-    with path.open("w") as f:
-        for i in range(start, start + n):
-            f.write(json.dumps({"prompt": [{"role": "user", "content": f"Tell me about thing {i}"}]}) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +32,7 @@ def files(tmp_path_factory):
 
 def settings(files, out: Path, **extra) -> dict:
     tmp, model, prompts, held = files
-    base = {"model.path": str(model), "train.output": str(out), "online.prompts": str(prompts),
-            "online.eval_prompts": str(held), "online.judge": "online_judges:count_e", "online.rounds": 2,
-            "online.samples_per_prompt": 4, "online.max_new_tokens": 10, "online.generation_batch_size": 32,
-            "train.lr": 1e-3, "train.batch_size": 4, "train.progress": False, "train.ref": "copy",
-            "data.max_length": 48, "data.max_prompt_length": 24}
-    return {**base, **{k.replace("__", "."): v for k, v in extra.items()}}
+    return online_settings(model, out, prompts, held, **extra)
 
 
 def run(files, out: Path, log=None, **extra):
