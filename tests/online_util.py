@@ -26,8 +26,8 @@ def tiny_settings(tmp: Path, out: Path, **extra) -> dict:
     if not prompts.is_file():
         write_prompts(prompts, 6)
         write_prompts(held, 2, 100)
-    return online_settings(model, out, prompts, held, online__rounds=1, online__max_new_tokens=8,
-                           train__batch_size=2, **extra)
+    short = {"online__rounds": 1, "online__max_new_tokens": 8, "train__batch_size": 2}
+    return online_settings(model, out, prompts, held, **{**short, **extra})
 
 
 def online_settings(model: Path, out: Path, prompts: Path, held: Path, **extra) -> dict:
