@@ -8,14 +8,13 @@ from pathlib import Path
 
 from dpokit.config import load_config
 from dpokit.online import OnlineConfig, online
+from online_evidence import numbered_prompts
+from online_evidence import write_prompts as write_texts
 from util import tiny_model_dir
 
 
 def write_prompts(path: Path, n: int, start: int = 0) -> Path:
-    with path.open("w") as f:
-        for i in range(start, start + n):
-            f.write(json.dumps({"prompt": [{"role": "user", "content": f"Tell me about thing {i}"}]}) + "\n")
-    return path
+    return write_texts(path, numbered_prompts(n, start))
 
 
 def tiny_settings(tmp: Path, out: Path, **extra) -> dict:

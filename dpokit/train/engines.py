@@ -127,15 +127,15 @@ def _fsdp_on_cpu(accelerator) -> None:
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
-def stand_ins(batches: int, accelerator) -> int:
-    """How many stand-in batches this process runs after its ``batches`` so that every process
-    runs as many forward passes as the busiest one: under a sharding engine each forward pass is
-    a collective, and shares of a dataset split P ways can differ by a batch. Itself a
-    collective: call it before the first of those forward passes."""
+def stand_ins(batches: list[list[int]], accelerator) -> list[list[int]]:
+    """The stand-in batches (outputs to be dropped) this process runs after its ``batches`` so that
+    every process runs as many forward passes as the busiest one: under a sharding engine each
+    forward pass is a collective, and shares of a dataset split P ways can differ by a batch.
+    Itself a collective: call it before the first of those forward passes."""
     if accelerator.num_processes == 1:
-        return 0
-    counts = accelerator.gather(torch.tensor([batches], device=accelerator.device))
-    return int(counts.max()) - batches
+        return []
+    counts = accelerator.gather(torch.tensor([len(batches)], device=accelerator.device))
+    return [batches[0] if batches else [0]] * (int(counts.max()) - len(batches))
 
 
 def prepare_reference(engine: Engine, model):

@@ -97,15 +97,15 @@ def evaluate(spec: LossSpec, cfg: RunConfig, policy, reference, records: list[To
     sums = MetricSums()
     batches = eval_batches(len(records), cfg.train.batch_size, accelerator.num_processes,
                            accelerator.process_index)
-    extra = engines.stand_ins(len(batches), accelerator)  # before any (collective) forward pass
+    extra = engines.stand_ins(batches, accelerator)  # before any (collective) forward pass
     for indices in batches:
         batch = make_batch(records, indices, pad_id, "eval", accelerator.device)
         pol, ref, out = forward_loss(spec, cfg, policy, reference, batch, group, autocast, state or {})
         sums.add("loss", out.losses.sum(), unit_count(spec, batch, group))
         sums.merge(batch_metrics(spec.input_kind, pol, ref, out))
-    for _ in range(extra):  # stand-ins, outputs dropped: as many forward passes as the busiest process
-        forward_loss(spec, cfg, policy, reference, make_batch(records, batches[0] if batches else [0], pad_id, "eval",
-                                                              accelerator.device), group, autocast, state or {})
+    for indices in extra:  # outputs dropped: as many forward passes as the busiest process
+        batch = make_batch(records, indices, pad_id, "eval", accelerator.device)
+        forward_loss(spec, cfg, policy, reference, batch, group, autocast, state or {})
     policy.train(was_training)
     return sums.gathered(accelerator).means()
 

@@ -124,13 +124,13 @@ def _cached(cfg: RunConfig, model, tokenizer, datasets: dict[str, list], autocas
             batches, start = _precompute_batches(cfg, name, len(records), accelerator), time.perf_counter()
             # Counted before any forward pass: under a sharding engine each one is a collective, and
             # the processes with fewer batches run stand-ins (outputs dropped) to match the others.
-            extra = stand_ins(len(batches), accelerator)
+            extra = stand_ins(batches, accelerator)
             with tqdm(total=sum(map(len, batches)), desc=f"reference log-probs ({name})", leave=False,
                       disable=not (cfg.train.progress and accelerator.is_main_process)) as bar:
                 share = ref_lib.compute_reference_logps(model, records, batches, tokenizer.pad_token_id,
                                                         autocast, bar, logprob_options(cfg))
-            ref_lib.compute_reference_logps(model, records, [batches[0] if batches else [0]] * extra,
-                                            tokenizer.pad_token_id, autocast, options=logprob_options(cfg))
+            ref_lib.compute_reference_logps(model, records, extra, tokenizer.pad_token_id, autocast,
+                                            options=logprob_options(cfg))
             shares = _gather(share, accelerator)  # a collective: every process takes part
             if accelerator.is_main_process:
                 merged = {i: v for s in shares for i, v in s.items()}
