@@ -1,7 +1,7 @@
 """TRL's DPOTrainer and dpokit side by side: same model, same pairs in the same order, same
 batch size, sequence limit and precision, each in its own subprocess.
 
-    python benchmarks/trl_vs_dpokit.py [--dtype fp32|bf16] [--steps 6] [--max-length 512]
+    python benchmarks/trl_vs_dpokit.py [--dtype auto|fp32|bf16] [--steps 6] [--max-length 512]
                                        [--batch-size 4] [--grid] [--skip-trl]
 
 TRL is an optional benchmark dependency (``pip install trl``), never one of dpokit's.
@@ -29,6 +29,11 @@ TRL is an optional benchmark dependency (``pip install trl``), never one of dpok
   (×3), the reference a forward (×1). The shared prompt is counted once, as a real token, so a
   tool that encodes it twice does work this count does not credit. The peak is the best of a
   few 2048³ matmuls in this process, in the run's dtype.
+- Machine: the CPU model, the ISA flags that decide precision and speed (avx2, avx512_f,
+  avx512_bf16, amx...), torch's kernel capability, the thread count and the fp32 and bf16
+  matmul peaks are printed first and written into ``--json``: a figure means little without
+  the machine it came from. ``--dtype auto`` (the default) is dpokit's own choice for the machine
+  (bf16 where native, else fp32), and both tools then run in it.
 """
 
 from __future__ import annotations
@@ -246,23 +251,20 @@ def _watch_memory(proc: subprocess.Popen, limit_gb: float) -> threading.Event:
 
 # ----------------------------------------------------------------------------- figures
 
-def matmul_peak(dtype: str, n: int = 2048, reps: int = 5) -> float:
-    """Best FLOP/s of an n³ matmul in ``dtype`` on this machine (the current device)."""
+def machine() -> dict:
+    """The machine the figures come from, with its matmul peaks (2048³, best of 5; bf16 at 512³
+    where it is emulated, as a 2048³ one would take minutes)."""
     import torch
 
+    from dpokit.precision import cpu_info, matmul_flops, native_on_cpu
+
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    dt = torch.bfloat16 if dtype == "bf16" else torch.float32
-    a, b = torch.randn(n, n, device=dev, dtype=dt), torch.randn(n, n, device=dev, dtype=dt)
-    best = float("inf")
-    for _ in range(reps):
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        a @ b
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
+    info = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", **cpu_info(),
+            "load_average": os.getloadavg()}
+    bf16_n = 2048 if dev == "cuda" or native_on_cpu("bf16") else 512
+    info["matmul_gflops"] = {"fp32": matmul_flops("fp32", 2048, 5, dev) / 1e9,
+                             "bf16": matmul_flops("bf16", bf16_n, 5 if bf16_n == 2048 else 2, dev) / 1e9}
+    return info
 
 
 def step_flops(batch: list[dict], info: dict) -> float:
@@ -334,7 +336,10 @@ def one_setting(args, max_length: int, batch: int, tok, info: dict, peak: float)
     return out
 
 
-def print_table(results: list[dict]) -> None:
+def print_table(results: list[dict], host: dict) -> None:
+    print(f"\n{host['cpu']} ({host['torch_capability']}; {' '.join(host['flags'])}), {host['threads']} threads, "
+          f"matmul fp32 {host['matmul_gflops']['fp32']:.0f} / bf16 {host['matmul_gflops']['bf16']:.1f} GFLOP/s, "
+          f"dtype {results[0]['dtype']}\n")
     print("| max_length | batch | length mean/max | tool | tokens/s | tokens/CPU-s | pairs/s | s/step | CPU-s/step "
           "| peak RSS GB | MFU | step-0 loss |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -360,7 +365,8 @@ def print_table(results: list[dict]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16")
+    ap.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="auto: bf16 where the machine runs it natively, else fp32 (dpokit's own choice)")
     ap.add_argument("--steps", type=int, default=6, help="steps run; the first is warm-up (≥ 6 for 5 timed)")
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=4)
@@ -389,19 +395,28 @@ def main() -> None:
         raise SystemExit("--steps must be ≥ 2 (the first is warm-up)")
     from dpokit.models import embedded_smollm2, load_tokenizer
 
+    from dpokit.precision import resolve
+
     args.model = args.model or str(embedded_smollm2())
     tok, info = load_tokenizer(args.model), model_info(args.model)
-    peak = matmul_peak(args.dtype)
-    print(f"matmul peak ({args.dtype}, 2048³, best of 5): {peak / 1e9:.0f} GFLOP/s; params {info['params']:,}; "
-          f"load {os.getloadavg()}", flush=True)
+    host = machine()
+    precision = resolve(args.dtype, "cuda" if host["device"] != "cpu" else "cpu")
+    args.dtype = precision.name
+    peak = host["matmul_gflops"][args.dtype] * 1e9
+    print(f"machine: {host['device']}, {host['cpu']}; flags {' '.join(host['flags'])}; torch "
+          f"{host['torch']} kernels {host['torch_capability']}, {host['threads']} threads; matmul peak fp32 "
+          f"{host['matmul_gflops']['fp32']:.0f}, bf16 {host['matmul_gflops']['bf16']:.1f} GFLOP/s; "
+          f"load {host['load_average']}", flush=True)
+    print(f"dtype: {precision.name} ({precision.reason}); params {info['params']:,}", flush=True)
     settings = [(int(L), int(B)) for L in args.lengths.split(",") for B in args.batches.split(",")] if args.grid else \
         [(args.max_length, args.batch_size)]
     results = []
     for L, B in settings:
         results.append(one_setting(args, L, B, tok, info, peak))
         if args.json:  # after every setting: a long grid keeps what it measured if stopped
-            Path(args.json).write_text(json.dumps({"peak_flops": peak, "results": results}, indent=1))
-    print_table(results)
+            Path(args.json).write_text(json.dumps({"machine": host, "dtype": args.dtype, "peak_flops": peak,
+                                                   "results": results}, indent=1))
+    print_table(results, host)
 
 
 if __name__ == "__main__":

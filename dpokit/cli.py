@@ -16,7 +16,7 @@ from dpokit.errors import UserError
 
 EVAL_FLAGS = {"dpo_beta": "beta", **{f: f for f in (
     "model", "ref_model", "prompts", "judge", "pairs", "max_new_tokens", "temperature", "top_p", "num_prompts",
-    "batch_size", "max_length", "max_prompt_length", "seed", "bf16", "output", "trust_remote_code", "allow_pickle",
+    "batch_size", "max_length", "max_prompt_length", "seed", "dtype", "bf16", "output", "trust_remote_code", "allow_pickle",
     "registry", "version")}}
 VERSION_ACTIONS = {"list": "list the versions; * marks the current one",
                    "show": "one version's lineage, data, metrics and evaluation (default: the current one)",

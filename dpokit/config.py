@@ -56,6 +56,7 @@ class LoraConfig:
     """Save ``final/`` with the adapter merged into the base weights."""
 
 
+Dtype = Literal["auto", "fp32", "bf16", "fp16"]
 FORMAT_NAMES = Literal["auto", "pairs", "hh", "sharegpt", "together", "rated", "ranking", "votes", "unpaired",
                        "sft", "clicks"]
 
@@ -167,8 +168,11 @@ class TrainConfig:
     """Clip the global gradient norm to this; 0 disables clipping."""
     seed: int = 0
     """Seeds shuffling, initialisation of adapters, and sampling."""
-    bf16: bool = False
-    """bf16 autocast for forward passes (weights and optimizer stay fp32)."""
+    dtype: Dtype = "auto"
+    """Forward-pass precision: auto (bf16 where the device runs it natively, fp16 on a GPU without
+    bf16, else fp32), fp32, bf16 or fp16 (autocast; weights and optimizer stay fp32)."""
+    bf16: bool | None = None
+    """Alias: true is dtype bf16, false is dtype fp32."""
     logging_steps: int = 1
     """Write metrics every N optimizer steps."""
     eval_steps: int = 0
@@ -219,6 +223,7 @@ class RunConfig:
             raise UserError(exc.args[0], where="config", field="loss.name") from None
         self.loss.resolve_defaults(spec.defaults)
         t, d, lo = self.train, self.data, self.loss
+        t.dtype, t.bf16 = fold_bf16(t.dtype, t.bf16, "train."), None
         checks = [
             (not self.model.path, "model.path", "is required (--model)"),
             (not d.train, "data.train", "is required (--data)"),
@@ -319,8 +324,11 @@ class EvalConfig:
     """Prompts keep their last this-many tokens."""
     seed: int = 0
     """Sampling seed (the same for policy and reference)."""
-    bf16: bool = False
-    """bf16 autocast for generation and scoring."""
+    dtype: Dtype = "auto"
+    """Precision of generation and scoring: auto (bf16 where native, fp16 on a GPU without bf16,
+    else fp32), fp32, bf16 or fp16."""
+    bf16: bool | None = None
+    """Alias: true is dtype bf16, false is dtype fp32."""
     output: str | None = None
     """Write ``eval_report.json`` and ``samples.jsonl`` here."""
     trust_remote_code: bool = False
@@ -333,6 +341,7 @@ class EvalConfig:
     """The version to attach the report to (default: the version whose model is ``model``)."""
 
     def validate(self) -> EvalConfig:
+        self.dtype, self.bf16 = fold_bf16(self.dtype, self.bf16, ""), None
         checks = [
             (not self.model, "model", "is required (--model)"),
             (not self.ref_model, "ref_model", "is required (--ref-model)"),
@@ -351,6 +360,17 @@ class EvalConfig:
             if bad:
                 raise UserError(msg, where="config", field=key)
         return self
+
+
+def fold_bf16(dtype: str, bf16: bool | None, prefix: str) -> str:
+    """The dtype once the older ``bf16`` switch (true: bf16, false: fp32) is folded into it."""
+    if bf16 is None:
+        return dtype
+    alias = "bf16" if bf16 else "fp32"
+    if dtype not in ("auto", alias):
+        raise UserError(f"says {alias} but {prefix}dtype is {dtype}; give one of them", where="config",
+                        field=f"{prefix}bf16")
+    return alias
 
 
 DATA_PIPELINE_FLAGS = ("format", "columns", "pairing", "pair_margin", "votes", "ties", "click_min_dwell",
@@ -373,7 +393,7 @@ FLAG_FIELDS: dict[str, str] = {
     "output": "train.output", "ref": "train.ref", "max_steps": "train.max_steps", "epochs": "train.epochs",
     "batch_size": "train.batch_size", "grad_accum": "train.grad_accum", "lr": "train.lr",
     "optimizer": "train.optimizer", "scheduler": "train.scheduler", "warmup_steps": "train.warmup_steps",
-    "seed": "train.seed", "bf16": "train.bf16", "save_steps": "train.save_steps",
+    "seed": "train.seed", "dtype": "train.dtype", "bf16": "train.bf16", "save_steps": "train.save_steps",
     "eval_steps": "train.eval_steps", "resume": "train.resume", "max_grad_norm": "train.max_grad_norm",
     "progress": "train.progress", "cache_dir": "train.cache_dir",
     "save_total_limit": "train.save_total_limit", "save_best_metric": "train.save_best_metric",

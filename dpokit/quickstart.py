@@ -3,18 +3,27 @@
 The task (``dpokit/tasks/reviews.py``): asked for a short review of a film, café, gadget…,
 prefer the warm, enthusiastic answer over the negative one. The judge is a general-purpose
 sentiment lexicon, and the 64 evaluation prompts name subjects that never occur in training.
-The table compares the base model with the SFT→DPO model on those prompts.
+The table compares the base model, the SFT model and the SFT → DPO model on those prompts, so
+it shows what DPO adds over SFT, not only what both stages give together.
 """
 
 from __future__ import annotations
 
+import json
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from accelerate import Accelerator
+
 from dpokit.config import EvalConfig, load_config
-from dpokit.eval import evaluate_models
-from dpokit.models import BUILTIN_SMOLLM2, embedded_smollm2
+from dpokit.data import encode_prompt
+from dpokit.eval.evaluate import (decode, judge_answers, pair_metrics, prompt_text, read_prompts, sample_answers,
+                                  sampled_kl, win_rate)
+from dpokit.eval.judges import load_judge
+from dpokit.models import BUILTIN_SMOLLM2, embedded_smollm2, load_model, load_tokenizer
+from dpokit.precision import resolve as resolve_precision
 from dpokit.tasks.reviews import DEFAULT_DIR as TASK_DIR
 from dpokit.tiny import write_tiny_model
 from dpokit.train import train
@@ -33,13 +42,12 @@ class Recipe:
     batch_size: int
     beta: float
     max_new_tokens: int
-    bf16: bool
+    dtype: str = "auto"
+    """bf16 where the CPU or GPU runs it natively, else fp32 (``dpokit.precision``)."""
 
 
-REAL = Recipe(sft_steps=16, sft_lr=3e-5, dpo_steps=30, dpo_lr=5e-6, batch_size=8, beta=0.1,
-              max_new_tokens=48, bf16=True)
-TINY = Recipe(sft_steps=10, sft_lr=3e-3, dpo_steps=10, dpo_lr=1e-3, batch_size=8, beta=0.1,
-              max_new_tokens=24, bf16=False)
+REAL = Recipe(sft_steps=16, sft_lr=3e-5, dpo_steps=30, dpo_lr=5e-6, batch_size=8, beta=0.1, max_new_tokens=48)
+TINY = Recipe(sft_steps=10, sft_lr=3e-3, dpo_steps=10, dpo_lr=1e-3, batch_size=8, beta=0.1, max_new_tokens=24)
 
 
 def _stage(model: str, output: Path, loss: str, steps: int, lr: float, recipe: Recipe) -> Path:
@@ -49,7 +57,7 @@ def _stage(model: str, output: Path, loss: str, steps: int, lr: float, recipe: R
         "model.path": model, "data.train": str(TASK_DIR / "train.jsonl"), "train.output": str(output),
         "loss.name": loss, "loss.beta": recipe.beta, "train.max_steps": steps, "train.lr": lr,
         "train.batch_size": recipe.batch_size, "train.warmup_steps": max(1, steps // 10),
-        "train.bf16": recipe.bf16, "train.ref": "copy", "data.max_length": 256, "data.max_prompt_length": 128})
+        "train.dtype": recipe.dtype, "train.ref": "copy", "data.max_length": 256, "data.max_prompt_length": 128})
     result = train(cfg)
     if result.stopped_by:  # SIGTERM / Ctrl-C: the stage saved a checkpoint; the quickstart stops here
         raise KeyboardInterrupt
@@ -67,26 +75,88 @@ def quickstart(output: str = "runs/quickstart", tiny: bool = False) -> dict:
         base = str(embedded_smollm2())
     sft = _stage(base, out / "sft", "sft", recipe.sft_steps, recipe.sft_lr, recipe)
     dpo = _stage(str(sft), out / "dpo", "sigmoid", recipe.dpo_steps, recipe.dpo_lr, recipe)
+    trained = time.perf_counter()
     cfg = EvalConfig(model=str(dpo), ref_model=base, prompts=str(TASK_DIR / "prompts.jsonl"), judge=JUDGE,
                      pairs=str(TASK_DIR / "eval.jsonl"), beta=recipe.beta, max_new_tokens=recipe.max_new_tokens,
-                     bf16=recipe.bf16, output=str(out / "eval"), batch_size=32).validate()
-    report = evaluate_models(cfg)
+                     dtype=recipe.dtype, output=str(out / "eval"), batch_size=32).validate()
+    report = compare_stages(cfg, {"base": base, "sft": str(sft), "dpo": str(dpo)})
     print(table(report))
-    print(f"[quickstart] done in {time.perf_counter() - start:.0f} s; samples in {out / 'eval' / 'samples.jsonl'}")
+    print(f"[quickstart] done in {time.perf_counter() - start:.0f} s (training {trained - start:.0f} s, "
+          f"evaluation {time.perf_counter() - trained:.0f} s); samples in {out / 'eval' / 'samples.jsonl'}")
     return report
 
 
+COMPARISONS = (("sft", "base"), ("dpo", "base"), ("dpo", "sft"))
+"""(policy, reference) pairs measured: what SFT gives, what both stages give, what DPO adds."""
+
+
+def compare_stages(cfg: EvalConfig, paths: dict[str, str]) -> dict:
+    """Base, SFT and SFT → DPO on the same held-out prompts: each model samples once (same seed),
+    the judge compares the answers of each pair in ``COMPARISONS``, and the sampled KL of each
+    policy to each of its references is estimated on the policy's own samples. Reward accuracy on
+    held-out pairs is that of each stage's implicit reward against the model the stage started
+    from (SFT against base, DPO against SFT, which is what DPO was trained on)."""
+    accelerator = Accelerator()
+    precision = resolve_precision(cfg.dtype, accelerator.device.type)
+    print(f"[precision] {precision.name}: {precision.reason}")
+    autocast = precision.autocast(accelerator.device)
+    tokenizer = load_tokenizer(paths["base"])
+    models = {name: load_model(path).to(accelerator.device).eval() for name, path in paths.items()}
+    prompts = read_prompts(cfg.prompts, cfg.num_prompts)
+    prompt_ids = [encode_prompt(tokenizer, p, where)[-cfg.max_prompt_length:] for p, where in prompts]
+    answers = {name: sample_answers(cfg, m, tokenizer, prompt_ids, autocast) for name, m in models.items()}
+    texts = {name: decode(tokenizer, a) for name, a in answers.items()}
+    judge, questions = load_judge(cfg.judge), [prompt_text(p) for p, _ in prompts]
+    report: dict = {"prompts": len(prompts), "mean_length": {n: statistics.fmean(map(len, a)) for n, a in answers.items()}}
+    for policy, ref in COMPARISONS:
+        judged, scores = judge_answers(judge, questions, texts[policy], texts[ref])
+        report[f"{policy}_vs_{ref}"] = {
+            **win_rate([o for o in judged if o is not None], cfg.seed),
+            **sampled_kl(models[policy], models[ref], prompt_ids, answers[policy], tokenizer.pad_token_id,
+                         cfg.batch_size, autocast)}
+        report.setdefault("mean_score", {}).update({policy: _mean(scores["policy"]), ref: _mean(scores["reference"])})
+    for policy, ref in (("sft", "base"), ("dpo", "sft")):
+        report[f"{policy}_vs_{ref}"].update(pair_metrics(cfg, models[policy], models[ref], tokenizer, autocast,
+                                                         accelerator))
+    _write(Path(cfg.output), report, prompts, texts)
+    return report
+
+
+def _mean(scores: list[float | None]) -> float:
+    return statistics.fmean(s for s in scores if s is not None)
+
+
+def _write(folder: Path, report: dict, prompts, texts: dict[str, list[str]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "eval_report.json").write_text(json.dumps(report, indent=2))
+    with (folder / "samples.jsonl").open("w", encoding="utf-8") as f:
+        for i, (p, where) in enumerate(prompts):
+            f.write(json.dumps({"source": where, "prompt": prompt_text(p), **{n: t[i] for n, t in texts.items()}},
+                               ensure_ascii=False) + "\n")
+
+
 def table(r: dict) -> str:
-    """Before = the base model (it is its own reference: win rate ½ and KL 0 by definition)."""
-    lo, hi = r["win_rate_ci95"]
+    """One column per stage. A model compared with itself has win rate ½ and KL 0 by definition."""
+    def wins(key: str) -> str:
+        lo, hi = r[key]["win_rate_ci95"]
+        return f"{r[key]['win_rate']:.0%} [{lo:.0%}, {hi:.0%}]"
+
     rows = [
-        ("judge win rate vs base [95% CI]", "50% (itself)", f"{r['win_rate']:.0%} [{lo:.0%}, {hi:.0%}]"),
-        ("mean judge score (−1…1)", f"{r['mean_score_reference']:+.2f}", f"{r['mean_score_policy']:+.2f}"),
-        ("reward accuracy, held-out pairs", "— (all rewards 0)", f"{r['reward_accuracy']:.0%}"),
-        ("sampled KL to base (nats)", "0", f"{r['kl_sampled']:.2f}"),
-        ("mean answer length (tokens)", f"{r['mean_length_reference']:.0f}", f"{r['mean_length_policy']:.0f}"),
+        ("judge win rate vs base [95% CI]", "50% (itself)", wins("sft_vs_base"), wins("dpo_vs_base")),
+        ("judge win rate vs SFT [95% CI]", "", "50% (itself)", wins("dpo_vs_sft")),
+        ("mean judge score (−1…1)", *(f"{r['mean_score'][n]:+.2f}" for n in STAGES)),
+        ("reward accuracy, held-out pairs", "", f"{r['sft_vs_base']['reward_accuracy']:.0%}",
+         f"{r['dpo_vs_sft']['reward_accuracy']:.0%}"),
+        ("sampled KL to base (nats)", "0", f"{r['sft_vs_base']['kl_sampled']:.2f}",
+         f"{r['dpo_vs_base']['kl_sampled']:.2f}"),
+        ("sampled KL to SFT (nats)", "", "0", f"{r['dpo_vs_sft']['kl_sampled']:.2f}"),
+        ("mean answer length (tokens)", *(f"{r['mean_length'][n]:.0f}" for n in STAGES)),
     ]
-    lines = [f"{r['prompts']} held-out prompts; reward = β·log π/π_base on {r['pairs']} held-out pairs",
-             f"{'':34s}{'before (base)':>20s}{'after (SFT → DPO)':>24s}"]
-    lines += [f"{label:34s}{a:>20s}{b:>24s}" for label, a, b in rows]
+    lines = [f"{r['prompts']} held-out prompts; reward accuracy: β·log π/π_start on {r['dpo_vs_sft']['pairs']} "
+             "held-out pairs, against the model each stage started from",
+             f"{'':34s}{'base':>14s}{'SFT':>20s}{'SFT → DPO':>20s}"]
+    lines += [f"{label:34s}{a:>14s}{b:>20s}{c:>20s}" for label, a, b, c in rows]
     return "\n".join(lines)
+
+
+STAGES = ("base", "sft", "dpo")

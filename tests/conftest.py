@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from dpokit.tiny import tiny_model as _tiny_model
 from dpokit.tiny import tiny_tokenizer as _tiny_tokenizer
+
+# Exactness tests (accumulation, resume, cached vs live reference to 1e-5) need fp32, and the
+# same results on every CPU: `--dtype auto` would pick bf16 on a CPU that has it. Set for the
+# whole session, subprocesses included; the tests of auto itself unset it.
+os.environ["DPOKIT_DTYPE"] = "fp32"
 
 
 @pytest.fixture

@@ -138,10 +138,19 @@ def test_losses_command(capsys):
 
 
 def test_quickstart_tiny(tmp_path, capsys):
-    """The quickstart pipeline end to end on a tiny model: SFT, DPO, eval, table."""
+    """The quickstart pipeline end to end on a tiny model: SFT, DPO, eval, and a table with one
+    column per stage, so that what DPO adds over SFT is shown on its own."""
     assert main(["quickstart", "--tiny", "--output", str(tmp_path / "qs")]) == 0
     out = capsys.readouterr().out
-    assert "judge win rate vs base" in out and "reward accuracy" in out
+    assert "judge win rate vs base" in out and "judge win rate vs SFT" in out and "sampled KL to SFT" in out
+    assert "SFT → DPO" in out
     report = json.loads((tmp_path / "qs" / "eval" / "eval_report.json").read_text())
-    assert report["prompts"] == 64 and report["pairs"] == 64
+    assert report["prompts"] == 64
+    assert report["sft_vs_base"]["pairs"] == report["dpo_vs_sft"]["pairs"] == 64
+    samples = [json.loads(x) for x in (tmp_path / "qs" / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 64 and all(s.keys() >= {"base", "sft", "dpo"} for s in samples)
+    for key in ("sft_vs_base", "dpo_vs_base", "dpo_vs_sft"):
+        r = report[key]
+        assert 0 <= r["win_rate"] <= 1 and r["wins"] + r["ties"] + r["losses"] == 64
+        assert r["win_rate_ci95"][0] <= r["win_rate"] <= r["win_rate_ci95"][1]
     assert (tmp_path / "qs" / "dpo" / "final" / "model.safetensors").is_file()

@@ -29,7 +29,8 @@ from dpokit.logprobs import completion_logps
 from dpokit.losses import get_loss
 from dpokit.models import disable_dropout, load_model, load_tokenizer
 from dpokit.reference import CopyReference
-from dpokit.train.loop import bf16_autocast, evaluate
+from dpokit.precision import resolve as resolve_precision
+from dpokit.train.loop import evaluate
 
 
 def read_prompts(path: str, limit: int):
@@ -77,36 +78,31 @@ def win_rate(outcomes: list[float], seed: int) -> dict:
 def evaluate_models(cfg: EvalConfig, policy=None, reference=None, tokenizer=None, judge=None) -> dict:
     """The whole evaluation; models (and the judge, e.g. a cached one) may be passed in to avoid reloading them."""
     accelerator = Accelerator()
-    autocast = bf16_autocast(accelerator.device, cfg.bf16)
+    precision = resolve_precision(cfg.dtype, accelerator.device.type)
+    print(f"[precision] {precision.name}: {precision.reason}")
+    autocast = precision.autocast(accelerator.device)
     tokenizer = tokenizer or load_tokenizer(cfg.model, cfg.trust_remote_code)
     policy = policy or load_model(cfg.model, cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     reference = reference or load_model(cfg.ref_model, cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     for m in (policy, reference):
         disable_dropout(m)
         m.to(accelerator.device).eval()
-    judge = judge or load_judge(cfg.judge, self_model=cfg.model, batch_size=cfg.batch_size,
+    judge = judge or load_judge(cfg.judge, self_model=cfg.model, batch_size=cfg.batch_size, dtype=cfg.dtype,
                                 trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     prompts = read_prompts(cfg.prompts, cfg.num_prompts)
     if not prompts:
         raise UserError("no prompts", where=cfg.prompts)
     prompt_ids = [encode_prompt(tokenizer, p, where)[-cfg.max_prompt_length:] for p, where in prompts]
-    with autocast():
-        gen = {name: sample(m, tokenizer, prompt_ids, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                            cfg.batch_size, cfg.seed) for name, m in (("policy", policy), ("reference", reference))}
-    texts = {k: [tokenizer.decode(a, skip_special_tokens=True).strip() for a in v] for k, v in gen.items()}
+    gen = {name: sample_answers(cfg, m, tokenizer, prompt_ids, autocast)
+           for name, m in (("policy", policy), ("reference", reference))}
+    texts = {k: decode(tokenizer, v) for k, v in gen.items()}
     judged, scores = judge_answers(judge, [prompt_text(p) for p, _ in prompts], texts["policy"], texts["reference"])
     outcomes = [o for o in judged if o is not None]
     if not outcomes:
         raise UserError("the judge failed on every prompt (see docs/online.md, judges)", where=cfg.judge)
-    # KL(π‖π_ref) from the policy's own samples.
-    pad = tokenizer.pad_token_id
-    lp_pol = sequence_logps(policy, prompt_ids, gen["policy"], pad, cfg.batch_size, autocast)
-    lp_ref = sequence_logps(reference, prompt_ids, gen["policy"], pad, cfg.batch_size, autocast)
-    diffs = [a - b for a, b in zip(lp_pol, lp_ref)]
     report = {
         "prompts": len(prompts), **win_rate(outcomes, cfg.seed), "judge_failures": len(judged) - len(outcomes),
-        "kl_sampled": statistics.fmean(diffs),
-        "kl_sampled_stderr": statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0,
+        **sampled_kl(policy, reference, prompt_ids, gen["policy"], tokenizer.pad_token_id, cfg.batch_size, autocast),
         "mean_length_policy": statistics.fmean(map(len, gen["policy"])),
         "mean_length_reference": statistics.fmean(map(len, gen["reference"])),
     }
@@ -118,6 +114,28 @@ def evaluate_models(cfg: EvalConfig, policy=None, reference=None, tokenizer=None
     if cfg.output:
         write_report(Path(cfg.output), report, prompts, texts, judged)
     return report
+
+
+def sample_answers(cfg: EvalConfig, model, tokenizer, prompt_ids: list[list[int]], autocast) -> list[list[int]]:
+    """One answer per prompt (token ids) under the evaluation's sampling settings; every model
+    compared on the same prompts draws with the same seed."""
+    with autocast():
+        return sample(model, tokenizer, prompt_ids, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                      cfg.batch_size, cfg.seed)
+
+
+def decode(tokenizer, answers: list[list[int]]) -> list[str]:
+    return [tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers]
+
+
+def sampled_kl(policy, reference, prompt_ids: list[list[int]], answers: list[list[int]], pad_id: int,
+               batch_size: int, autocast) -> dict:
+    """KL(π‖π_ref) from the policy's own samples ``answers``: the mean of log π(y|x) − log π_ref(y|x),
+    with its standard error."""
+    diffs = [a - b for a, b in zip(sequence_logps(policy, prompt_ids, answers, pad_id, batch_size, autocast),
+                                   sequence_logps(reference, prompt_ids, answers, pad_id, batch_size, autocast))]
+    return {"kl_sampled": statistics.fmean(diffs),
+            "kl_sampled_stderr": statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0}
 
 
 def judge_answers(judge, prompts: list[str], policy: list[str], reference: list[str]) -> tuple[list, dict]:

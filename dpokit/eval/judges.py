@@ -59,7 +59,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def load_judge(spec: str, self_model: str | None = None, mode: str = "score", rubric: str = "",
-               batch_size: int = 16, trust_remote_code: bool = False, allow_pickle: bool = False) -> Judge:
+               batch_size: int = 16, trust_remote_code: bool = False, allow_pickle: bool = False,
+               dtype: str = "auto") -> Judge:
     """The judge ``spec`` names; ``self_model`` is the model ``self`` stands for, ``mode`` (score or
     pairwise) and ``rubric`` (instructions replacing the default) apply to LLM judges."""
     kind, target = parse_spec(spec)
@@ -67,7 +68,8 @@ def load_judge(spec: str, self_model: str | None = None, mode: str = "score", ru
         return FunctionJudge(target)
     from dpokit.eval.model_judges import LLMJudge, RewardModelJudge
 
-    options = {"batch_size": batch_size, "trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
+    options = {"batch_size": batch_size, "trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle,
+               "dtype": dtype}
     if kind == "rm":
         return RewardModelJudge(target, **options)
     if kind == "self":

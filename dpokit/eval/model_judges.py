@@ -32,6 +32,7 @@ from typing import Sequence
 import torch
 
 from dpokit.errors import UserError
+from dpokit.precision import resolve as resolve_precision
 
 DEFAULT_RUBRICS = {
     "score": "Rate the response to the question below for helpfulness, correctness and clarity, on a scale "
@@ -97,8 +98,9 @@ def preference(p_a: float, p_b: float) -> float | None:
 class _ModelJudge:
     """Loads its model on first use (a rerun whose judgements are all cached loads nothing)."""
 
-    def __init__(self, path: str, batch_size: int, trust_remote_code: bool, allow_pickle: bool):
+    def __init__(self, path: str, batch_size: int, trust_remote_code: bool, allow_pickle: bool, dtype: str):
         self.path, self.batch_size = path, batch_size
+        self.precision = resolve_precision(dtype, self._device().type)
         self.trust_remote_code, self.allow_pickle = trust_remote_code, allow_pickle
         self.model = self.tokenizer = None
         self.stats = {"judgements": 0, "failures": 0}
@@ -107,6 +109,9 @@ class _ModelJudge:
         from accelerate import Accelerator
 
         return Accelerator().device
+
+    def _autocast(self):
+        return self.precision.autocast(self.model.device)()
 
     def close(self) -> None:
         """Free the model (the next call loads it again)."""
@@ -120,9 +125,10 @@ class _ModelJudge:
 class RewardModelJudge(_ModelJudge):
     pointwise = True
 
-    def __init__(self, path: str, batch_size: int = 16, trust_remote_code: bool = False, allow_pickle: bool = False):
-        super().__init__(path, batch_size, trust_remote_code, allow_pickle)
-        self.identity = f"rm:{model_identity(path)}"
+    def __init__(self, path: str, batch_size: int = 16, trust_remote_code: bool = False, allow_pickle: bool = False,
+                 dtype: str = "auto"):
+        super().__init__(path, batch_size, trust_remote_code, allow_pickle, dtype)
+        self.identity = f"rm:{model_identity(path)}:{self.precision.name}"
 
     def _load(self) -> None:
         from transformers import AutoModelForSequenceClassification
@@ -157,7 +163,9 @@ class RewardModelJudge(_ModelJudge):
         out: list[float | None] = []
         for start in range(0, len(answers), self.batch_size):
             enc = self._encode(prompt, list(answers[start:start + self.batch_size]))
-            out += [float(x) for x in reward_from_logits(self.model(**enc).logits)]
+            with self._autocast():
+                logits = self.model(**enc).logits
+            out += [float(x) for x in reward_from_logits(logits.float())]
         self.stats["judgements"] += len(out)
         return out
 
@@ -179,15 +187,15 @@ class LLMJudge(_ModelJudge):
     """A causal LM asked with a rubric: a score from 1 to 10 (``mode`` score) or A/B (pairwise)."""
 
     def __init__(self, path: str, mode: str = "score", rubric: str = "", label: str = "llm", batch_size: int = 16,
-                 trust_remote_code: bool = False, allow_pickle: bool = False):
-        super().__init__(path, batch_size, trust_remote_code, allow_pickle)
+                 trust_remote_code: bool = False, allow_pickle: bool = False, dtype: str = "auto"):
+        super().__init__(path, batch_size, trust_remote_code, allow_pickle, dtype)
         if mode not in DEFAULT_RUBRICS:
             raise UserError(f"unknown judge mode {mode!r} (score or pairwise)", where="config",
                             field="online.judge_mode")
         self.mode, self.pointwise = mode, mode == "score"
         self.rubric = read_rubric(rubric, mode)
         rubric_hash = hashlib.sha256(self.rubric.encode()).hexdigest()[:16]
-        self.identity = f"{label}:{model_identity(path)}:{mode}:{rubric_hash}"
+        self.identity = f"{label}:{model_identity(path)}:{mode}:{rubric_hash}:{self.precision.name}"
         self.stats["valid_mass"] = 0.0
         self.token_ids: dict[str, int] = {}
         self._chat = False
@@ -248,7 +256,9 @@ class LLMJudge(_ModelJudge):
             ids = torch.tensor([[pad] * (width - len(r)) + r for r in chunk], device=self.model.device)
             attn = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in chunk], device=self.model.device)
             positions = (attn.cumsum(-1) - 1).clamp(min=0)
-            logits = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, logits_to_keep=keep).logits
+            with self._autocast():
+                logits = self.model(input_ids=ids, attention_mask=attn, position_ids=positions,
+                                    logits_to_keep=keep).logits
             out.append(torch.softmax(logits[:, -keep:].float(), dim=-1).cpu())
         return torch.cat(out)
 

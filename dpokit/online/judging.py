@@ -103,11 +103,11 @@ class RunJudges:
     (for ``self``, the initial model, so that every round is measured with the same yardstick)."""
 
     def __init__(self, o, initial_model: str, cache_path: Path, trust_remote_code: bool = False,
-                 allow_pickle: bool = False):
+                 allow_pickle: bool = False, dtype: str = "auto"):
         self.spec, self.initial = o.judge, initial_model
         self.cache = JudgeCache(cache_path)
         self.options = {"mode": o.judge_mode, "rubric": o.judge_rubric, "batch_size": o.generation_batch_size,
-                        "trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
+                        "trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle, "dtype": dtype}
         # built now, so a bad spec or rubric fails before any round; a model judge loads its weights on first use
         self.fixed = None if o.judge == "self" else load_judge(o.judge, **self.options)
 

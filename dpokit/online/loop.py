@@ -53,7 +53,7 @@ def online(cfg: OnlineConfig, log=print) -> OnlineResult:
     if not prompts:
         raise UserError("no prompts", where=cfg.online.prompts)
     judge = RunJudges(cfg.online, cfg.model.path, out / "judge_cache.json", cfg.model.trust_remote_code,
-                      cfg.model.allow_pickle)
+                      cfg.model.allow_pickle, cfg.train.dtype)
     rounds = _finished_rounds(out, read_rounds(out), log)
     for r in range(len(rounds) + 1, cfg.online.rounds + 1):
         log(f"[online] round {r}/{cfg.online.rounds}")
@@ -284,7 +284,7 @@ def evaluate_round(cfg: OnlineConfig, final: Path, rdir: Path, judges: RunJudges
                       prompts=o.eval_prompts or o.prompts, judge=o.judge, max_new_tokens=o.max_new_tokens,
                       num_prompts=o.eval_num_prompts, batch_size=o.generation_batch_size,
                       max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length,
-                      seed=cfg.train.seed, bf16=cfg.train.bf16, output=str(rdir / "eval"),
+                      seed=cfg.train.seed, dtype=cfg.train.dtype, output=str(rdir / "eval"),
                       trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
     judge = judges.for_eval()
     report = evaluate_models(ecfg.validate(), judge=judge)

@@ -61,7 +61,7 @@ def hf_answers(cfg, policy: str, prompt_ids: list[list[int]], seed: int) -> list
 
     from dpokit.eval.generate import sample
     from dpokit.models import disable_dropout, load_model, load_tokenizer
-    from dpokit.train.loop import bf16_autocast
+    from dpokit.precision import resolve
 
     o = cfg.online
     tokenizer = load_tokenizer(policy, cfg.model.trust_remote_code)
@@ -69,7 +69,7 @@ def hf_answers(cfg, policy: str, prompt_ids: list[list[int]], seed: int) -> list
     disable_dropout(model)
     device = Accelerator().device
     model.to(device).eval()
-    with bf16_autocast(device, cfg.train.bf16)():
+    with resolve(cfg.train.dtype, device.type).autocast(device)():
         return sample(model, tokenizer, [x for x in prompt_ids for _ in range(o.samples_per_prompt)],
                       o.max_new_tokens, o.temperature, o.top_p, o.generation_batch_size, seed)
 
@@ -81,9 +81,12 @@ def vllm_answers(cfg, policy: str, prompt_ids: list[list[int]], seed: int) -> li
     import torch
     from vllm import LLM, SamplingParams
 
+    from dpokit.precision import resolve
+
     o = cfg.online
+    dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[resolve(cfg.train.dtype, "cuda").name]
     # The trainer needs the GPU next: take part of it, and give it all back below.
-    llm = LLM(model=policy, seed=seed, gpu_memory_utilization=0.5, dtype="bfloat16" if cfg.train.bf16 else "auto",
+    llm = LLM(model=policy, seed=seed, gpu_memory_utilization=0.5, dtype=dtype,
               trust_remote_code=cfg.model.trust_remote_code)
     params = SamplingParams(n=o.samples_per_prompt, temperature=o.temperature, top_p=o.top_p,
                             max_tokens=o.max_new_tokens, seed=seed)

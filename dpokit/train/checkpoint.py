@@ -47,6 +47,8 @@ class TrainState:
     """Multiplier of the configured learning rate; each guard rollback lowers it."""
     guard: dict = field(default_factory=dict)
     """The guards' counters (skipped steps, rollbacks, best held-out accuracy), plain numbers."""
+    loss_scale: dict = field(default_factory=dict)
+    """fp16's loss scaler state (scale and growth counter); empty in fp32 and bf16."""
 
 
 def is_peft(model) -> bool:

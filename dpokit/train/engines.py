@@ -222,3 +222,10 @@ def load_states(engine: Engine, model, optimizer, weights: dict, optim: dict) ->
 
 def _inner(optimizer) -> torch.optim.Optimizer:
     return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
+
+
+def check_precision(engine: Engine, precision) -> None:
+    """fp16's loss scaler is torch's GradScaler, which dpokit runs on whole (DDP) models only."""
+    if precision.name == "fp16" and engine.name != "ddp":
+        raise UserError(f"fp16 training runs on DDP only (engine here: {engine.name}); use --dtype bf16 or fp32",
+                        where="--dtype")

@@ -7,7 +7,6 @@ completions), whether it needs reference log-probs, and what its batch loss aver
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +21,14 @@ from dpokit.data import TokenizedRecord, collate
 from dpokit.logprobs import completion_logps, logps_from_log_probs
 from dpokit.losses import LossContext, LossSpec, get_loss
 from dpokit.models import load_tokenizer
+from dpokit.precision import resolve as resolve_precision
 from dpokit.train.batches import BatchStream, eval_batches
 from dpokit.train.checkpoint import (TrainState, latest_checkpoint, load_checkpoint, remove_partial_writes,
                                      save_checkpoint, save_model)
 from dpokit.train import engines
 from dpokit.train.guards import Action, Guard
-from dpokit.train.metrics import MetricsLog, MetricSums, batch_metrics
-from dpokit.train.optim import build_optimizer, build_scheduler
+from dpokit.train.metrics import MetricsLog, MetricSums, batch_metrics, real_tokens
+from dpokit.train.optim import LossScaling, build_optimizer, build_scheduler
 from dpokit.train.setup import build_policy, build_reference, finish_reference, load_data, logprob_options
 from dpokit.train.signals import StopRequest, stop_on_signals
 from dpokit.versions import register_run
@@ -45,12 +45,6 @@ class TrainResult:
     stopped_by: str | None = None
     """``SIGTERM`` or ``SIGINT`` when a signal stopped the run after saving ``checkpoint``."""
     checkpoint: Path | None = None
-
-
-def bf16_autocast(device: torch.device, enabled: bool):
-    """Autocast factory for forward passes. Precision is not handed to accelerate, whose state is
-    a process-wide singleton, so runs with and without bf16 can follow each other in one process."""
-    return functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def make_batch(records: list[TokenizedRecord], indices: list[int], pad_id: int, dataset: str, device) -> dict:
@@ -130,7 +124,10 @@ def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     accelerator.wait_for_everyone()
-    autocast = bf16_autocast(accelerator.device, t.bf16)
+    precision = resolve_precision(t.dtype, accelerator.device.type)
+    log(f"[precision] {precision.name}: {precision.reason}")
+    engines.check_precision(engine, precision)
+    autocast, scaling = precision.autocast(accelerator.device), LossScaling(precision.scaler(accelerator.device))
     set_seed(t.seed)
 
     # 1. Data, tokenized once; the reference cache is keyed by these exact token ids.
@@ -159,6 +156,7 @@ def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
     ckpt = latest_checkpoint(out, log) if t.resume else None
     if ckpt is not None:
         state = load_checkpoint(ckpt, engines.unwrap(engine, policy), optimizer, scheduler, engine)
+        scaling.load_state_dict(state.loss_scale)
         log(f"[resume] from {ckpt} at step {state.step}")
     metrics_log = MetricsLog(out / "metrics.jsonl", state.step if t.resume else None, enabled=main)
     guard = Guard(cfg.guard, state)
@@ -191,14 +189,19 @@ def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
                 pol, ref, lo = forward_loss(spec, cfg, policy, reference, batch, group, autocast, state.loss_state,
                                             accelerator.gather)  # shares are equal: BatchStream pads
                 loss = lo.losses.sum() / denom
-                accelerator.backward(loss)
+                accelerator.backward(scaling.scale(loss))
             step_loss += loss.item()
             step_sums.merge(batch_metrics(spec.input_kind, pol, ref, lo))
-            step_tokens += int(batch["attention_mask"].sum())
+            step_tokens += real_tokens(spec.input_kind, batch, group)
+        scaling.unscale(optimizer)
         grad_norm = accelerator.clip_grad_norm_(policy.parameters(), t.max_grad_norm if t.max_grad_norm > 0
                                                 else float("inf"))
         if grad_norm is None:  # DeepSpeed has no norm before its first step
             grad_norm = float("nan")
+        if scaling.overflowed(step_loss, grad_norm):  # fp16: the scale was too high for these gradients
+            optimizer.zero_grad(set_to_none=True)
+            log(f"[fp16] gradients overflowed after step {state.step}: step skipped, loss scale now {scaling.value:g}")
+            continue
         # 5. Guards: a non-finite step is skipped (not counted); too many in a row roll back.
         action = guard.check_step(accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum"),
                                   grad_norm)
@@ -215,10 +218,11 @@ def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
         window.add("grad_norm", grad_norm, 1)
         window.add("loss", step_loss, 1)
         window.add("lr", scheduler.get_last_lr()[0], 1)
-        optimizer.step()
+        scaling.step(optimizer)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
+        state.loss_scale = scaling.state_dict()
         window_steps += 1
         bar.update(1)
 

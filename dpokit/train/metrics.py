@@ -15,11 +15,22 @@ import torch
 from dpokit.atomic import write_text_atomic
 from dpokit.losses import Logps, LossOutput
 
+
 def group_names(kind: str, groups: int) -> list[str]:
     """Names of the real responses of a batch's groups; the unpaired kind's second group is
     another prompt's completion (KTO's reference point), not data, so it is not logged."""
     return {"pair": ["chosen", "rejected"], "sft": ["completion"], "unpaired": ["completion"]}.get(
         kind, [f"rank{g + 1}" for g in range(groups)])
+
+
+def real_tokens(kind: str, batch: dict, groups: int) -> int:
+    """The batch's tokens of data, each counted once: every record's prompt once, however many
+    responses share it, plus its real responses (not KTO's partner rows), no padding. This is
+    what ``tokens_per_s`` counts, and what the benchmark against TRL counts."""
+    completion = batch["completion_mask"].sum(1)
+    n = completion.shape[0] // groups
+    prompt = batch["attention_mask"][:n].sum(1) - completion[:n]
+    return int(prompt.sum() + completion[:n * len(group_names(kind, groups))].sum())
 
 
 class MetricSums:

@@ -47,3 +47,45 @@ def set_lr_scale(optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, lr: fl
         group["initial_lr"] = base
         group["lr"] = base * fn(scheduler.last_epoch)
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+class LossScaling:
+    """fp16's dynamic loss scale, so that small gradients survive fp16's narrow range; in fp32
+    and bf16 every method is a plain pass-through. A step whose scaled gradients overflowed
+    (finite loss, non-finite gradient norm) is the scaler's, not a bad step: the scale is
+    lowered and the step skipped, as torch's AMP recipe does."""
+
+    def __init__(self, scaler: torch.amp.GradScaler | None):
+        self.scaler = scaler
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss if self.scaler is None else self.scaler.scale(loss)
+
+    def unscale(self, optimizer) -> None:
+        """Before clipping: the gradients back in their own units."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def overflowed(self, loss: float, grad_norm) -> bool:
+        if self.scaler is None or not math.isfinite(loss) or math.isfinite(float(grad_norm)):
+            return False
+        self.scaler.update()  # lowers the scale; unscale_ recorded the overflow
+        return True
+
+    def step(self, optimizer) -> None:
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+
+    @property
+    def value(self) -> float | None:
+        return None if self.scaler is None else float(self.scaler.get_scale())
+
+    def state_dict(self) -> dict:
+        return {} if self.scaler is None else self.scaler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)

@@ -17,6 +17,7 @@ from dpokit.errors import UserError
 from dpokit.logprobs import Options
 from dpokit.losses import LossSpec
 from dpokit.models import apply_lora, disable_dropout, load_model
+from dpokit.precision import resolve as resolve_precision
 from dpokit.train.batches import BatchStream, eval_batches, first_epoch_batches
 from dpokit.train.engines import Engine, prepare_reference, stand_ins
 
@@ -112,8 +113,13 @@ def _cached(cfg: RunConfig, model, tokenizer, datasets: dict[str, list], autocas
     several processes each computes its own training (or evaluation) batches and the shares are
     gathered. ``digest`` is given when ``model`` is already wrapped (sharded), and then it is not
     moved."""
-    folder = Path(cfg.train.cache_dir or Path(cfg.train.output) / "reflogps")  # nothing outside the run by default
-    settings = {"bf16": cfg.train.bf16}
+    t = cfg.train
+    folder = Path(t.cache_dir or Path(t.output) / "reflogps")  # nothing outside the run by default
+    # Everything that decides the values bit for bit: the precision, and the batches they are
+    # computed in (rounding depends on a batch's layout), which training then runs again.
+    settings = {"dtype": resolve_precision(t.dtype, accelerator.device.type).name, "batch_size": t.batch_size,
+                "grad_accum": t.grad_accum, "seed": t.seed, "processes": accelerator.num_processes,
+                "share_prompt": t.share_prompt, "pack": t.pack, "logprob_chunk": t.logprob_chunk}
     values: dict[str, list] = {}
     if digest is None:
         digest = ref_lib.model_hash(model)
