@@ -198,13 +198,13 @@ def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
                                                 else float("inf"))
         if grad_norm is None:  # DeepSpeed has no norm before its first step
             grad_norm = float("nan")
-        if scaling.overflowed(step_loss, grad_norm):  # fp16: the scale was too high for these gradients
+        total_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum")  # same on all
+        if scaling.overflowed(float(total_loss), grad_norm):  # fp16: the scale was too high for these gradients
             optimizer.zero_grad(set_to_none=True)
             log(f"[fp16] gradients overflowed after step {state.step}: step skipped, loss scale now {scaling.value:g}")
             continue
         # 5. Guards: a non-finite step is skipped (not counted); too many in a row roll back.
-        action = guard.check_step(accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum"),
-                                  grad_norm)
+        action = guard.check_step(total_loss, grad_norm)
         if action is not Action.OK:
             optimizer.zero_grad(set_to_none=True)
             log(f"[guard] skipped a step after step {state.step}: {guard.reason}")
