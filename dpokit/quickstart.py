@@ -19,11 +19,10 @@ from accelerate import Accelerator
 
 from dpokit.config import EvalConfig, load_config
 from dpokit.data import encode_prompt
-from dpokit.eval.evaluate import (decode, judge_answers, pair_metrics, prompt_text, read_prompts, sample_answers,
-                                  sampled_kl, win_rate)
+from dpokit.eval.evaluate import (decode, eval_autocast, judge_answers, pair_metrics, prompt_text, read_prompts,
+                                  sample_answers, sampled_kl, win_rate)
 from dpokit.eval.judges import load_judge
 from dpokit.models import BUILTIN_SMOLLM2, embedded_smollm2, load_model, load_tokenizer
-from dpokit.precision import resolve as resolve_precision
 from dpokit.tasks.reviews import DEFAULT_DIR as TASK_DIR
 from dpokit.tiny import write_tiny_model
 from dpokit.train import train
@@ -100,9 +99,7 @@ def compare_stages(cfg: EvalConfig, paths: dict[str, str]) -> dict:
     held-out pairs is that of DPO's implicit reward β·log π/π_SFT, the one it was trained on (SFT
     has no preference objective to measure; skipping it saves four scoring passes)."""
     accelerator = Accelerator()
-    precision = resolve_precision(cfg.dtype, accelerator.device.type)
-    print(f"[precision] {precision.name}: {precision.reason}")
-    autocast = precision.autocast(accelerator.device)
+    autocast = eval_autocast(cfg, accelerator)
     tokenizer = load_tokenizer(paths["base"])
     models = {name: load_model(path).to(accelerator.device).eval() for name, path in paths.items()}
     prompts = read_prompts(cfg.prompts, cfg.num_prompts)
@@ -136,6 +133,9 @@ def _write(folder: Path, report: dict, prompts, texts: dict[str, list[str]]) -> 
                                ensure_ascii=False) + "\n")
 
 
+STAGES = ("base", "sft", "dpo")
+
+
 def table(r: dict) -> str:
     """One column per stage. A model compared with itself has win rate ½ and KL 0 by definition."""
     def wins(key: str) -> str:
@@ -158,5 +158,3 @@ def table(r: dict) -> str:
     lines += [f"{label:34s}{a:>14s}{b:>20s}{c:>20s}" for label, a, b, c in rows]
     return "\n".join(lines)
 
-
-STAGES = ("base", "sft", "dpo")

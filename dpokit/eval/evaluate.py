@@ -78,9 +78,7 @@ def win_rate(outcomes: list[float], seed: int) -> dict:
 def evaluate_models(cfg: EvalConfig, policy=None, reference=None, tokenizer=None, judge=None) -> dict:
     """The whole evaluation; models (and the judge, e.g. a cached one) may be passed in to avoid reloading them."""
     accelerator = Accelerator()
-    precision = resolve_precision(cfg.dtype, accelerator.device.type)
-    print(f"[precision] {precision.name}: {precision.reason}")
-    autocast = precision.autocast(accelerator.device)
+    autocast = eval_autocast(cfg, accelerator)
     tokenizer = tokenizer or load_tokenizer(cfg.model, cfg.trust_remote_code)
     policy = policy or load_model(cfg.model, cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     reference = reference or load_model(cfg.ref_model, cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
@@ -114,6 +112,13 @@ def evaluate_models(cfg: EvalConfig, policy=None, reference=None, tokenizer=None
     if cfg.output:
         write_report(Path(cfg.output), report, prompts, texts, judged)
     return report
+
+
+def eval_autocast(cfg: EvalConfig, accelerator):
+    """The autocast factory of ``cfg.dtype`` on this device, after one line saying what was picked."""
+    precision = resolve_precision(cfg.dtype, accelerator.device.type)
+    print(f"[precision] {precision.name}: {precision.reason}")
+    return precision.autocast(accelerator.device)
 
 
 def sample_answers(cfg: EvalConfig, model, tokenizer, prompt_ids: list[list[int]], autocast) -> list[list[int]]:
