@@ -15,8 +15,10 @@ Whatever the options, the output is the same ``Logps``, laid out as the padded r
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -86,11 +88,49 @@ def sharded(model) -> bool:
 
 
 def _inputs(model, p: Plan) -> dict:
+    """The model's inputs; a 4-D block mask becomes additive (0 / most negative), in the dtype the
+    attention scores take. SDPA keeps the mask it is given for backward: given booleans it saves
+    a converted copy in every layer, given the additive mask in its own dtype it saves this one
+    tensor for all layers (about 4 MB per layer for 4 rows of 512 tokens in fp32)."""
     inputs = dict(p.inputs)
-    if inputs["attention_mask"].dim() == 4 and _base(model).config._attn_implementation == "eager":
-        see = inputs["attention_mask"]
-        inputs["attention_mask"] = torch.zeros(see.shape, device=see.device).masked_fill(~see, torch.finfo().min)
+    see = inputs["attention_mask"]
+    if see.dim() == 4:
+        impl = _base(model).config._attn_implementation
+        dtype = torch.float32 if impl == "eager" else _score_dtype(model, see.device)
+        inputs["attention_mask"] = torch.zeros(see.shape, dtype=dtype, device=see.device).masked_fill(
+            ~see, torch.finfo(dtype).min)
     return inputs
+
+
+def _score_dtype(model, device: torch.device) -> torch.dtype:
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return next(_base(model).parameters()).dtype
+
+
+@contextlib.contextmanager
+def _grouped_query_attention(model, device: torch.device):
+    """On CPU, let SDPA attend with grouped key/value heads as they are, instead of transformers
+    copying each key/value head once per query head first: the same values (to float rounding
+    in the gradients), about a fifth less attention time and two fewer (rows, heads, T, d)
+    tensors kept per layer. transformers does this only without a mask, because CUDA's masked
+    kernels would fall back to the slow path; CPU's flash kernel takes a mask with grouped heads.
+    Not under gradient checkpointing, whose recomputation in backward runs outside this block."""
+    base = _base(model)
+    cfg = base.config
+    grouped = getattr(cfg, "num_key_value_heads", None) not in (None, getattr(cfg, "num_attention_heads", None))
+    if (device.type != "cpu" or cfg._attn_implementation != "sdpa" or not grouped or _FORCE_GQA in os.environ
+            or getattr(base, "is_gradient_checkpointing", False)):
+        yield
+        return
+    os.environ[_FORCE_GQA] = "1"  # read by transformers' SDPA attention at each call
+    try:
+        yield
+    finally:
+        del os.environ[_FORCE_GQA]
+
+
+_FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
 
 
 def _hidden(model, p: Plan) -> tuple[torch.Tensor, torch.nn.Module]:
@@ -105,11 +145,14 @@ def _hidden(model, p: Plan) -> tuple[torch.Tensor, torch.nn.Module]:
     see ``_head``). That costs one (rows × length × V) logits tensor, which the chunked path
     avoids; the log-softmax stays in fp32 chunks either way.
     """
+    inputs = _inputs(model, p)
     if sharded(model):
-        logits = model(**_inputs(model, p), use_cache=False).logits
+        with _grouped_query_attention(model, inputs["input_ids"].device):
+            logits = model(**inputs, use_cache=False).logits
         return logits.reshape(-1, logits.shape[-1])[p.src], torch.nn.Identity()
     keep = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
-    out = model(**_inputs(model, p), use_cache=False, output_hidden_states=True, **keep)
+    with _grouped_query_attention(model, inputs["input_ids"].device):
+        out = model(**inputs, use_cache=False, output_hidden_states=True, **keep)
     hidden = out.hidden_states[-1]
     return hidden.reshape(-1, hidden.shape[-1])[p.src], _head(model)
 

@@ -223,3 +223,28 @@ def test_models_that_transform_their_logits(name):
             own = logits[:, first - 1:-1].log_softmax(-1).gather(-1, ids[:, first:, None]).squeeze(-1)
             own = own.masked_fill(~cmask[:, first:], 0.0)
             torch.testing.assert_close(lp.tokens.reshape(own.shape), own, atol=1e-5, rtol=0)
+
+
+def saved_bytes(model, batch) -> int:
+    """Bytes of the distinct tensors one forward keeps for its backward."""
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        dpo_loss(model, batch, Options())
+    return sum(storages.values())
+
+
+def test_grouped_heads_and_one_additive_mask_keep_less_and_change_nothing(tiny_tokenizer, model, monkeypatch):
+    """The tiny model has 4 query heads over 2 key/value heads. On CPU the block-masked forward
+    attends with the grouped heads as they are and passes one additive mask for all layers;
+    transformers' own path (forced with TRANSFORMERS_SDPA_FORCE_GQA=0) copies the key/value heads
+    and SDPA keeps a converted mask per layer. Same loss and gradients, less kept for backward."""
+    batch = batch_for(tiny_tokenizer)
+    ours, kept = run(model, batch, Options()), saved_bytes(model, batch)
+    monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "0")
+    assert saved_bytes(model, batch) > kept
+    assert_same(ours, run(model, batch, Options()))
