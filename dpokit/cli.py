@@ -11,6 +11,7 @@ import sys
 import typing
 from typing import Any, Literal
 
+from dpokit.cli_errors import OneLineParser, typed
 from dpokit.config import DATA_PIPELINE_FLAGS, FLAG_FIELDS, DataCommandConfig, EvalConfig, RunConfig, load_config
 from dpokit.errors import UserError
 
@@ -57,9 +58,9 @@ def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, str], root: Any
         if base is bool:
             parser.add_argument(name, dest=flag, action=argparse.BooleanOptionalAction, default=None, help=doc)
         elif typing.get_origin(tp) is Literal:
-            parser.add_argument(name, dest=flag, choices=args, type=type(args[0]), default=None, help=doc)
+            parser.add_argument(name, dest=flag, choices=args, type=typed(type(args[0])), default=None, help=doc)
         else:
-            parser.add_argument(name, dest=flag, type=base, default=None, help=doc)
+            parser.add_argument(name, dest=flag, type=typed(base), default=None, help=doc)
 
 
 def _overrides(ns: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
@@ -67,7 +68,7 @@ def _overrides(ns: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dpokit", description="Preference fine-tuning: SFT, DPO, evaluation.")
+    parser = OneLineParser(prog="dpokit", description="Preference fine-tuning: SFT, DPO, evaluation.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("sft", "supervised fine-tuning on completions (or chosen answers)"),
                             ("dpo", "preference optimization (default loss: sigmoid = DPO)")):
@@ -235,11 +236,11 @@ def _close_progress_bars() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own bar shows progress; theirs repeats per model load
     try:
+        ns = build_parser().parse_args(argv)  # a bad flag is a UserError too (OneLineParser)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own bar shows progress; theirs repeats per model load
         return COMMANDS[ns.command](ns)
     except UserError as exc:
         _close_progress_bars()
