@@ -115,7 +115,8 @@ def _add_versions_parser(sub) -> None:
 def _add_data_parser(sub) -> None:
     data = sub.add_parser("data", help="check, describe or convert a data file (docs/data.md)")
     commands = data.add_subparsers(dest="data_command", required=True)
-    for name, help_text in (("check", "read every record and print the first errors (exit 2 if any)"),
+    for name, help_text in (("check", "read and clean every record as training does: the first errors, what "
+                                      "cleaning keeps and drops (exit 2 if any error, or if no record is left)"),
                             ("stats", "counts, lengths, duplicates, conflicts, label balance, agreement"),
                             ("convert", "write canonical JSONL records plus a report of every change")):
         p = commands.add_parser(name, help=help_text)
@@ -124,9 +125,12 @@ def _add_data_parser(sub) -> None:
             p.add_argument("output", help="the .jsonl (or .jsonl.gz) file to write")
             p.add_argument("--to", choices=("pairs", "list", "unpaired", "sft"), default="pairs",
                            help="the record kind to write")
-        if name != "check":
-            p.add_argument("--tokenizer", help="a model folder, .gguf or builtin:... whose tokenizer measures "
-                                               "lengths (stats) and whose special tokens count as leaks")
+        if name == "check":
+            p.add_argument("--to", choices=("pairs", "list", "unpaired", "sft"), default=None,
+                           help="the record kind the loss trains on (pairs for DPO), converted to as training "
+                                "does (default: each record's own kind)")
+        p.add_argument("--tokenizer", help="a model folder, .gguf or builtin:... whose tokenizer measures "
+                                           "lengths (stats) and whose special tokens count as leaks")
         p.add_argument("--config", help="a run's YAML file; its data section sets the options")
         _add_flags(p, DATA_FLAGS, RunConfig())
 
@@ -210,8 +214,6 @@ def run_data(ns: argparse.Namespace) -> int:
     from dpokit.data import commands
 
     options = load_config(ns.config, _overrides(ns, DATA_FLAGS), root=DataCommandConfig).data
-    if ns.data_command == "check":
-        return commands.check(ns.input, options)
     tokenizer = None
     if ns.tokenizer:
         from dpokit.models import load_tokenizer
@@ -220,6 +222,8 @@ def run_data(ns: argparse.Namespace) -> int:
     if ns.data_command == "stats":
         return commands.stats(ns.input, options, tokenizer)
     special = tokenizer.all_special_tokens if tokenizer is not None else ()
+    if ns.data_command == "check":
+        return commands.check(ns.input, options, ns.to, special)
     return commands.convert(ns.input, ns.output, ns.to, options, special)
 
 

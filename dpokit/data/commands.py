@@ -22,28 +22,39 @@ from dpokit.data.tokenize import CHUNK, encode_many
 from dpokit.errors import UserError
 
 MAX_ERRORS = 10
-NO_CLEANING = {"dedup": "off", "drop_empty": False, "drop_identical": False, "drop_conflicts": False,
-               "drop_leaks": False, "min_chars": 0, "max_chars": 0, "max_length_ratio": 0.0, "balance": "off"}
 
 
 def _kind_name(rec: Record) -> str:
     return next(name for name, cls in KINDS.items() if isinstance(rec, cls))
 
 
-def check(path: str, options, out: Callable[[str], None] = print) -> int:
-    """Read every record (no cleaning), print the first errors with their lines; 2 if any."""
+def check(path: str, options, kind: str | None = None, special_tokens: Iterable[str] = (),
+          out: Callable[[str], None] = print) -> int:
+    """Read every record as training does, cleaning included: print the first invalid records with
+    their lines, then how many records cleaning leaves and what it dropped, by reason. Returns 2
+    if any record is invalid; raises UserError (exit 2) when cleaning leaves none, as training would.
+
+    ``kind``: the record kind training converts to (the loss's); None keeps each record's own.
+    """
     report = DataReport()
-    options = dataclasses.replace(options, on_error="skip", **NO_CLEANING)
-    kinds = Counter(_kind_name(rec) for rec in iter_records(path, None, options, report))
-    found = ", ".join(f"{n} {k}" for k, n in kinds.items()) or "no records"
+    options = dataclasses.replace(options, on_error="skip")  # read on past errors, to list them all
+    kinds = Counter(_kind_name(rec) for rec in iter_records(path, kind, options, report, special_tokens))
     invalid = report.total("skipped")
-    out(f"{path}: format {report.format or '?'}; {report.rows} input records, {invalid} invalid; {found}")
+    out(f"{path}: format {report.format or '?'}; {report.rows} input records, {invalid} invalid")
     errors = (e for e in report.events() if e["action"] == "skipped")
     for _, e in zip(range(MAX_ERRORS), errors):
         out(f"{e['record']}: {e['reason']}")
     if invalid > MAX_ERRORS:
         out(f"... and {invalid - MAX_ERRORS} more")
-    return 2 if invalid or not kinds else 0
+    found = ", ".join(f"{n} {k}" for k, n in kinds.items()) or "no records"
+    out(f"after cleaning: {found} left for training, {report.total('dropped')} dropped")
+    for (action, reason), n in sorted(report.counts.items()):
+        if action != "skipped":
+            out(f"  {action} {n}: {reason}")
+    if not kinds:
+        raise UserError("no records left for training" + (": see the reasons above" if report.counts else ""),
+                        where=str(path))
+    return 2 if invalid else 0
 
 
 # --------------------------------------------------------------------------- stats
