@@ -176,6 +176,16 @@ def test_stats_in_tokens(tmp_path, capsys, tiny_tokenizer):
     assert "lengths in tokens" in out and float(prompt.split()[1]) == n
 
 
+def test_stats_compares_pair_lengths_in_the_unit_it_measures(tmp_path, capsys):
+    """' the the the the' has more characters than ' xqzjvkw' (16 > 8) but fewer tiny-tokenizer
+    tokens (4 < 8): with a tokenizer, the chosen answer is not the longer one."""
+    path = jsonl(tmp_path / "p.jsonl", [{"prompt": "P", "chosen": " the the the the", "rejected": " xqzjvkw"}])
+    assert main(["data", "stats", str(path)]) == 0
+    assert "pairs (in characters): chosen longer 1 (100.0%)" in capsys.readouterr().out
+    assert main(["data", "stats", str(path), "--tokenizer", str(tiny_model_dir(tmp_path))]) == 0
+    assert "pairs (in tokens): chosen not longer 1 (100.0%)" in capsys.readouterr().out
+
+
 def test_malformed_input_exits_2_without_traceback(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps(GOOD) + '\n{"prompt": "P", "chosen": " a", "rejected": NaN}\n')

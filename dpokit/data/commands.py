@@ -68,13 +68,15 @@ def _describe(values: list[float]) -> str:
 
 
 class _Lengths:
-    """Prompt and answer lengths, in tokens (with a tokenizer) or characters."""
+    """Prompt and answer lengths, in tokens (with a tokenizer) or characters, and for pairs whether
+    the chosen answer is the longer one in the same unit."""
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer, self.pending = tokenizer, []
         self.prompt: list[float] = []
         self.answer: list[float] = []
         self.ratio: list[float] = []
+        self.longer: Counter = Counter()
 
     def add(self, rec: Record) -> None:
         self.pending.append(rec)
@@ -88,10 +90,12 @@ class _Lengths:
         else:
             encoded = encode_many(self.tokenizer, [(r.prompt, r.completions, r.source) for r in recs])
             sizes = [(len(p), [len(c) for c in cs]) for p, cs in encoded]
-        for prompt, answers in sizes:
+        for rec, (prompt, answers) in zip(recs, sizes):
             self.prompt.append(prompt)
             self.answer += answers
             self.ratio.append(prompt / max(statistics.fmean(answers), 1))
+            if isinstance(rec, Pair):
+                self.longer["chosen longer" if answers[0] > answers[1] else "chosen not longer"] += 1
 
 
 def _balance_lines(counts: Counter, title: str) -> list[str]:
@@ -102,14 +106,12 @@ def _balance_lines(counts: Counter, title: str) -> list[str]:
 def stats(path: str, options, tokenizer=None, out: Callable[[str], None] = print) -> int:
     """Counts, lengths, duplicates, conflicts, label balance and annotator agreement of a file."""
     report = DataReport()
-    lengths, labels, longer = _Lengths(tokenizer), Counter(), Counter()
+    lengths, labels = _Lengths(tokenizer), Counter()
     groups: Counter = Counter()
     for rec in iter_records(path, None, options, report):
         lengths.add(rec)
         if isinstance(rec, Unpaired):
             labels["desirable" if rec.desirable else "undesirable"] += 1
-        if isinstance(rec, Pair):
-            longer["chosen longer" if chars(rec.chosen) > chars(rec.rejected) else "chosen not longer"] += 1
         if isinstance(rec, RankedList):
             groups[f"{len(rec.completions)} answers"] += 1
     lengths.flush()
@@ -123,7 +125,7 @@ def stats(path: str, options, tokenizer=None, out: Callable[[str], None] = print
     for name, values in (("prompt", lengths.prompt), ("answer", lengths.answer),
                          ("prompt / mean answer", lengths.ratio)):
         out(f"{name:22s} {_describe(values)}")
-    for line in _balance_lines(labels, "labels") + _balance_lines(longer, "pairs") + \
+    for line in _balance_lines(labels, "labels") + _balance_lines(lengths.longer, f"pairs (in {unit})") + \
             _balance_lines(groups, "lists"):
         out(line)
     return 0
