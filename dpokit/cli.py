@@ -12,7 +12,8 @@ import typing
 from typing import Any, Literal
 
 from dpokit.cli_errors import OneLineParser, typed
-from dpokit.config import DATA_PIPELINE_FLAGS, FLAG_FIELDS, DataCommandConfig, EvalConfig, RunConfig, load_config
+from dpokit.config import (DATA_PIPELINE_FLAGS, FLAG_FIELDS, DataCommandConfig, EvalConfig, RunConfig, default_registry,
+                           load_config)
 from dpokit.errors import UserError
 
 EVAL_FLAGS = {"dpo_beta": "beta", **{f: f for f in (
@@ -101,8 +102,7 @@ def _add_versions_parser(sub) -> None:
     actions = p.add_subparsers(dest="action", required=True)
     for name, help_text in VERSION_ACTIONS.items():
         q = actions.add_parser(name, help=help_text)
-        q.add_argument("--registry", default=os.environ.get("DPOKIT_REGISTRY"),
-                       help="registry folder (default: $DPOKIT_REGISTRY)")
+        q.add_argument("--registry", default=default_registry(), help="registry folder (default: $DPOKIT_REGISTRY)")
         if name in ("show", "promote"):
             q.add_argument("version", nargs="?" if name == "show" else None, help="version id, e.g. v3")
         if name == "show":
