@@ -11,7 +11,9 @@ import sys
 import typing
 from typing import Any, Literal
 
-from dpokit.config import DATA_PIPELINE_FLAGS, FLAG_FIELDS, DataCommandConfig, EvalConfig, RunConfig, load_config
+from dpokit.cli_errors import OneLineParser, typed
+from dpokit.config import (DATA_PIPELINE_FLAGS, FLAG_FIELDS, DataCommandConfig, EvalConfig, RunConfig, default_registry,
+                           load_config)
 from dpokit.errors import UserError
 
 EVAL_FLAGS = {"dpo_beta": "beta", **{f: f for f in (
@@ -57,9 +59,9 @@ def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, str], root: Any
         if base is bool:
             parser.add_argument(name, dest=flag, action=argparse.BooleanOptionalAction, default=None, help=doc)
         elif typing.get_origin(tp) is Literal:
-            parser.add_argument(name, dest=flag, choices=args, type=type(args[0]), default=None, help=doc)
+            parser.add_argument(name, dest=flag, choices=args, type=typed(type(args[0])), default=None, help=doc)
         else:
-            parser.add_argument(name, dest=flag, type=base, default=None, help=doc)
+            parser.add_argument(name, dest=flag, type=typed(base), default=None, help=doc)
 
 
 def _overrides(ns: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
@@ -67,7 +69,7 @@ def _overrides(ns: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dpokit", description="Preference fine-tuning: SFT, DPO, evaluation.")
+    parser = OneLineParser(prog="dpokit", description="Preference fine-tuning: SFT, DPO, evaluation.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("sft", "supervised fine-tuning on completions (or chosen answers)"),
                             ("dpo", "preference optimization (default loss: sigmoid = DPO)")):
@@ -100,8 +102,7 @@ def _add_versions_parser(sub) -> None:
     actions = p.add_subparsers(dest="action", required=True)
     for name, help_text in VERSION_ACTIONS.items():
         q = actions.add_parser(name, help=help_text)
-        q.add_argument("--registry", default=os.environ.get("DPOKIT_REGISTRY"),
-                       help="registry folder (default: $DPOKIT_REGISTRY)")
+        q.add_argument("--registry", default=default_registry(), help="registry folder (default: $DPOKIT_REGISTRY)")
         if name in ("show", "promote"):
             q.add_argument("version", nargs="?" if name == "show" else None, help="version id, e.g. v3")
         if name == "show":
@@ -114,7 +115,8 @@ def _add_versions_parser(sub) -> None:
 def _add_data_parser(sub) -> None:
     data = sub.add_parser("data", help="check, describe or convert a data file (docs/data.md)")
     commands = data.add_subparsers(dest="data_command", required=True)
-    for name, help_text in (("check", "read every record and print the first errors (exit 2 if any)"),
+    for name, help_text in (("check", "read and clean every record as training does: the first errors, what "
+                                      "cleaning keeps and drops (exit 2 if any error, or if no record is left)"),
                             ("stats", "counts, lengths, duplicates, conflicts, label balance, agreement"),
                             ("convert", "write canonical JSONL records plus a report of every change")):
         p = commands.add_parser(name, help=help_text)
@@ -123,9 +125,12 @@ def _add_data_parser(sub) -> None:
             p.add_argument("output", help="the .jsonl (or .jsonl.gz) file to write")
             p.add_argument("--to", choices=("pairs", "list", "unpaired", "sft"), default="pairs",
                            help="the record kind to write")
-        if name != "check":
-            p.add_argument("--tokenizer", help="a model folder, .gguf or builtin:... whose tokenizer measures "
-                                               "lengths (stats) and whose special tokens count as leaks")
+        if name == "check":
+            p.add_argument("--to", choices=("pairs", "list", "unpaired", "sft"), default=None,
+                           help="the record kind the loss trains on (pairs for DPO), converted to as training "
+                                "does (default: each record's own kind)")
+        p.add_argument("--tokenizer", help="a model folder, .gguf or builtin:... whose tokenizer measures "
+                                           "lengths (stats) and whose special tokens count as leaks")
         p.add_argument("--config", help="a run's YAML file; its data section sets the options")
         _add_flags(p, DATA_FLAGS, RunConfig())
 
@@ -209,8 +214,6 @@ def run_data(ns: argparse.Namespace) -> int:
     from dpokit.data import commands
 
     options = load_config(ns.config, _overrides(ns, DATA_FLAGS), root=DataCommandConfig).data
-    if ns.data_command == "check":
-        return commands.check(ns.input, options)
     tokenizer = None
     if ns.tokenizer:
         from dpokit.models import load_tokenizer
@@ -219,6 +222,8 @@ def run_data(ns: argparse.Namespace) -> int:
     if ns.data_command == "stats":
         return commands.stats(ns.input, options, tokenizer)
     special = tokenizer.all_special_tokens if tokenizer is not None else ()
+    if ns.data_command == "check":
+        return commands.check(ns.input, options, ns.to, special)
     return commands.convert(ns.input, ns.output, ns.to, options, special)
 
 
@@ -235,11 +240,11 @@ def _close_progress_bars() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own bar shows progress; theirs repeats per model load
     try:
+        ns = build_parser().parse_args(argv)  # a bad flag is a UserError too (OneLineParser)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own bar shows progress; theirs repeats per model load
         return COMMANDS[ns.command](ns)
     except UserError as exc:
         _close_progress_bars()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import types
 import typing
@@ -23,6 +24,14 @@ import yaml
 from dpokit.errors import UserError
 from dpokit.guard_config import GUARD_FLAGS, GuardConfig
 from dpokit.loss_config import LOSS_FLAGS, LossConfig
+
+
+REGISTRY_ENV = "DPOKIT_REGISTRY"
+
+
+def default_registry() -> str | None:
+    """The registry folder of every command that takes one when none is given: $DPOKIT_REGISTRY."""
+    return os.environ.get(REGISTRY_ENV) or None
 
 
 @dataclass
@@ -193,8 +202,9 @@ class TrainConfig:
     cache_dir: str | None = None
     """Where precomputed reference log-probs live (default ``OUTPUT/reflogps``); point several runs
     at one folder to share them."""
-    registry: str | None = None
-    """Register ``final/`` as a new version in this registry folder (``dpokit versions``)."""
+    registry: str | None = field(default_factory=default_registry)
+    """Register ``final/`` as a new version in this registry folder (``dpokit versions``; default
+    $DPOKIT_REGISTRY; an empty string registers nothing)."""
     logprob_chunk: int = 1024
     """Completion positions per chunk of LM head + log-softmax, each recomputed in backward so the
     full tokens × vocabulary logits are never held; 0 computes them all at once."""
@@ -247,7 +257,7 @@ class RunConfig:
             (t.save_total_limit < 0, "train.save_total_limit", "must be ≥ 0 (0 keeps all)"),
             *self._best_checks(),
             *self.guard.checks(bool(d.eval), spec.needs_reference and t.ref != "none", t.save_steps),
-            (t.registry is not None and Path(t.registry).is_file(), "train.registry",
+            (bool(t.registry) and Path(t.registry).is_file(), "train.registry",
              "is a file; give a folder"),
             (spec.needs_reference and t.ref == "none", "train.ref",
              f"loss '{spec.name}' needs a reference; use copy, adapter or precomputed"),
@@ -335,8 +345,9 @@ class EvalConfig:
     """Run model code shipped inside the model folders."""
     allow_pickle: bool = False
     """Load weights stored with pickle, which can run code when read (off unless asked)."""
-    registry: str | None = None
-    """Attach the report to a version in this registry folder (``dpokit versions``)."""
+    registry: str | None = field(default_factory=default_registry)
+    """Attach the report to a version in this registry folder (``dpokit versions``; default
+    $DPOKIT_REGISTRY; an empty string attaches nothing)."""
     version: str | None = None
     """The version to attach the report to (default: the version whose model is ``model``)."""
 

@@ -56,3 +56,15 @@ def count_e_or_nan(prompt: str, response: str) -> float:
     """``count_e``, but a failed judgement (NaN) when the count is odd."""
     n = response.lower().count("e")
     return float("nan") if n % 2 else float(n)
+
+
+def raises_on_p1(prompt: str, response: str) -> float:
+    """``count_e``, but raising (as a buggy user judge would) on the prompt ``P1``."""
+    if prompt == "P1":
+        raise ValueError("cannot judge P1")
+    return count_e(prompt, response)
+
+
+def always_raises(prompt: str, a: str, b: str) -> float:
+    """A pairwise judge that fails on everything."""
+    raise ZeroDivisionError("division by zero")

@@ -124,11 +124,34 @@ def test_bad_judge(files, capsys):
                            "--judge", "dpokit.tasks.reviews:nothing_here"], "--judge", "cannot import")
 
 
-def test_argparse_type_error_exits_2(files):
-    tmp, model, data = files
+@pytest.mark.parametrize("argv, line", [
+    (["dpo", "--max-steps", "notanumber"],
+     "--max-steps: expected an integer, got 'notanumber' (see dpokit dpo --help)"),
+    (["dpo", "--lr", "fast"], "--lr: expected a number, got 'fast' (see dpokit dpo --help)"),
+    (["dpo", "--max-stepz", "3"], "--max-stepz: unknown flag; did you mean --max-steps? (see dpokit dpo --help)"),
+    (["dpo", "--wibble=3"], "--wibble: unknown flag (see dpokit dpo --help)"),
+    (["data", "check", "a.jsonl", "b.jsonl"], "unexpected argument 'b.jsonl' (see dpokit data check --help)"),
+    (["dpo", "--optimizer", "adamm"], "--optimizer: invalid choice 'adamm' (choose from adamw, sgd, rmsprop); "
+                                      "did you mean adamw? (see dpokit dpo --help)"),
+    (["dpx"], "unknown command 'dpx' (choose from sft, dpo, online, eval, versions, quickstart, losses, data); "
+              "did you mean dpo? (see dpokit --help)"),
+    (["data", "convert", "in.jsonl"], "missing required argument: output (see dpokit data convert --help)"),
+    (["versions"], "missing the command: one of list, show, promote, rollback, diff (see dpokit versions --help)"),
+    (["eval", "--max-new-tokens"], "--max-new-tokens: expected one argument (see dpokit eval --help)"),
+])
+def test_argparse_errors_are_one_line(capsys, argv, line):
+    """Unknown flags, bad choices, wrong types and missing arguments: one line, exit code 2, no usage block."""
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"dpokit: error: {line}\n" and captured.out == ""
+
+
+def test_help_is_still_the_full_help(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["dpo", "--model", str(model), "--data", str(data), "--batch-size", "lots"])
-    assert exc.value.code == 2
+        main(["dpo", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: dpokit dpo") and "--max-steps" in out and "--dpo-beta" in out
 
 
 def test_losses_command(capsys):

@@ -13,6 +13,9 @@ import pytest
 
 from data_util import jsonl, run
 from dpokit.cli import main
+from dpokit.config import DataConfig
+from dpokit.data import read_records
+from dpokit.errors import UserError
 from dpokit.data.commands import report_paths
 from util import tiny_model_dir
 
@@ -29,7 +32,44 @@ def lines_of(path: Path) -> list[dict]:
 def test_check_valid_file(tmp_path, capsys):
     path = jsonl(tmp_path / "d.jsonl", [GOOD, {**GOOD, "prompt": "Q"}])
     assert main(["data", "check", str(path)]) == 0
-    assert capsys.readouterr().out.strip() == f"{path}: format pairs; 2 input records, 0 invalid; 2 pair"
+    assert capsys.readouterr().out.splitlines() == [f"{path}: format pairs; 2 input records, 0 invalid",
+                                                    "after cleaning: 2 pair left for training, 0 dropped"]
+
+
+def test_check_runs_the_cleaning_training_runs(tmp_path, capsys):
+    """What check says is left is what training reads: same count, each drop named with its reason."""
+    rows = [GOOD, GOOD, {**GOOD, "prompt": "Q"}, {"prompt": "R", "chosen": " ", "rejected": " b"},
+            {"prompt": "S", "chosen": "same", "rejected": "Same "}]
+    path = jsonl(tmp_path / "d.jsonl", rows)
+    assert main(["data", "check", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{path}: format pairs; 5 input records, 0 invalid",
+        "after cleaning: 2 pair left for training, 3 dropped",
+        "  dropped 1: duplicate (exact)",
+        "  dropped 1: empty answer",
+        "  dropped 1: identical answers (chosen == rejected after whitespace/case normalisation)"]
+    assert len(read_records(path, "pair", DataConfig())) == 2  # what the trainers read
+
+
+def test_check_exits_2_when_cleaning_leaves_nothing(tmp_path, capsys):
+    path = jsonl(tmp_path / "empty.jsonl", [{"prompt": "", "chosen": "", "rejected": ""}])
+    assert main(["data", "check", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[1:] == ["after cleaning: no records left for training, 1 dropped",
+                                             "  dropped 1: empty prompt"]
+    assert captured.err == f"dpokit: error: {path}: no records left for training: see the reasons above\n"
+    with pytest.raises(UserError, match="no records left"):  # as training stops
+        read_records(path, "pair", DataConfig())
+
+
+def test_check_converts_to_the_kind_training_reads(tmp_path, capsys):
+    path = jsonl(tmp_path / "rated.jsonl", [*RATED, {"prompt": "R", "responses": ["x", "y"], "scores": [2, 2]}])
+    assert main(["data", "check", str(path)]) == 0
+    assert "after cleaning: 4 list left for training, 0 dropped" in capsys.readouterr().out
+    assert main(["data", "check", str(path), "--to", "pairs"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:] == ["after cleaning: 3 pair left for training, 1 dropped",
+                       "  dropped 1: no pair: no two answers' scores differ by more than 0"]
 
 
 def test_check_prints_the_first_errors_with_lines_and_exits_2(tmp_path, capsys):
@@ -38,10 +78,11 @@ def test_check_prints_the_first_errors_with_lines_and_exits_2(tmp_path, capsys):
     path.write_text("\n".join(rows) + "\n")
     assert main(["data", "check", str(path)]) == 2
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"{path}: format pairs; 14 input records, 13 invalid; 1 pair"
+    assert out[0] == f"{path}: format pairs; 14 input records, 13 invalid"
     assert out[1] == f"{path}:2: field 'chosen': must be a string or a non-empty list of messages; got int"
     assert [line.split(": ")[0] for line in out[1:11]] == [f"{path}:{n}" for n in range(2, 12)]
     assert out[11] == "... and 3 more"
+    assert out[12] == "after cleaning: 1 pair left for training, 0 dropped"
 
 
 def test_file_level_errors_exit_2_with_one_line(tmp_path, capsys):
@@ -133,6 +174,16 @@ def test_stats_in_tokens(tmp_path, capsys, tiny_tokenizer):
     prompt = next(line for line in out.splitlines() if line.startswith("prompt "))
     n = len(tiny_tokenizer("Review of the film:")["input_ids"])
     assert "lengths in tokens" in out and float(prompt.split()[1]) == n
+
+
+def test_stats_compares_pair_lengths_in_the_unit_it_measures(tmp_path, capsys):
+    """' the the the the' has more characters than ' xqzjvkw' (16 > 8) but fewer tiny-tokenizer
+    tokens (4 < 8): with a tokenizer, the chosen answer is not the longer one."""
+    path = jsonl(tmp_path / "p.jsonl", [{"prompt": "P", "chosen": " the the the the", "rejected": " xqzjvkw"}])
+    assert main(["data", "stats", str(path)]) == 0
+    assert "pairs (in characters): chosen longer 1 (100.0%)" in capsys.readouterr().out
+    assert main(["data", "stats", str(path), "--tokenizer", str(tiny_model_dir(tmp_path))]) == 0
+    assert "pairs (in tokens): chosen not longer 1 (100.0%)" in capsys.readouterr().out
 
 
 def test_malformed_input_exits_2_without_traceback(tmp_path):

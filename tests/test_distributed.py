@@ -22,12 +22,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def without_cpu_setting() -> dict[str, str]:
+    """This environment without ACCELERATE_USE_CPU: CPU processes need no setting of the user's."""
+    return {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+
+
 def dpo(args: list[str], processes: int) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    env = {**without_cpu_setting(), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "dpokit.cli"] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
         f"--master_port={free_port()}", "-m", "dpokit.cli"]
     return subprocess.run(launch + ["dpo", *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has GPUs: the processes would use them")
+def test_cpu_processes_join_without_settings(tmp_path):
+    """Without GPUs and without ACCELERATE_USE_CPU in the environment, two torchrun processes train
+    as one group on the CPU, not as two lone copies (``accelerate launch``, which sets the variable
+    to false, is run the same way by test_engines.py)."""
+    model, data = tiny_model_dir(tmp_path), write_pairs(tmp_path / "pairs.jsonl", n=8)
+    done = dpo(["--model", str(model), "--data", str(data), "--output", str(tmp_path / "run"), "--max-steps", "2",
+                "--batch-size", "2", "--max-length", "48", "--max-prompt-length", "24", "--no-progress"], 2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[engine] ddp on 2 processes (cpu)" in done.stdout
+    assert len(metrics(tmp_path / "run")) == 2
 
 
 @pytest.mark.parametrize("ref,loss", [("copy", "sigmoid"), ("precomputed", "sigmoid"), ("copy", "kto")])

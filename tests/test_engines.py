@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_distributed import free_port
+from test_distributed import free_port, without_cpu_setting
 from util import final_weights, metrics, tiny_model_dir, write_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_
 
 
 def dpo(args: list[str], processes: int, **env) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", **env}
+    env = {**without_cpu_setting(), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env}
     launch = [sys.executable, "-m", "dpokit.cli"] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
         f"--master_port={free_port()}", "-m", "dpokit.cli"]
@@ -118,7 +118,7 @@ def test_fsdp1_is_refused(setup):
 
 
 def accelerate_launch(config: str, args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    env = {**without_cpu_setting(), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
               str(ROOT / "examples" / "accelerate" / config), "--num_processes", "2",
               "--main_process_port", str(free_port()), "-m", "dpokit.cli", "dpo"]
@@ -128,7 +128,7 @@ def accelerate_launch(config: str, args: list[str]) -> subprocess.CompletedProce
 @pytest.mark.parametrize("config,engine", [("cpu_2proc.yaml", "ddp"), ("fsdp.yaml", "fsdp")])
 def test_shipped_accelerate_configs_run_two_cpu_processes(setup, config, engine):
     """``accelerate launch`` with a shipped config starts two CPU processes on the engine it names
-    (ACCELERATE_USE_CPU=1; ``--cpu`` would start one), and they train like one process."""
+    (no ACCELERATE_USE_CPU needed; ``--cpu`` would start one), and they train like one process."""
     tmp, common = setup
     common += ["--ref", "copy"]
     done = accelerate_launch(config, common + ["--output", str(tmp / "two"), "--batch-size", "2"])

@@ -62,6 +62,36 @@ def test_function_judge_failures_are_none(tmp_path):
     assert list(JudgeCache(tmp_path / "c.json").values.values()) == [None]  # a failure is cached too
 
 
+def test_a_raising_function_is_a_counted_failure(tmp_path):
+    """An exception inside a function judge fails that judgement only, in online rounds (through
+    the cache) as in eval; the first error is kept for the report."""
+    judge = load_judge("online_judges:raises_on_p1")
+    assert judge.score("P0", ["e", "ee"]) == [1.0, 2.0] and judge.first_error is None
+    cached = CachedJudge(judge, JudgeCache(tmp_path / "c.json"))
+    assert candidate_scores(cached, "P1", ["e", "ee"]) == [None, None] and cached.failed == 2
+    assert judge.first_error == "ValueError: cannot judge P1"
+
+
+def test_eval_leaves_out_and_reports_prompts_the_judge_raised_on(models, tmp_path, capsys):
+    from dpokit.cli import main
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"P{i}"}) + "\n" for i in range(4)))
+    common = ["eval", "--model", str(models["llm"]), "--ref-model", str(models["llm2"]), "--prompts", str(prompts),
+              "--max-new-tokens", "3", "--output", str(tmp_path / "eval")]
+    assert main(common + ["--judge", "online_judges:raises_on_p1"]) == 0
+    out = capsys.readouterr().out
+    assert "judge failures: 1 of 4 prompts, left out of the win rate; the first error: ValueError: cannot judge P1" in out
+    report = json.loads((tmp_path / "eval" / "eval_report.json").read_text())
+    assert report["judge_failures"] == 1 and report["wins"] + report["ties"] + report["losses"] == 3
+    samples = [json.loads(x) for x in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert [s["judge"] is None for s in samples] == [False, True, False, False]
+    assert main(common + ["--judge", "online_judges:always_raises"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the judge failed on every prompt" in err
+    assert "the first error: ZeroDivisionError: division by zero" in err
+
+
 def test_reward_model_scores_batched_deterministic_and_cached(models, tmp_path):
     judge = load_judge(f"rm:{models['rm1']}", batch_size=3)
     assert judge.pointwise and judge.identity.startswith("rm:")

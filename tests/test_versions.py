@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from dpokit.cli import main
+from dpokit.config import EvalConfig, RunConfig, load_config
+from dpokit.online.config import OnlineConfig
 from dpokit.train import train
 from dpokit.versions import Registry
 from util import config, tiny_model_dir, write_pairs
@@ -94,6 +96,21 @@ def test_eval_attaches_its_report(registry, capsys):
     attached = Registry(reg).get("v2")["eval"]
     assert attached["report"]["prompts"] == 4 and attached["reference_model"] == str(tmp / "sft" / "final")
     assert "report/win_rate" in cli(capsys, "versions", "show", "v2", "--registry", str(reg))[1]
+
+
+def test_every_registry_setting_falls_back_to_the_environment(registry, capsys, monkeypatch):
+    """$DPOKIT_REGISTRY stands for --registry in eval (run here), training and online (their
+    configs), and versions; a given --registry wins."""
+    tmp, reg = registry
+    monkeypatch.setenv("DPOKIT_REGISTRY", str(reg))
+    code, out, err = cli(capsys, "eval", "--model", str(tmp / "dpo" / "final"), "--ref-model",
+                         str(tmp / "sft" / "final"), "--prompts", str(TASK / "prompts.jsonl"), "--num-prompts", "2",
+                         "--judge", "dpokit.tasks.reviews:judge", "--max-new-tokens", "2")
+    assert code == 0, err
+    assert f"report attached to v2 in {reg}" in out
+    assert RunConfig().train.registry == OnlineConfig().train.registry == EvalConfig().registry == str(reg)
+    assert load_config(None, {"model.path": "m", "data.train": "d", "train.registry": "other"}).train.registry == "other"
+    assert "current: " in cli(capsys, "versions", "list")[1]
 
 
 def test_registry_errors(registry, capsys, tmp_path, monkeypatch):

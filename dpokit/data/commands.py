@@ -22,28 +22,39 @@ from dpokit.data.tokenize import CHUNK, encode_many
 from dpokit.errors import UserError
 
 MAX_ERRORS = 10
-NO_CLEANING = {"dedup": "off", "drop_empty": False, "drop_identical": False, "drop_conflicts": False,
-               "drop_leaks": False, "min_chars": 0, "max_chars": 0, "max_length_ratio": 0.0, "balance": "off"}
 
 
 def _kind_name(rec: Record) -> str:
     return next(name for name, cls in KINDS.items() if isinstance(rec, cls))
 
 
-def check(path: str, options, out: Callable[[str], None] = print) -> int:
-    """Read every record (no cleaning), print the first errors with their lines; 2 if any."""
+def check(path: str, options, kind: str | None = None, special_tokens: Iterable[str] = (),
+          out: Callable[[str], None] = print) -> int:
+    """Read every record as training does, cleaning included: print the first invalid records with
+    their lines, then how many records cleaning leaves and what it dropped, by reason. Returns 2
+    if any record is invalid; raises UserError (exit 2) when cleaning leaves none, as training would.
+
+    ``kind``: the record kind training converts to (the loss's); None keeps each record's own.
+    """
     report = DataReport()
-    options = dataclasses.replace(options, on_error="skip", **NO_CLEANING)
-    kinds = Counter(_kind_name(rec) for rec in iter_records(path, None, options, report))
-    found = ", ".join(f"{n} {k}" for k, n in kinds.items()) or "no records"
+    options = dataclasses.replace(options, on_error="skip")  # read on past errors, to list them all
+    kinds = Counter(_kind_name(rec) for rec in iter_records(path, kind, options, report, special_tokens))
     invalid = report.total("skipped")
-    out(f"{path}: format {report.format or '?'}; {report.rows} input records, {invalid} invalid; {found}")
+    out(f"{path}: format {report.format or '?'}; {report.rows} input records, {invalid} invalid")
     errors = (e for e in report.events() if e["action"] == "skipped")
     for _, e in zip(range(MAX_ERRORS), errors):
         out(f"{e['record']}: {e['reason']}")
     if invalid > MAX_ERRORS:
         out(f"... and {invalid - MAX_ERRORS} more")
-    return 2 if invalid or not kinds else 0
+    found = ", ".join(f"{n} {k}" for k, n in kinds.items()) or "no records"
+    out(f"after cleaning: {found} left for training, {report.total('dropped')} dropped")
+    for (action, reason), n in sorted(report.counts.items()):
+        if action != "skipped":
+            out(f"  {action} {n}: {reason}")
+    if not kinds:
+        raise UserError("no records left for training" + (": see the reasons above" if report.counts else ""),
+                        where=str(path))
+    return 2 if invalid else 0
 
 
 # --------------------------------------------------------------------------- stats
@@ -57,13 +68,15 @@ def _describe(values: list[float]) -> str:
 
 
 class _Lengths:
-    """Prompt and answer lengths, in tokens (with a tokenizer) or characters."""
+    """Prompt and answer lengths, in tokens (with a tokenizer) or characters, and for pairs whether
+    the chosen answer is the longer one in the same unit."""
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer, self.pending = tokenizer, []
         self.prompt: list[float] = []
         self.answer: list[float] = []
         self.ratio: list[float] = []
+        self.longer: Counter = Counter()
 
     def add(self, rec: Record) -> None:
         self.pending.append(rec)
@@ -77,10 +90,12 @@ class _Lengths:
         else:
             encoded = encode_many(self.tokenizer, [(r.prompt, r.completions, r.source) for r in recs])
             sizes = [(len(p), [len(c) for c in cs]) for p, cs in encoded]
-        for prompt, answers in sizes:
+        for rec, (prompt, answers) in zip(recs, sizes):
             self.prompt.append(prompt)
             self.answer += answers
             self.ratio.append(prompt / max(statistics.fmean(answers), 1))
+            if isinstance(rec, Pair):
+                self.longer["chosen longer" if answers[0] > answers[1] else "chosen not longer"] += 1
 
 
 def _balance_lines(counts: Counter, title: str) -> list[str]:
@@ -91,14 +106,12 @@ def _balance_lines(counts: Counter, title: str) -> list[str]:
 def stats(path: str, options, tokenizer=None, out: Callable[[str], None] = print) -> int:
     """Counts, lengths, duplicates, conflicts, label balance and annotator agreement of a file."""
     report = DataReport()
-    lengths, labels, longer = _Lengths(tokenizer), Counter(), Counter()
+    lengths, labels = _Lengths(tokenizer), Counter()
     groups: Counter = Counter()
     for rec in iter_records(path, None, options, report):
         lengths.add(rec)
         if isinstance(rec, Unpaired):
             labels["desirable" if rec.desirable else "undesirable"] += 1
-        if isinstance(rec, Pair):
-            longer["chosen longer" if chars(rec.chosen) > chars(rec.rejected) else "chosen not longer"] += 1
         if isinstance(rec, RankedList):
             groups[f"{len(rec.completions)} answers"] += 1
     lengths.flush()
@@ -112,7 +125,7 @@ def stats(path: str, options, tokenizer=None, out: Callable[[str], None] = print
     for name, values in (("prompt", lengths.prompt), ("answer", lengths.answer),
                          ("prompt / mean answer", lengths.ratio)):
         out(f"{name:22s} {_describe(values)}")
-    for line in _balance_lines(labels, "labels") + _balance_lines(longer, "pairs") + \
+    for line in _balance_lines(labels, "labels") + _balance_lines(lengths.longer, f"pairs (in {unit})") + \
             _balance_lines(groups, "lists"):
         out(line)
     return 0

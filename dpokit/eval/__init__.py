@@ -14,6 +14,10 @@ def format_report(report: dict) -> str:
         f"mean answer length (tokens): policy {report['mean_length_policy']:.1f}, "
         f"reference {report['mean_length_reference']:.1f}",
     ]
+    if report.get("judge_failures"):
+        first = f"; the first error: {report['judge_first_error']}" if report.get("judge_first_error") else ""
+        lines.append(f"judge failures: {report['judge_failures']} of {report['prompts']} prompts, left out of "
+                     f"the win rate{first}")
     if "reward_accuracy" in report:
         lines.append(f"held-out pairs: {report['pairs']}, reward accuracy {report['reward_accuracy']:.1%}, "
                      f"margin {report['reward_margin']:.3f}")

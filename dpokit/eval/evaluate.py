@@ -2,7 +2,9 @@
 
 - Win rate: mean over prompts of the judge's P(policy answer beats reference answer), ties
   0.5, with a 95% percentile-bootstrap interval over prompts. A pairwise judge is asked in both
-  orders; prompts whose judgement failed are left out and counted (``judge_failures``).
+  orders; prompts whose judgement failed (a function that raised, or returned no finite number)
+  are left out and counted (``judge_failures``), as online rounds count them; only a judge that
+  fails on every prompt is an error.
 - Sampled KL(π‖π_ref): mean over answers y ~ π(·|x) of log π(y|x) − log π_ref(y|x), unbiased
   when sampling π itself (temperature 1, top-p 1), with its standard error.
 - With ``pairs``: reward accuracy and margins of the implicit reward β·log π/π_ref.
@@ -96,10 +98,13 @@ def evaluate_models(cfg: EvalConfig, policy=None, reference=None, tokenizer=None
     texts = {k: decode(tokenizer, v) for k, v in gen.items()}
     judged, scores = judge_answers(judge, [prompt_text(p) for p, _ in prompts], texts["policy"], texts["reference"])
     outcomes = [o for o in judged if o is not None]
+    first_error = getattr(judge, "first_error", None)
     if not outcomes:
-        raise UserError("the judge failed on every prompt (see docs/online.md, judges)", where=cfg.judge)
+        cause = f"; the first error: {first_error}" if first_error else ""
+        raise UserError(f"the judge failed on every prompt (see docs/online.md, judges){cause}", where=cfg.judge)
     report = {
         "prompts": len(prompts), **win_rate(outcomes, cfg.seed), "judge_failures": len(judged) - len(outcomes),
+        **({"judge_first_error": first_error} if first_error else {}),
         **sampled_kl(policy, reference, prompt_ids, gen["policy"], tokenizer.pad_token_id, cfg.batch_size, autocast),
         "mean_length_policy": statistics.fmean(map(len, gen["policy"])),
         "mean_length_reference": statistics.fmean(map(len, gen["reference"])),

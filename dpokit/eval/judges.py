@@ -18,9 +18,9 @@ Every judge offers the same calls, batched over one prompt's answers:
 - ``compare(prompt, pairs) -> [P(first beats second) or None]`` (pairwise judges), asked in the
   order given: ``both_orders`` cancels a judge's position bias.
 
-None marks a failed judgement (a function returning something that is not a finite number, an
-LLM putting no probability on any valid answer): it is counted and the answer is left out,
-never silently given a score.
+None marks a failed judgement (a function raising an exception or returning something that is
+not a finite number, an LLM putting no probability on any valid answer): it is counted and the
+answer is left out, never silently given a score.
 """
 
 from __future__ import annotations
@@ -116,12 +116,21 @@ class FunctionJudge:
             raise UserError("a judge takes (prompt, response) or (prompt, response_a, response_b)",
                             where="--judge", field=spec)
         self.identity, self.pointwise = spec, n_args == 2
+        self.first_error: str | None = None
+        """The first exception the function raised, as ``Type: message``, for the report."""
 
     def score(self, prompt: str, answers: Sequence[str]) -> list[float | None]:
-        return [_number(self.fn(prompt, a)) for a in answers]
+        return [self._call(prompt, a) for a in answers]
 
     def compare(self, prompt: str, pairs: Sequence[tuple[str, str]]) -> list[float | None]:
-        return [_number(self.fn(prompt, a, b)) for a, b in pairs]
+        return [self._call(prompt, a, b) for a, b in pairs]
+
+    def _call(self, *args: str) -> float | None:
+        try:
+            return _number(self.fn(*args))
+        except Exception as exc:  # noqa: BLE001 - one answer the user's judge chokes on must not end the run
+            self.first_error = self.first_error or f"{type(exc).__name__}: {exc}"
+            return None
 
 
 def both_orders(judge: Judge, prompt: str, pairs: Sequence[tuple[str, str]]) -> list[float | None]:

@@ -46,6 +46,25 @@ class Engine:
         return self.name.startswith("zero")
 
 
+def cpu_processes_without_gpus() -> None:
+    """Processes launched together (torchrun, accelerate launch) on a machine without GPUs run on
+    the CPU with gloo. Call before the first ``Accelerator`` of the process.
+
+    accelerate joins several processes on the CPU only when ``ACCELERATE_USE_CPU`` says so (and
+    ``accelerate launch`` sets it to false unless told ``--cpu``, which starts one process);
+    otherwise each process finds no device to join on and trains alone. With no GPU there is
+    nothing else to join on, so the setting is made here rather than asked of the user."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_gpu():
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+
+
+def _has_gpu() -> bool:
+    """A device accelerate can join several processes on (CUDA, XPU, ...; Apple's MPS is not one)."""
+    if not torch.accelerator.is_available():
+        return False
+    return torch.accelerator.current_accelerator().type != "mps"
+
+
 def resolve(accelerator, cfg) -> Engine:
     """The engine accelerate was configured for (FSDP is turned on for CPU processes too, see
     ``_fsdp_on_cpu``), after checking that dpokit supports the combination; a mismatch is a
@@ -53,7 +72,8 @@ def resolve(accelerator, cfg) -> Engine:
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
         raise UserError(f"{launched} processes were launched, but accelerate sees {accelerator.num_processes}: "
-                        "without GPUs set ACCELERATE_USE_CPU=1 (see docs/distributed.md)", where="launcher")
+                        "it found no way to join them on this machine's device (see docs/distributed.md)",
+                        where="launcher")
     _fsdp_on_cpu(accelerator)
     kind = accelerator.distributed_type
     if kind == DistributedType.FSDP:

@@ -114,6 +114,7 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
 def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
     t, spec = cfg.train, get_loss(cfg.loss.name)
     out = Path(t.output)
+    engines.cpu_processes_without_gpus()
     accelerator = Accelerator()
     engine = engines.resolve(accelerator, cfg)  # DDP (or one process), FSDP2, or DeepSpeed ZeRO-2/3
     main = accelerator.is_main_process
