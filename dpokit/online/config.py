@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from dpokit.config import FLAG_FIELDS, RunConfig
@@ -106,8 +105,14 @@ class OnlineSettings:
         kind, target = parse_spec(self.judge)
         from dpokit.models import BUILTIN_SMOLLM2
 
-        if kind in ("rm", "llm") and target != BUILTIN_SMOLLM2 and not Path(target).exists():  # now, not after sampling
-            raise UserError("the judge's model folder is not found", where=target, field="online.judge")
+        if kind in ("rm", "llm") and target != BUILTIN_SMOLLM2:  # now, not after sampling
+            from dpokit.models import resolve_model_path
+
+            try:
+                resolve_model_path(target)
+            except UserError as exc:
+                raise UserError(f"the judge's model is not usable: {exc.detail}", where=target,
+                                field="online.judge") from None
         if kind in ("llm", "self") and self.judge_rubric:
             from dpokit.eval.model_judges import read_rubric
 

@@ -119,7 +119,9 @@ def round_models(cfg: OnlineConfig, r: int) -> tuple[str, str | None, str]:
 
 def model_id(path: str) -> str:
     """What identifies a model for reuse checks: its manifest digest, else its resolved path."""
-    p = Path(path)
+    from dpokit.model_paths import concrete_path
+
+    p = Path(concrete_path(path))
     return (folder_digest(p) if p.is_dir() else None) or str(p.resolve() if p.exists() else path)
 
 
