@@ -53,7 +53,8 @@ class OnlineSettings:
     rso_accept: int = 2
     """RSO sampling: answers to accept per prompt (fewer than ``samples_per_prompt``)."""
     backend: Literal["auto", "hf", "vllm"] = "auto"
-    """Sampling backend: vLLM when installed and CUDA is available (auto), HF generate otherwise."""
+    """Sampling backend: ``auto`` takes vLLM where it is installed, CUDA is available and its self-check
+    against HF passed for the policy (docs/online.md), else HF generate; ``hf``; ``vllm``."""
     ref_update: Literal["fixed", "round"] = "fixed"
     """Reference of each round: the initial model (fixed), or the previous round's policy (round, sDPO)."""
     sample_from: Literal["current", "initial"] = "current"
@@ -147,9 +148,9 @@ class OnlineConfig(RunConfig):
                             field="train.resume")
         first = self.round_config(1, self.model.path, self.model.ref_path, "(round pairs)", self.train.output)
         self._kind_checks(first)
-        from dpokit.online.sampling import choose_backend
+        from dpokit.online.sampling import check_backend
 
-        choose_backend(self.online.backend, lora=self.lora.enabled and not self.lora.merge)
+        check_backend(self.online.backend)
         return self
 
     def _kind_checks(self, cfg: RunConfig) -> None:

@@ -205,7 +205,7 @@ def sample_and_pair(cfg: OnlineConfig, r: int, policy: str, prompts: list, judge
 
     o = cfg.online
     chosen = round_prompts(prompts, r, o.prompts_per_round)
-    answers = sample_answers(cfg, policy, chosen, seed=cfg.train.seed + r)
+    answers = sample_answers(cfg, policy, chosen, seed=cfg.train.seed + r, log=log)
     judge = judges.for_round(policy)
     judge.cache.hits = judge.cache.misses = 0
     if hasattr(judge.judge, "reset_stats"):
