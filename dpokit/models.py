@@ -124,8 +124,8 @@ def _merged_adapter(base, source: ModelSource, allow_pickle: bool):
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise UserError(f"cannot apply the LoRA adapter to its base {source.base.path}: "
                         f"{str(exc).splitlines()[0]}", where=source.spec) from None
-    merged = model.merge_and_unload()
-    merged.name_or_path = source.path  # what a LoRA trained on top records as its base
+    merged = model.merge_and_unload().requires_grad_(True)  # peft froze the base; a model as from_pretrained gives it
+    merged.name_or_path = source.path
     return merged
 
 
