@@ -166,6 +166,12 @@ def _adapter_base(folder: Path, depth: int) -> ModelSource:
 
 # -- registry versions ------------------------------------------------------------------------------
 
+def pin_version(spec: str | None) -> str | None:
+    """A ``registry:...`` argument as the folder it names now, for what must not move when another
+    version is promoted later (a run's lineage, an online run's initial model); others as given."""
+    return registry_model(spec) if spec and spec.startswith(REGISTRY_PREFIX) else spec
+
+
 def registry_model(spec: str) -> str:
     """The model folder of ``registry:[DIR][@VERSION]`` (VERSION: ``vN`` or ``current``, the default),
     checked against the manifest it was registered with."""

@@ -140,20 +140,13 @@ def _eval_in(run: Path) -> dict | None:
     return None
 
 
-def _registry_to_folder(path: str) -> str:
-    """A ``registry:...`` model argument as the folder it named at training time (the lineage must not
-    move when another version becomes current); other arguments as given."""
-    from dpokit.model_paths import REGISTRY_PREFIX, registry_model
-
-    return registry_model(path) if path.startswith(REGISTRY_PREFIX) else path
-
-
 def build_record(cfg, result, datasets: dict, registry: Registry) -> dict:
     """What a version records about a finished training run (``cfg``: RunConfig, ``result``: TrainResult)."""
     from dpokit.losses import get_loss
+    from dpokit.model_paths import pin_version
 
-    start = _registry_to_folder(cfg.model.path)
-    ref = _registry_to_folder(cfg.model.ref_path or start) if get_loss(cfg.loss.name).needs_reference else None
+    start = pin_version(cfg.model.path)  # the folder it named at training time
+    ref = pin_version(cfg.model.ref_path or start) if get_loss(cfg.loss.name).needs_reference else None
     files = {"train": cfg.data.train, "eval": cfg.data.eval}
     return {
         "created": _now(),

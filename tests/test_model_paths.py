@@ -21,6 +21,7 @@ from peft import PeftModel
 from dpokit.cli import main
 from dpokit.errors import UserError
 from dpokit.logprobs import completion_logps
+from dpokit.model_paths import pin_version
 from dpokit.losses import get_loss
 from dpokit.models import load_model, load_tokenizer, resolve_model_path
 from dpokit.train.loop import make_batch
@@ -128,6 +129,7 @@ def test_registry_versions_load_after_promote_and_rollback(runs, capsys, monkeyp
     assert resolve_model_path(f"registry:{reg}@v2").path == str((tmp / "lora2" / "final").resolve())
     assert resolve_model_path(f"registry:{reg}").path == str((tmp / "lora" / "final").resolve())  # v1 again
     assert resolve_model_path(f"registry:{reg}@current").path == resolve_model_path(f"registry:{reg}").path
+    assert pin_version(f"registry:{reg}") == str(tmp / "lora" / "final") and pin_version(str(model)) == str(model)
     monkeypatch.setenv("DPOKIT_REGISTRY", str(reg))
     assert resolve_model_path("registry:@v2").path == str((tmp / "lora2" / "final").resolve())
     assert evaluate("registry:@v2", f"registry:{reg}@v1", prompts, tmp / "eval-registry") == 0

@@ -47,7 +47,11 @@ class OnlineResult:
 
 def online(cfg: OnlineConfig, log=print) -> OnlineResult:
     """Run (or continue) ``cfg.online.rounds`` rounds; the report lists every finished round."""
+    from dpokit.model_paths import pin_version
+
     out = Path(cfg.train.output)
+    # every round and its evaluation must see the same initial model, whatever is promoted meanwhile
+    cfg.model.path, cfg.model.ref_path = pin_version(cfg.model.path), pin_version(cfg.model.ref_path)
     settings = _check_settings(out, cfg)
     prompts = read_prompts(cfg.online.prompts, 0)
     if not prompts:
