@@ -32,15 +32,6 @@ def cache_root() -> Path:
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
-def _split(path: str) -> tuple[str, str | None]:
-    """(folder or hub id, gguf file name or None) of a full model; adapters are refused here."""
-    source = resolve_model_path(path)
-    if source.base is not None:
-        raise UserError("a LoRA adapter folder is not usable here; give a full model (train with --merge-lora)",
-                        where=path)
-    return source.folder, source.gguf
-
-
 def _weights_file_check(folder: str, where: str, allow_pickle: bool) -> bool | None:
     """``use_safetensors`` for ``from_pretrained``; refuses a folder whose weights are pickled.
 

@@ -157,6 +157,7 @@ def hf_answers(cfg, policy: str, prompt_ids: list[list[int]], seed: int) -> list
 def _hf_generate(cfg, policy: str, prompt_ids: list[list[int]], seed: int, temperature: float = 0.0,
                  max_new_tokens: int = CHECK_TOKENS) -> list[list[int]]:
     """One answer per prompt with HF generate; temperature 0 is greedy (the self-check)."""
+    import torch
     from accelerate import Accelerator
 
     from dpokit.eval.generate import sample
@@ -169,10 +170,16 @@ def _hf_generate(cfg, policy: str, prompt_ids: list[list[int]], seed: int, tempe
     disable_dropout(model)
     device = Accelerator().device
     model.to(device).eval()
-    budget = o.max_new_tokens if temperature > 0 else max_new_tokens
+    greedy = temperature == 0
+    # the self-check runs prompts one by one: left padding in a batch may change the last digits,
+    # and with them a greedy token, which would fail the check for a reason that is HF's own
+    budget, batch = (max_new_tokens, 1) if greedy else (o.max_new_tokens, o.generation_batch_size)
     with resolve(cfg.train.dtype, device.type).autocast(device)():
-        return sample(model, tokenizer, prompt_ids, budget, temperature, o.top_p if temperature > 0 else 1.0,
-                      o.generation_batch_size, seed)
+        answers = sample(model, tokenizer, prompt_ids, budget, temperature, 1.0 if greedy else o.top_p, batch, seed)
+    del model
+    if device.type == "cuda":  # vLLM, next, sizes its share from the free memory
+        torch.cuda.empty_cache()
+    return answers
 
 
 def vllm_answers(cfg, policy: str, prompt_ids: list[list[int]], seed: int) -> list[list[int]]:
