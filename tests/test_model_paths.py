@@ -133,6 +133,9 @@ def test_registry_versions_load_after_promote_and_rollback(runs, capsys, monkeyp
     monkeypatch.setenv("DPOKIT_REGISTRY", str(reg))
     assert resolve_model_path("registry:@v2").path == str((tmp / "lora2" / "final").resolve())
     assert evaluate("registry:@v2", f"registry:{reg}@v1", prompts, tmp / "eval-registry") == 0
+    assert dpo(f"registry:{reg}@v2", tmp / "pairs.jsonl", tmp / "from-v2", "--lora", "--lora-r", 4) == 0
+    saved = yaml.safe_load((tmp / "from-v2" / "config.yaml").read_text())["model"]["path"]
+    assert saved == str(tmp / "lora2" / "final")  # pinned: a later promote does not change what it started from
     with pytest.raises(UserError, match="no such version"):
         resolve_model_path(f"registry:{reg}@v9")
     monkeypatch.delenv("DPOKIT_REGISTRY")
