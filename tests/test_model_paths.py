@@ -94,8 +94,7 @@ def test_continued_lora_starts_from_the_adapter_and_its_reference_is_that_policy
     (tmp / "ref-check").mkdir()
     records = load_data(str(data), "pair", tok, cfg, "train", lambda *_: None)
     reference, policy = build_reference(cfg, get_loss("sigmoid"), build_policy(cfg), tok, {"train": records},
-                                        contextlib.nullcontext,
-                                        lambda *_: None, Accelerator())
+                                        contextlib.nullcontext, lambda *_: None, Accelerator())
     batch = make_batch(records, [0, 1, 2, 3], tok.pad_token_id, "train", "cpu")
     start = load_model(str(tmp / "lora" / "final"))
     ref = reference.logps(batch, 2)
@@ -108,9 +107,13 @@ def test_continued_lora_starts_from_the_adapter_and_its_reference_is_that_policy
 def test_full_training_from_an_adapter_merges_it(runs):
     tmp, _, data, _, _ = runs
     out = tmp / "full"
-    assert dpo(tmp / "lora" / "final", data, out) == 0
+    assert dpo(tmp / "lora" / "final", data, out, "--save-steps", 1) == 0
     assert (out / "final" / "config.json").is_file() and not (out / "final" / "adapter_config.json").exists()
     assert metrics(out)[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # reference = the merged start
+    ckpt = out / "checkpoint-1"  # a full model without a tokenizer: the tokenizer of the adapter it started from
+    assert (ckpt / "config.json").is_file() and not (ckpt / "tokenizer.json").exists()
+    assert resolve_model_path(str(ckpt)).tokenizer_source().folder == str(tmp / "lora" / "final")
+    assert load_tokenizer(str(ckpt)).get_vocab() and load_model(str(ckpt)) is not None
 
 
 def test_online_lora_trains_two_rounds(tmp_path):
