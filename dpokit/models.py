@@ -11,15 +11,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 from pathlib import Path
 
 import torch
 
 from dpokit.config import LoraConfig
 from dpokit.errors import UserError
+from dpokit.model_paths import BUILTIN_SMOLLM2, ModelSource, hub_allowed, resolve_model_path
 
-BUILTIN_SMOLLM2 = "builtin:smollm2-135m-instruct"
+__all__ = ["BUILTIN_SMOLLM2", "ModelSource", "apply_lora", "cache_root", "disable_dropout", "embedded_smollm2",
+           "hub_allowed", "load_model", "load_tokenizer", "resolve_model_path"]
+
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -28,36 +30,6 @@ def cache_root() -> Path:
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
-
-
-def hub_allowed() -> bool:
-    """Hub downloads are off unless the user sets ``DPOKIT_ALLOW_HUB=1``."""
-    return os.environ.get("DPOKIT_ALLOW_HUB") == "1"
-
-
-def _split(path: str) -> tuple[str, str | None]:
-    """(folder or hub id, gguf file name or None) for a model argument."""
-    if path == BUILTIN_SMOLLM2:
-        return str(embedded_smollm2()), None
-    p = Path(path)
-    if p.suffix == ".gguf":
-        if not p.is_file():
-            raise UserError("GGUF file not found", where=path)
-        return str(p.parent), p.name
-    try:
-        exists = p.exists()
-    except (OSError, ValueError) as exc:  # a name too long, a NUL byte
-        raise UserError(f"not a usable path: {getattr(exc, 'strerror', None) or exc}", where=path[:200]) from None
-    if not exists and hub_allowed() and _HUB_ID.fullmatch(path):
-        return path, None
-    if not p.is_dir():
-        hint = "; hub downloads are off (set DPOKIT_ALLOW_HUB=1 to fetch a hub id)" if _HUB_ID.fullmatch(path) else ""
-        raise UserError(f"model folder not found (give a local folder, a .gguf file, or {BUILTIN_SMOLLM2}){hint}",
-                        where=path)
-    if not (p / "config.json").is_file():
-        raise UserError("not a Hugging Face model folder: config.json is missing", where=path)
-    return str(p), None
 
 
 def _weights_file_check(folder: str, where: str, allow_pickle: bool) -> bool | None:
@@ -87,11 +59,13 @@ def _weights_file_check(folder: str, where: str, allow_pickle: bool) -> bool | N
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """The tokenizer of any model argument: its own, or (checkpoints, adapters saved without one) the
+    one of the model its run started from."""
     from transformers import AutoTokenizer
 
-    folder, gguf = _split(path)
+    source = resolve_model_path(path).tokenizer_source()
     try:
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf, local_files_only=not hub_allowed(),
+        tok = AutoTokenizer.from_pretrained(source.folder, gguf_file=source.gguf, local_files_only=not hub_allowed(),
                                             trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load a tokenizer: {str(exc).splitlines()[0]}", where=path) from None
@@ -102,19 +76,48 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
                allow_pickle: bool = False):
-    """A causal LM in ``dtype`` on CPU; GGUF weights are dequantized into a plain model."""
+    """A causal LM in ``dtype`` on CPU, as a plain transformers model whatever ``path`` names: GGUF
+    weights are dequantized, and a LoRA adapter is merged into its base (so the model loaded is
+    exactly the policy the adapter's run ended with, and a run starting from it trains or adds an
+    adapter on top of those weights)."""
+    return _load(resolve_model_path(path), trust_remote_code, dtype, allow_pickle)
+
+
+def _load(source: ModelSource, trust_remote_code: bool, dtype: torch.dtype, allow_pickle: bool):
     from transformers import AutoModelForCausalLM
 
-    folder, gguf = _split(path)
-    weights = {} if gguf else {"use_safetensors": _weights_file_check(folder, path, allow_pickle)}
+    if source.base is not None:
+        return _merged_adapter(_load(source.base, trust_remote_code, dtype, allow_pickle), source, allow_pickle)
+    folder, gguf = source.folder, source.gguf
+    weights = {} if gguf else {"use_safetensors": _weights_file_check(folder, source.spec, allow_pickle)}
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, local_files_only=not hub_allowed(),
                                                      trust_remote_code=trust_remote_code, dtype=dtype, **weights)
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load a causal LM: {str(exc).splitlines()[0]}", where=path) from None
+        raise UserError(f"cannot load a causal LM: {str(exc).splitlines()[0]}", where=source.spec) from None
     if gguf is not None:
         model = _plain_copy(model, dtype)
     return model
+
+
+def _merged_adapter(base, source: ModelSource, allow_pickle: bool):
+    from peft import PeftModel
+
+    folder = Path(source.folder)
+    if not (folder / "adapter_model.safetensors").is_file():
+        pickled = sorted(f.name for f in folder.glob("adapter_model.*"))
+        if not pickled or not allow_pickle:
+            what = f"refusing pickle weights '{pickled[0]}' (pass --allow-pickle if you trust their source)" \
+                if pickled else "adapter_model.safetensors is missing"
+            raise UserError(f"LoRA adapter folder: {what}", where=source.spec)
+    try:
+        model = PeftModel.from_pretrained(base, str(folder), is_trainable=False, local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise UserError(f"cannot apply the LoRA adapter to its base {source.base.path}: "
+                        f"{str(exc).splitlines()[0]}", where=source.spec) from None
+    merged = model.merge_and_unload().requires_grad_(True)  # peft froze the base; a model as from_pretrained gives it
+    merged.name_or_path = source.path
+    return merged
 
 
 def _plain_copy(model, dtype: torch.dtype):
@@ -148,13 +151,19 @@ def embedded_smollm2() -> Path:
     return target
 
 
-def apply_lora(model, cfg: LoraConfig):
+def apply_lora(model, cfg: LoraConfig, base: str | None = None):
+    """A fresh adapter on ``model``. ``base``: the model argument ``model`` was loaded from; the saved
+    adapter names it (as an absolute path) so that the adapter folder loads again from anywhere,
+    and a chain of adapters (each continued run adds one on the merged weights) resolves link by link."""
     from peft import LoraConfig as PeftLoraConfig, get_peft_model
 
     targets = cfg.target_modules if cfg.target_modules == "all-linear" else cfg.target_modules.split(",")
     peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                               target_modules=targets, task_type="CAUSAL_LM")
-    return get_peft_model(model, peft_cfg)
+    model = get_peft_model(model, peft_cfg)
+    if base is not None:
+        model.peft_config["default"].base_model_name_or_path = resolve_model_path(base).path
+    return model
 
 
 def disable_dropout(model) -> None:

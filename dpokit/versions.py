@@ -143,9 +143,10 @@ def _eval_in(run: Path) -> dict | None:
 def build_record(cfg, result, datasets: dict, registry: Registry) -> dict:
     """What a version records about a finished training run (``cfg``: RunConfig, ``result``: TrainResult)."""
     from dpokit.losses import get_loss
+    from dpokit.model_paths import pin_version
 
-    start = cfg.model.path
-    ref = (cfg.model.ref_path or start) if get_loss(cfg.loss.name).needs_reference else None
+    start = pin_version(cfg.model.path)  # the folder it named at training time
+    ref = pin_version(cfg.model.ref_path or start) if get_loss(cfg.loss.name).needs_reference else None
     files = {"train": cfg.data.train, "eval": cfg.data.eval}
     return {
         "created": _now(),

@@ -1,5 +1,5 @@
 """``--pairing list``: each prompt's answers as one ranked list for the listwise losses; the checks
-that tie listwise losses to lists; and the choice of the sampling backend (HF or vLLM)."""
+that tie listwise losses to lists (the sampling backend's choice: test_backends.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from dpokit.config import load_config
 from dpokit.errors import UserError
 from dpokit.online import OnlineConfig
 from dpokit.online.pairs import Candidates, form_pairs, list_indices
-from dpokit.online.sampling import choose_backend
 from online_util import read_jsonl, tiny_online, tiny_settings
 
 TESTS = Path(__file__).resolve().parent
@@ -57,19 +56,6 @@ def test_cli_config_errors_exit_2(tmp_path):
         r = subprocess.run([sys.executable, "-m", "dpokit.cli", "online", *base, *extra], capture_output=True,
                            text=True, env=env, timeout=120)
         assert r.returncode == 2 and "Traceback" not in r.stderr and expect in r.stderr, r.stderr
-
-
-def test_backend_choice():
-    assert choose_backend("auto", installed=True, cuda=True) == "vllm"
-    assert choose_backend("auto", installed=True, cuda=False) == "hf"
-    assert choose_backend("auto", installed=False, cuda=True) == "hf"
-    assert choose_backend("auto", lora=True, installed=True, cuda=True) == "hf"
-    assert choose_backend("hf", installed=True, cuda=True) == "hf"
-    assert choose_backend("vllm", installed=True, cuda=True) == "vllm"
-    for installed, cuda, lora, why in ((False, True, False, "not installed"), (True, False, False, "CUDA"),
-                                       (True, True, True, "--merge-lora")):
-        with pytest.raises(UserError, match=why):
-            choose_backend("vllm", lora=lora, installed=installed, cuda=cuda)
 
 
 def test_online_round_trains_plackett_luce_on_lists(tmp_path):

@@ -48,8 +48,9 @@ def model_identity(path: str) -> str:
     resolved path and its weight files' names, sizes and modification times (a model replaced in
     place gets new keys)."""
     from dpokit.atomic import folder_digest
+    from dpokit.model_paths import concrete_path
 
-    p = Path(path)
+    p = Path(concrete_path(path))  # registry:...@current names another model once another is promoted
     if p.is_dir() and (digest := folder_digest(p)):
         return digest
     files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in p.glob("*.safetensors")) \
@@ -133,11 +134,13 @@ class RewardModelJudge(_ModelJudge):
     def _load(self) -> None:
         from transformers import AutoModelForSequenceClassification
 
-        from dpokit.models import _split, _weights_file_check, hub_allowed, load_tokenizer
+        from dpokit.models import _weights_file_check, hub_allowed, load_tokenizer, resolve_model_path
 
-        folder, gguf = _split(self.path)
-        if gguf is not None:
-            raise UserError("a reward model must be a HF folder, not a GGUF file", where=self.path)
+        source = resolve_model_path(self.path)  # the same answer as every other loader
+        if source.kind != "folder":
+            raise UserError(f"a reward model must be a HF model folder, not a {source.kind} "
+                            f"{'file' if source.gguf else 'folder'}", where=self.path, field="online.judge")
+        folder = source.folder
         try:
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 folder, local_files_only=not hub_allowed(), trust_remote_code=self.trust_remote_code,

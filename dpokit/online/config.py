@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from dpokit.config import FLAG_FIELDS, RunConfig
@@ -54,7 +53,8 @@ class OnlineSettings:
     rso_accept: int = 2
     """RSO sampling: answers to accept per prompt (fewer than ``samples_per_prompt``)."""
     backend: Literal["auto", "hf", "vllm"] = "auto"
-    """Sampling backend: vLLM when installed and CUDA is available (auto), HF generate otherwise."""
+    """Sampling backend: ``auto`` takes vLLM where it is installed, CUDA is available and its self-check
+    against HF passed for the policy (docs/online.md), else HF generate; ``hf``; ``vllm``."""
     ref_update: Literal["fixed", "round"] = "fixed"
     """Reference of each round: the initial model (fixed), or the previous round's policy (round, sDPO)."""
     sample_from: Literal["current", "initial"] = "current"
@@ -106,8 +106,14 @@ class OnlineSettings:
         kind, target = parse_spec(self.judge)
         from dpokit.models import BUILTIN_SMOLLM2
 
-        if kind in ("rm", "llm") and target != BUILTIN_SMOLLM2 and not Path(target).exists():  # now, not after sampling
-            raise UserError("the judge's model folder is not found", where=target, field="online.judge")
+        if kind in ("rm", "llm") and target != BUILTIN_SMOLLM2:  # now, not after sampling
+            from dpokit.models import resolve_model_path
+
+            try:
+                resolve_model_path(target)
+            except UserError as exc:
+                raise UserError(f"the judge's model is not usable: {exc.detail}", where=target,
+                                field="online.judge") from None
         if kind in ("llm", "self") and self.judge_rubric:
             from dpokit.eval.model_judges import read_rubric
 
@@ -142,9 +148,9 @@ class OnlineConfig(RunConfig):
                             field="train.resume")
         first = self.round_config(1, self.model.path, self.model.ref_path, "(round pairs)", self.train.output)
         self._kind_checks(first)
-        from dpokit.online.sampling import choose_backend
+        from dpokit.online.sampling import check_backend
 
-        choose_backend(self.online.backend, lora=self.lora.enabled and not self.lora.merge)
+        check_backend(self.online.backend)
         return self
 
     def _kind_checks(self, cfg: RunConfig) -> None:

@@ -47,7 +47,11 @@ class OnlineResult:
 
 def online(cfg: OnlineConfig, log=print) -> OnlineResult:
     """Run (or continue) ``cfg.online.rounds`` rounds; the report lists every finished round."""
+    from dpokit.model_paths import pin_version
+
     out = Path(cfg.train.output)
+    # every round and its evaluation must see the same initial model, whatever is promoted meanwhile
+    cfg.model.path, cfg.model.ref_path = pin_version(cfg.model.path), pin_version(cfg.model.ref_path)
     settings = _check_settings(out, cfg)
     prompts = read_prompts(cfg.online.prompts, 0)
     if not prompts:
@@ -119,7 +123,9 @@ def round_models(cfg: OnlineConfig, r: int) -> tuple[str, str | None, str]:
 
 def model_id(path: str) -> str:
     """What identifies a model for reuse checks: its manifest digest, else its resolved path."""
-    p = Path(path)
+    from dpokit.model_paths import concrete_path
+
+    p = Path(concrete_path(path))
     return (folder_digest(p) if p.is_dir() else None) or str(p.resolve() if p.exists() else path)
 
 
@@ -203,7 +209,7 @@ def sample_and_pair(cfg: OnlineConfig, r: int, policy: str, prompts: list, judge
 
     o = cfg.online
     chosen = round_prompts(prompts, r, o.prompts_per_round)
-    answers = sample_answers(cfg, policy, chosen, seed=cfg.train.seed + r)
+    answers = sample_answers(cfg, policy, chosen, seed=cfg.train.seed + r, log=log)
     judge = judges.for_round(policy)
     judge.cache.hits = judge.cache.misses = 0
     if hasattr(judge.judge, "reset_stats"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -108,7 +108,16 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
     """Train as ``cfg`` says. SIGTERM or SIGINT ends the run after the current optimizer step with
     a checkpoint saved (``TrainResult.stopped_by``); ``--resume`` continues it exactly."""
     with stop_on_signals() as stop:
-        return _train(cfg, log, stop)
+        return _train(_pin_versions(cfg), log, stop)
+
+
+def _pin_versions(cfg: RunConfig) -> RunConfig:
+    """``registry:...`` models as the folders they name now, so every load of this run sees one
+    model and the saved config (the base an adapter falls back to) keeps naming it after a promote."""
+    from dpokit.model_paths import pin_version
+
+    m = cfg.model
+    return replace(cfg, model=replace(m, path=pin_version(m.path), ref_path=pin_version(m.ref_path)))
 
 
 def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:

@@ -85,8 +85,11 @@ def build_reference(cfg: RunConfig, spec: LossSpec, policy, tokenizer, datasets:
             reference = _cached(cfg, source, tokenizer, datasets, autocast, log, accelerator)
         ref_model = None  # freed: training holds one model
     if cfg.lora.enabled:
+        # A policy loaded from an adapter folder arrives merged (``load_model``), so this fresh adapter
+        # starts at exactly the starting policy, and "adapter disabled" (the adapter reference) is that
+        # policy, not the bare base the loaded adapter was trained on.
         torch.manual_seed(cfg.train.seed)
-        policy = apply_lora(policy, cfg.lora)
+        policy = apply_lora(policy, cfg.lora, base=cfg.model.path)
     if strategy == "copy":
         reference = ref_lib.CopyReference(ref_model, autocast, logprob_options(cfg))
     elif strategy == "adapter":
