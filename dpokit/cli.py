@@ -162,8 +162,12 @@ def run_eval(ns: argparse.Namespace) -> int:
     if cfg.registry:
         from dpokit.versions import Registry, attach_eval
 
-        vid = attach_eval(Registry(cfg.registry), report, cfg.model, cfg.ref_model, cfg.version)
-        print(f"report attached to {vid} in {cfg.registry}")
+        # a registry that only $DPOKIT_REGISTRY names takes the reports of its own versions; one
+        # asked for (--registry, --version, the YAML file) must hold the model
+        asked = ns.registry is not None or cfg.version is not None or cfg.registry != default_registry()
+        vid = attach_eval(Registry(cfg.registry), report, cfg.model, cfg.ref_model, cfg.version, required=asked)
+        print(f"report attached to {vid} in {cfg.registry}" if vid else
+              f"report not attached: {cfg.model} is no version in {cfg.registry} ($DPOKIT_REGISTRY)")
     return 0
 
 

@@ -116,6 +116,9 @@ class Registry:
         """The newest version whose model is this folder (same path, or same manifest digest)."""
         if not path:
             return None
+        from dpokit.model_paths import concrete_path
+
+        path = concrete_path(path)  # registry:... forms name a version's folder
         resolved, digest = _abs(path), folder_digest(Path(path)) if Path(path).is_dir() else None
         for record in reversed(self.records()):
             if record["model"] == resolved or (digest and record.get("model_sha256") == digest):
@@ -176,9 +179,12 @@ def register_run(cfg, result, datasets: dict, log=print) -> str | None:
 
 
 def attach_eval(registry: Registry, report: dict, model: str, ref_model: str | None = None,
-                version: str | None = None) -> str:
-    """Store an evaluation report in a version: ``version``, or the one whose model is ``model``."""
+                version: str | None = None, required: bool = True) -> str | None:
+    """Store an evaluation report in a version: ``version``, or the one whose model is ``model``;
+    when no version has that model, None if not ``required``."""
     vid = version or registry.require().find_model(model)
+    if vid is None and not required:
+        return None
     if vid is None:
         raise UserError(f"no version in {registry.root} has this model; name one with --version", where=model)
     record = registry.get(vid)
