@@ -14,7 +14,7 @@ from typing import Any, Literal
 from dpokit.cli_errors import OneLineParser, typed
 from dpokit.config import (DATA_PIPELINE_FLAGS, FLAG_FIELDS, DataCommandConfig, EvalConfig, RunConfig, default_registry,
                            load_config)
-from dpokit.errors import UserError
+from dpokit.errors import Stopped, UserError, stops_raise
 
 EVAL_FLAGS = {"dpo_beta": "beta", **{f: f for f in (
     "model", "ref_model", "prompts", "judge", "pairs", "max_new_tokens", "temperature", "top_p", "num_prompts",
@@ -231,6 +231,14 @@ def run_data(ns: argparse.Namespace) -> int:
     return commands.convert(ns.input, ns.output, ns.to, options, special)
 
 
+STOP_HINTS = {
+    "online": "finished rounds, sampled and judged answers and training checkpoints are kept; run the same "
+              "command to continue",
+    "quickstart": "finished stages and training checkpoints are kept; run the same command to continue",
+    "eval": "an evaluation keeps nothing until it is complete; run the same command to evaluate again",
+}
+"""What a stop outside a training step leaves, by command (sft and dpo stop after a step, see run_train)."""
+
 COMMANDS = {"sft": run_train, "dpo": run_train, "online": run_online, "eval": run_eval, "versions": run_versions,
             "data": run_data, "quickstart": run_quickstart, "losses": run_losses}
 
@@ -249,12 +257,17 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # our own bar shows progress; theirs repeats per model load
-        return COMMANDS[ns.command](ns)
+        with stops_raise(STOP_HINTS.get(ns.command, "nothing was left half-written")):
+            return COMMANDS[ns.command](ns)
     except UserError as exc:
         _close_progress_bars()
         print(f"dpokit: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except Stopped as exc:
+        _close_progress_bars()
+        print(f"dpokit: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C
         print("dpokit: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading

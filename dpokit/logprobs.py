@@ -120,7 +120,7 @@ def _grouped_query_attention(model, device: torch.device):
     cfg = base.config
     grouped = getattr(cfg, "num_key_value_heads", None) not in (None, getattr(cfg, "num_attention_heads", None))
     if (device.type != "cpu" or cfg._attn_implementation != "sdpa" or not grouped or _FORCE_GQA in os.environ
-            or getattr(base, "is_gradient_checkpointing", False)):
+            or _checkpointing(base)):
         yield
         return
     os.environ[_FORCE_GQA] = "1"  # read by transformers' SDPA attention at each call
@@ -131,6 +131,11 @@ def _grouped_query_attention(model, device: torch.device):
 
 
 _FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
+
+
+def _checkpointing(model) -> bool:
+    flag = getattr(model, "is_activation_checkpointing", None)  # transformers 5's name
+    return bool(getattr(model, "is_gradient_checkpointing", False) if flag is None else flag)
 
 
 def _hidden(model, p: Plan) -> tuple[torch.Tensor, torch.nn.Module]:

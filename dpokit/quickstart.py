@@ -10,22 +10,26 @@ it shows what DPO adds over SFT, not only what both stages give together.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from accelerate import Accelerator
 
+from dpokit.atomic import verify, write_text_atomic
 from dpokit.config import EvalConfig, load_config
 from dpokit.data import encode_prompt
+from dpokit.errors import Stopped
 from dpokit.eval.evaluate import (decode, eval_autocast, judge_answers, pair_metrics, prompt_text, read_prompts,
-                                  sample_answers, sampled_kl, win_rate)
+                                  sample_answers, sampled_kl, win_rate, write_report)
 from dpokit.eval.judges import load_judge
 from dpokit.models import BUILTIN_SMOLLM2, embedded_smollm2, load_model, load_tokenizer
 from dpokit.tasks.reviews import DEFAULT_DIR as TASK_DIR
 from dpokit.tiny import write_tiny_model
 from dpokit.train import train
+from dpokit.train.checkpoint import checkpoints
 
 JUDGE = "dpokit.tasks.reviews:judge"
 
@@ -53,23 +57,43 @@ TINY = Recipe(sft_steps=10, sft_lr=3e-3, dpo_steps=10, dpo_lr=1e-3, batch_size=8
 
 
 def _stage(model: str, output: Path, loss: str, steps: int, lr: float, recipe: Recipe) -> Path:
+    """One training stage; a rerun skips it when its final model is complete and continues it
+    from its newest checkpoint when a stop interrupted it."""
+    final = output / "final"
+    if final.is_dir() and verify(final) is None:
+        print(f"[quickstart] {loss}: finished before, {final}")
+        return final
     # A frozen copy is the cheapest reference here: the run sees fewer pairs than the file
     # holds, so precomputing log-probs for all of them would cost more than it saves.
     cfg = load_config(None, {
         "model.path": model, "data.train": str(TASK_DIR / "train.jsonl"), "train.output": str(output),
         "loss.name": loss, "loss.beta": recipe.beta, "train.max_steps": steps, "train.lr": lr,
         "train.batch_size": recipe.batch_size, "train.warmup_steps": max(1, steps // 10),
-        "train.dtype": recipe.dtype, "train.ref": "copy", "data.max_length": 256, "data.max_prompt_length": 128})
+        "train.dtype": recipe.dtype, "train.ref": "copy", "data.max_length": 256, "data.max_prompt_length": 128,
+        "train.resume": bool(checkpoints(output))})
     result = train(cfg)
-    if result.stopped_by:  # SIGTERM / Ctrl-C: the stage saved a checkpoint; the quickstart stops here
-        raise KeyboardInterrupt
+    if result.stopped_by:
+        raise Stopped(result.stopped_by, f"the {loss} stage saved {result.checkpoint}; run the same command to "
+                                         "continue from there")
     return result.final
+
+
+def _start(out: Path, recipe: Recipe, tiny: bool) -> None:
+    """Keep what an earlier run of the same recipe finished in ``out``; start afresh otherwise."""
+    settings, path = json.dumps({"recipe": asdict(recipe), "tiny": tiny}, sort_keys=True), out / "recipe.json"
+    if path.is_file() and path.read_text() == settings:
+        return
+    for stage in ("sft", "dpo"):
+        shutil.rmtree(out / stage, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, settings)
 
 
 def quickstart(output: str = "runs/quickstart", tiny: bool = False) -> dict:
     start = time.perf_counter()
     out = Path(output)
     recipe = TINY if tiny else REAL
+    _start(out, recipe, tiny)
     if tiny:
         base = str(write_tiny_model(out / "base", seed=0))
     else:
@@ -116,21 +140,12 @@ def compare_stages(cfg: EvalConfig, paths: dict[str, str]) -> dict:
                          cfg.batch_size, autocast)}
         report.setdefault("mean_score", {}).update({policy: _mean(scores["policy"]), ref: _mean(scores["reference"])})
     report["dpo_vs_sft"].update(pair_metrics(cfg, models["dpo"], models["sft"], tokenizer, autocast, accelerator))
-    _write(Path(cfg.output), report, prompts, texts)
+    write_report(Path(cfg.output), report, prompts, texts)
     return report
 
 
 def _mean(scores: list[float | None]) -> float:
     return statistics.fmean(s for s in scores if s is not None)
-
-
-def _write(folder: Path, report: dict, prompts, texts: dict[str, list[str]]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "eval_report.json").write_text(json.dumps(report, indent=2))
-    with (folder / "samples.jsonl").open("w", encoding="utf-8") as f:
-        for i, (p, where) in enumerate(prompts):
-            f.write(json.dumps({"source": where, "prompt": prompt_text(p), **{n: t[i] for n, t in texts.items()}},
-                               ensure_ascii=False) + "\n")
 
 
 STAGES = ("base", "sft", "dpo")

@@ -68,3 +68,19 @@ def raises_on_p1(prompt: str, response: str) -> float:
 def always_raises(prompt: str, a: str, b: str) -> float:
     """A pairwise judge that fails on everything."""
     raise ZeroDivisionError("division by zero")
+
+
+def count_e_then_stop(prompt: str, response: str) -> float:
+    """``count_e`` that sends its own process SIGTERM at its ``STOP_JUDGE_AT``-th call (an
+    environment variable; never when unset): a stop that lands inside judging."""
+    import os
+    import signal
+
+    global _calls
+    _calls += 1
+    if str(_calls) == os.environ.get("STOP_JUDGE_AT"):
+        os.kill(os.getpid(), signal.SIGTERM)
+    return count_e(prompt, response)
+
+
+_calls = 0

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from dpokit.atomic import write_text_atomic
 from dpokit.config import EvalConfig, RunConfig
 from dpokit.data import encode_prompt, iter_json_objects, read_records, tokenize_records
 from dpokit.data.readers import text_field
@@ -115,7 +116,7 @@ def evaluate_models(cfg: EvalConfig, policy=None, reference=None, tokenizer=None
     if cfg.pairs:
         report.update(pair_metrics(cfg, policy, reference, tokenizer, autocast, accelerator))
     if cfg.output:
-        write_report(Path(cfg.output), report, prompts, texts, judged)
+        write_report(Path(cfg.output), report, prompts, {**texts, "judge": judged})
     return report
 
 
@@ -170,10 +171,11 @@ def pair_metrics(cfg: EvalConfig, policy, reference, tokenizer, autocast, accele
             "reward_margin": m["rewards/margins"], "dpo_loss": m["loss"]}
 
 
-def write_report(folder: Path, report: dict, prompts, texts: dict, outcomes: list[float]) -> None:
+def write_report(folder: Path, report: dict, prompts, columns: dict[str, list]) -> None:
+    """``samples.jsonl`` (each prompt with one value per column: answers, the judge's outcome),
+    then ``eval_report.json``, each written whole or not at all."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "eval_report.json").write_text(json.dumps(report, indent=2))
-    with (folder / "samples.jsonl").open("w", encoding="utf-8") as f:
-        for (p, where), a, b, o in zip(prompts, texts["policy"], texts["reference"], outcomes):
-            f.write(json.dumps({"source": where, "prompt": prompt_text(p), "policy": a, "reference": b,
-                                "judge": o}, ensure_ascii=False) + "\n")
+    lines = [json.dumps({"source": where, "prompt": prompt_text(p), **{k: v[i] for k, v in columns.items()}},
+                        ensure_ascii=False) + "\n" for i, (p, where) in enumerate(prompts)]
+    write_text_atomic(folder / "samples.jsonl", "".join(lines))
+    write_text_atomic(folder / "eval_report.json", json.dumps(report, indent=2))

@@ -11,8 +11,8 @@ A judge spec names one of (docs/online.md has the table):
 
 Every judge offers the same calls, batched over one prompt's answers:
 
-- ``identity``: a string naming the judge and its state (a model's digest, the rubric), the
-  key under which its judgements are cached;
+- ``identity``: a string naming the judge and its state (a model's digest, the rubric, a
+  function's code), the key under which its judgements are cached;
 - ``pointwise``: True when it scores answers, False when it compares two;
 - ``score(prompt, answers) -> [score or None]`` (pointwise judges);
 - ``compare(prompt, pairs) -> [P(first beats second) or None]`` (pairwise judges), asked in the
@@ -25,9 +25,11 @@ answer is left out, never silently given a score.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import math
+from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from dpokit.errors import UserError
@@ -106,8 +108,19 @@ def _number(value) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def code_digest(fn: Callable) -> str:
+    """A hash of the source file that defines ``fn`` (its helpers usually live there too), so that
+    editing a judge makes it a new judge for every cache; empty where there is no file."""
+    try:
+        source = inspect.getsourcefile(inspect.unwrap(fn))
+        return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16] if source else ""
+    except (TypeError, OSError):
+        return ""
+
+
 class FunctionJudge:
-    """A Python function judge; its identity is the spec (``fn:`` stripped, so both forms share a cache)."""
+    """A Python function judge; its identity is the spec (``fn:`` stripped, so both forms share a
+    cache) and the digest of the code that defines it."""
 
     def __init__(self, spec: str):
         self.fn = import_judge(spec)
@@ -115,7 +128,7 @@ class FunctionJudge:
         if n_args not in (2, 3):
             raise UserError("a judge takes (prompt, response) or (prompt, response_a, response_b)",
                             where="--judge", field=spec)
-        self.identity, self.pointwise = spec, n_args == 2
+        self.identity, self.pointwise = f"{spec}:{code_digest(self.fn)}", n_args == 2
         self.first_error: str | None = None
         """The first exception the function raised, as ``Type: message``, for the report."""
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from dpokit.atomic import folder_digest, verify, write_text_atomic
-from dpokit.errors import UserError
+from dpokit.errors import Stopped, UserError
 from dpokit.eval.evaluate import prompt_text, read_prompts
 from dpokit.online.config import OnlineConfig
 from dpokit.online.judging import RunJudges, candidate_scores, release
@@ -158,7 +158,11 @@ def run_round(cfg: OnlineConfig, r: int, prompts: list, judge: RunJudges, log) -
         steps = None
     else:
         run_cfg.train.resume = bool(checkpoints(rdir))
-        steps = train(run_cfg, log=log).steps
+        result = train(run_cfg, log=log)
+        if result.stopped_by:
+            raise Stopped(result.stopped_by, f"round {r}'s training saved {result.checkpoint}; run the same "
+                                             "command to continue from there")
+        steps = result.steps
     report = evaluate_round(cfg, final, rdir, judge)
     entry = {"round": r, "model": str(final), "start_model": policy, "reference": ref_shown,
              "train_steps": steps, **{k: stats.get(k, 0) for k in SAMPLING_KEYS},  # 0: counted before the key existed
@@ -214,9 +218,11 @@ def sample_and_pair(cfg: OnlineConfig, r: int, policy: str, prompts: list, judge
     judge.cache.hits = judge.cache.misses = 0
     if hasattr(judge.judge, "reset_stats"):
         judge.judge.reset_stats()
-    items = [Candidates(p, texts, candidate_scores(judge, prompt_text(p), texts))
-             for (p, _), (texts, _) in zip(chosen, answers)]
-    judge.cache.save()
+    try:
+        items = [Candidates(p, texts, candidate_scores(judge, prompt_text(p), texts))
+                 for (p, _), (texts, _) in zip(chosen, answers)]
+    finally:  # a stop while judging keeps the judgements made, for the rerun
+        judge.cache.save()
     release(judge)  # the judge's weights are not needed while training
     rso = rso_select(items, o.rso_accept, o.rso_beta, cfg.train.seed + r) if o.sampling == "rso" else None
     list_size = o.list_size or o.pool_size()

@@ -118,11 +118,7 @@ def _cached(cfg: RunConfig, model, tokenizer, datasets: dict[str, list], autocas
     moved."""
     t = cfg.train
     folder = Path(t.cache_dir or Path(t.output) / "reflogps")  # nothing outside the run by default
-    # Everything that decides the values bit for bit: the precision, and the batches they are
-    # computed in (rounding depends on a batch's layout), which training then runs again.
-    settings = {"dtype": resolve_precision(t.dtype, accelerator.device.type).name, "batch_size": t.batch_size,
-                "grad_accum": t.grad_accum, "seed": t.seed, "processes": accelerator.num_processes,
-                "share_prompt": t.share_prompt, "pack": t.pack, "logprob_chunk": t.logprob_chunk}
+    settings = reference_settings(cfg, accelerator)
     values: dict[str, list] = {}
     if digest is None:
         digest = ref_lib.model_hash(model)
@@ -150,6 +146,17 @@ def _cached(cfg: RunConfig, model, tokenizer, datasets: dict[str, list], autocas
             log(f"[reference] {name}: cached log-probs from {path}")
         values[name] = ref_lib.load_cache(path)
     return ref_lib.CachedReference(values)
+
+
+def reference_settings(cfg: RunConfig, accelerator) -> dict:
+    """What, besides the model and the data (hashed by ``cache_key``), decides cached reference
+    values bit for bit: the kernels (device, torch, precision, distributed engine) and the batches
+    they are computed in (rounding depends on a batch's layout), which training then runs again."""
+    t = cfg.train
+    return {"dtype": resolve_precision(t.dtype, accelerator.device.type).name, "batch_size": t.batch_size,
+            "grad_accum": t.grad_accum, "seed": t.seed, "processes": accelerator.num_processes,
+            "share_prompt": t.share_prompt, "pack": t.pack, "logprob_chunk": t.logprob_chunk,
+            "device": accelerator.device.type, "torch": torch.__version__, "engine": str(accelerator.distributed_type)}
 
 
 def _precompute_batches(cfg: RunConfig, name: str, n: int, accelerator) -> list[list[int]]:

@@ -13,7 +13,9 @@ from typing import Iterator
 
 import torch
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+from dpokit.errors import STOP_SIGNALS
+
+SIGNALS = STOP_SIGNALS
 
 
 class StopRequest:
