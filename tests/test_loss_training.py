@@ -15,7 +15,7 @@ import preference_task as task
 from dpokit.data import collate, read_records, tokenize_records
 from dpokit.losses import all_losses, get_loss
 from dpokit.train import train
-from dpokit.train.loop import forward_loss
+from dpokit.train.objective import forward_loss
 from util import config, final_weights, metrics, tiny_model_dir
 
 

@@ -24,7 +24,7 @@ from dpokit.logprobs import completion_logps
 from dpokit.model_paths import pin_version
 from dpokit.losses import get_loss
 from dpokit.models import load_model, load_tokenizer, resolve_model_path
-from dpokit.train.loop import make_batch
+from dpokit.train.objective import make_batch
 from dpokit.train.setup import build_policy, build_reference, load_data
 from online_util import tiny_online, write_prompts
 from util import config, metrics, tiny_model_dir, write_pairs

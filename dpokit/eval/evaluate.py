@@ -33,7 +33,7 @@ from dpokit.losses import get_loss
 from dpokit.models import disable_dropout, load_model, load_tokenizer
 from dpokit.reference import CopyReference
 from dpokit.precision import resolve as resolve_precision
-from dpokit.train.loop import evaluate
+from dpokit.train.objective import dataset_metrics
 
 
 def read_prompts(path: str, limit: int):
@@ -165,8 +165,8 @@ def pair_metrics(cfg: EvalConfig, policy, reference, tokenizer, autocast, accele
     run.loss.beta, run.train.batch_size = cfg.beta, cfg.batch_size
     run.loss.resolve_defaults(())
     records, _ = tokenize_records(read_records(cfg.pairs, "pair"), tokenizer, cfg.max_length, cfg.max_prompt_length)
-    m = evaluate(get_loss("sigmoid"), run, policy, CopyReference(reference, autocast), records,
-                 tokenizer.pad_token_id, autocast, accelerator)
+    m = dataset_metrics(get_loss("sigmoid"), run, policy, CopyReference(reference, autocast), records,
+                         tokenizer.pad_token_id, autocast, accelerator)
     return {"pairs": len(records), "reward_accuracy": m["rewards/accuracies"],
             "reward_margin": m["rewards/margins"], "dpo_loss": m["loss"]}
 

@@ -1,5 +1,5 @@
 """Training: one loop on accelerate, shared by SFT and every preference loss."""
 
-from dpokit.train.loop import TrainResult, evaluate, train
+from dpokit.train.loop import TrainResult, train
 
-__all__ = ["TrainResult", "evaluate", "train"]
+__all__ = ["TrainResult", "train"]
