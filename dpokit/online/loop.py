@@ -25,12 +25,12 @@ from pathlib import Path
 
 import yaml
 
-from dpokit.atomic import folder_digest, verify, write_text_atomic
+from dpokit.atomic import folder_digest, verify, write_jsonl, write_text_atomic
 from dpokit.errors import Stopped, UserError
 from dpokit.eval.evaluate import prompt_text, read_prompts
 from dpokit.online.config import OnlineConfig
 from dpokit.online.judging import RunJudges, candidate_scores, release
-from dpokit.online.pairs import Candidates, form_pairs, write_jsonl
+from dpokit.online.pairs import Candidates, form_pairs
 from dpokit.online.rso import rejection_sample
 from dpokit.online.report import read_rounds, write_rounds
 from dpokit.train.checkpoint import checkpoints
