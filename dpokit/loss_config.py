@@ -1,6 +1,6 @@
 """The ``loss:`` section of a run config: which loss, and the hyperparameters of every registered
 loss (docs/losses.md). Its own module to keep ``config.py`` short; ``RunConfig`` holds it as
-``loss``, checks it with ``checks()`` and offers its flags through ``FLAG_FIELDS``."""
+``loss`` and checks it with ``checks()``; its flags are made from its fields (``dpokit.flags``)."""
 
 from __future__ import annotations
 
@@ -76,13 +76,3 @@ class LossConfig:
             (min(self.kto_desirable_weight, self.kto_undesirable_weight) <= 0, "loss.kto_desirable_weight",
              "KTO weights must be > 0"),
         ]
-
-
-LOSS_FLAGS: dict[str, str] = {
-    "loss": "loss.name", "dpo_beta": "loss.beta", "label_smoothing": "loss.label_smoothing",
-    **{name: f"loss.{name}" for name in (
-        "ipo_average", "hinge_margin", "rso_gamma", "rso_norm", "dpop_lambda", "beta_dpo_alpha",
-        "beta_dpo_momentum", "beta_dpo_filter", "rdpo_alpha", "tdpo_alpha", "tdpo_variant", "simpo_gamma",
-        "cpo_alpha", "orpo_lambda", "kto_desirable_weight", "kto_undesirable_weight")},
-}
-"""CLI flag -> loss field."""
