@@ -156,7 +156,7 @@ class OnlineConfig(RunConfig):
 
     def _kind_checks(self, cfg: RunConfig) -> None:
         """Listwise losses train on ranked lists, and lists are only for them (a list of two is a pair)."""
-        from dpokit.losses import get_loss
+        from dpokit.losses import get_loss, losses_for
 
         listwise, lists = get_loss(cfg.loss.name).input_kind == "list", self.online.pairing == "list"
         if listwise and not lists:
@@ -164,7 +164,7 @@ class OnlineConfig(RunConfig):
                             where="config", field="online.pairing")
         if lists and not listwise:
             raise UserError(f"--pairing list writes ranked lists, which {cfg.loss.name!r} does not take; use a "
-                            "listwise loss (plackett_luce, lipo, softmax_dpo) or pairs", where="config",
+                            f"listwise loss ({', '.join(losses_for('list'))}) or pairs", where="config",
                             field="online.pairing")
 
     def round_config(self, round_no: int, model: str, ref: str | None, pairs: str, output: str) -> RunConfig:
