@@ -22,8 +22,8 @@ from typing import Any, Literal
 import yaml
 
 from dpokit.data.formats import FORMATS
-from dpokit.errors import UserError
-from dpokit.flags import config_flags, spellings
+from dpokit.errors import UserError, warn
+from dpokit.flags import RENAMED_FIELDS, config_flags, spellings
 from dpokit.guard_config import GuardConfig
 from dpokit.loss_config import LossConfig
 
@@ -91,8 +91,8 @@ class DataConfig:
     a column may be a dotted path into nested objects)."""
     pairing: Literal["best-worst", "best-each", "all"] = "best-worst"
     """How rated or ranked answers become pairs: best vs worst, best vs each other, or every pair
-    whose scores differ by more than ``pair_margin``."""
-    pair_margin: float = 0.0
+    whose scores differ by more than ``min_margin``."""
+    min_margin: float = 0.0
     """A pair from a list needs score(better) − score(worse) > this (rankings score positions k−1…0)."""
     votes: Literal["majority", "unanimous"] = "majority"
     """How several annotators' votes on one pair decide it."""
@@ -135,7 +135,7 @@ class DataConfig:
 
         parse_columns(self.columns)  # raises on a malformed mapping
         return [
-            (self.pair_margin < 0, "data.pair_margin", "must be ≥ 0"),
+            (self.min_margin < 0, "data.min_margin", "must be ≥ 0"),
             (self.click_min_dwell < 0, "data.click_min_dwell", "must be ≥ 0"),
             (self.click_bias < 0, "data.click_bias", "must be ≥ 0"),
             (self.min_chars < 0, "data.min_chars", "must be ≥ 0"),
@@ -201,7 +201,7 @@ class TrainConfig:
     """Continue from the newest checkpoint in ``output``."""
     progress: bool = True
     """Show a live progress bar."""
-    cache_dir: str | None = None
+    ref_cache_dir: str | None = None
     """Where precomputed reference log-probs live (default ``OUTPUT/reflogps``); point several runs
     at one folder to share them."""
     registry: str | None = field(default_factory=default_registry)
@@ -432,6 +432,7 @@ def _apply(obj: Any, values: dict[str, Any], where: str, prefix: str) -> None:
     hints = typing.get_type_hints(type(obj))
     for key, value in values.items():
         name = f"{prefix}{key}"
+        key = _renamed(key, name, values, prefix)
         if key not in hints:
             known = ", ".join(f"{prefix}{k}" for k in hints)
             raise UserError(f"unknown key (known: {known})", where, name)
@@ -439,6 +440,18 @@ def _apply(obj: Any, values: dict[str, Any], where: str, prefix: str) -> None:
             _apply(getattr(obj, key), value, where, f"{name}.")
         else:
             setattr(obj, key, _coerce(value, hints[key], where, name))
+
+
+def _renamed(key: str, name: str, values: dict, prefix: str) -> str:
+    """The field an old key now names (with a warning), or ``key`` itself."""
+    new = RENAMED_FIELDS.get(name)
+    if new is None:
+        return key
+    key = new.rpartition(".")[2]
+    if key in values:
+        raise UserError(f"is the old name of {new}; give only one of them", where="config", field=name)
+    warn(f"{name} is deprecated; use {new}")
+    return key
 
 
 class _Loader(yaml.SafeLoader):

@@ -34,7 +34,7 @@ FLAG_NAMES = {
 ALIASES = {"dpo_beta": "beta"}
 """Second spelling -> flag, accepted silently wherever that flag exists (β of every loss, not only DPO's)."""
 
-RENAMED_FIELDS: dict[str, str] = {}
+RENAMED_FIELDS = {"data.pair_margin": "data.min_margin", "train.cache_dir": "train.ref_cache_dir"}
 """Old field -> new field, for one release: the old YAML key and the old flag still work and warn."""
 
 YAML_ONLY: dict[str, str] = {

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dpokit.cli import DATA_FLAG_SET, EVAL_FLAG_SET, build_parser
 from dpokit.config import (DATA_COMMAND_NOT_FLAGS, FORMAT_NAMES, TRAIN_FLAG_SET, DataCommandConfig, EvalConfig,
@@ -79,6 +80,7 @@ def test_the_declarations_name_real_fields_and_say_why():
     for dotted, flag in FLAG_NAMES.items():
         section, _, name = dotted.rpartition(".")
         assert flag != SECTION_PREFIX.get(section, "") + name, dotted
+    assert set(RENAMED_FIELDS.values()) <= run_fields and not set(RENAMED_FIELDS) & run_fields
 
 
 def test_a_flag_has_its_fields_type_choices_and_docstring():
@@ -98,6 +100,18 @@ def test_fields_that_were_yaml_only_are_flags_now(tmp_path):
     assert cfg.train.logging_steps == 2 and cfg.lora.dropout == 0.1 and cfg.lora.target_modules == "q_proj,v_proj"
 
 
+@pytest.mark.parametrize("old, new, field, value", [
+    ("--cache-dir", "--ref-cache-dir", "train.ref_cache_dir", "refs"),
+    ("--pair-margin", "--min-margin", "data.min_margin", 0.5),
+])
+def test_a_deprecated_flag_works_and_warns_once(capsys, old, new, field, value):
+    ns = build_parser().parse_args(["dpo", old, str(value)])
+    assert overrides(ns, TRAIN_FLAG_SET) == {field: value}
+    assert capsys.readouterr().err == f"dpokit: warning: {old} is deprecated; use {new}\n"
+    ns = build_parser().parse_args(["dpo", new, str(value)])
+    assert overrides(ns, TRAIN_FLAG_SET) == {field: value} and capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("cmd, field", [("dpo", "loss.beta"), ("eval", "beta")])
 def test_beta_is_the_general_name_and_dpo_beta_the_same_flag(capsys, cmd, field):
     assert ALIASES == {"dpo_beta": "beta"}
@@ -105,6 +119,46 @@ def test_beta_is_the_general_name_and_dpo_beta_the_same_flag(capsys, cmd, field)
         ns = build_parser().parse_args([cmd, spelling, "2.0"])
         assert overrides(ns, FLAG_SETS[cmd]) == {field: 2.0}
     assert capsys.readouterr().err == ""  # an alias, not a deprecation
+
+
+def _yaml(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"model": {"path": "m"}, **data}), encoding="utf-8")
+    return path
+
+
+def test_old_yaml_keys_load_with_one_warning_each(tmp_path, capsys):
+    cfg = load_config(_yaml(tmp_path, {"data": {"train": "d", "pair_margin": 0.5}, "train": {"cache_dir": "refs"}}))
+    assert cfg.data.min_margin == 0.5 and cfg.train.ref_cache_dir == "refs"
+    assert capsys.readouterr().err.splitlines() == [
+        "dpokit: warning: data.pair_margin is deprecated; use data.min_margin",
+        "dpokit: warning: train.cache_dir is deprecated; use train.ref_cache_dir"]
+
+
+def test_an_old_and_a_new_key_together_are_refused(tmp_path):
+    with pytest.raises(UserError, match=r"field 'data.pair_margin': is the old name of data.min_margin"):
+        load_config(_yaml(tmp_path, {"data": {"train": "d", "pair_margin": 0.5, "min_margin": 0.5}}))
+
+
+def test_an_old_key_with_a_bad_value_is_named_as_written(tmp_path):
+    with pytest.raises(UserError, match=r"field 'data.pair_margin': must be float"):
+        load_config(_yaml(tmp_path, {"data": {"train": "d", "pair_margin": "wide"}}))
+
+
+def test_an_online_run_saved_under_old_names_continues(tmp_path):
+    """A rerun compares the settings with the saved ones; a renamed setting is the same setting."""
+    from dpokit.online.loop import _check_settings
+
+    cfg = OnlineConfig()
+    saved = json.loads(json.dumps(cfg.to_dict()))
+    saved["data"]["pair_margin"] = saved["data"].pop("min_margin")
+    saved["train"]["cache_dir"] = saved["train"].pop("ref_cache_dir")
+    (tmp_path / "online_config.yaml").write_text(yaml.safe_dump(saved), encoding="utf-8")
+    _check_settings(tmp_path, cfg)  # no "other settings" error
+    saved["data"]["pair_margin"] = 1.0
+    (tmp_path / "online_config.yaml").write_text(yaml.safe_dump(saved), encoding="utf-8")
+    with pytest.raises(UserError, match="data.min_margin"):
+        _check_settings(tmp_path, cfg)
 
 
 def test_format_and_kind_names_come_from_their_registries():

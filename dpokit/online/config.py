@@ -182,7 +182,7 @@ class OnlineConfig(RunConfig):
             raise UserError(exc.detail, where=where, field=exc.field) from None
 
 
-SET_BY_LOOP = {"data.train", "data.format", "train.resume", "data.pairing", "data.pair_margin", "data.columns",
+SET_BY_LOOP = {"data.train", "data.format", "train.resume", "data.pairing", "data.min_margin", "data.columns",
                "data.votes", "data.ties", "data.click_min_dwell", "data.click_bias", "data.balance", "data.balance_by"}
 """Training settings the round loop sets itself, or that do not apply to the pairs it writes (no flag)."""
 
