@@ -117,3 +117,12 @@ def test_the_docs_table_names_each_losss_flags_and_beta_default():
             cfg = LossConfig(name=name)
             cfg.resolve_defaults(spec.defaults)
             assert float(beta.group(1)) == cfg.beta, name
+
+
+def test_the_kinds_losses_take_are_the_record_kinds():
+    """losses/ may import nothing of dpokit's data, so its ``Kind`` is written there; it must be the registry's."""
+    from dpokit.data.records import KINDS
+    from dpokit.losses.base import Kind
+
+    assert set(Kind.__args__) == set(KINDS)
+    assert all(set(spec.kinds) <= set(KINDS) for spec in all_losses().values())

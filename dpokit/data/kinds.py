@@ -13,11 +13,12 @@ such pair).
 
 from __future__ import annotations
 
-from dpokit.data.records import Pair, RankedList, Record, SFTExample, Unpaired
+from dpokit.data.records import KINDS, Pair, RankedList, Record, SFTExample, Unpaired
 from dpokit.data.report import DataReport
 from dpokit.errors import UserError
 
-KIND_NAMES = {"pair": "pair", "pairs": "pair", "list": "list", "unpaired": "unpaired", "sft": "sft"}
+KIND_NAMES = {**{kind: kind for kind in KINDS}, "pairs": "pair"}
+"""Each spelling of a record kind -> the kind (``pairs``, as in ``--to pairs``, is the kind ``pair``)."""
 
 
 def pairs_from_list(rec: RankedList, strategy: str, margin: float) -> list[Pair]:
