@@ -83,7 +83,7 @@ def _add_data_parser(sub) -> None:
         if name == "convert":
             p.add_argument("output", help="the .jsonl (or .jsonl.gz) file to write")
             p.add_argument("--to", choices=tuple(KIND_NAMES), default="pairs",
-                           help="the record kind to write (pairs: of kind pair)")
+                           help="the record kind to write (pairs is the kind pair)")
         if name == "check":
             p.add_argument("--to", choices=tuple(KIND_NAMES), default=None,
                            help="the record kind the loss trains on (pairs for DPO), converted to as training "
