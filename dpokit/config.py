@@ -432,7 +432,7 @@ def _apply(obj: Any, values: dict[str, Any], where: str, prefix: str) -> None:
     hints = typing.get_type_hints(type(obj))
     for key, value in values.items():
         name = f"{prefix}{key}"
-        key = _renamed(key, name, values, prefix)
+        key = _renamed(key, name, values, where)
         if key not in hints:
             known = ", ".join(f"{prefix}{k}" for k in hints)
             raise UserError(f"unknown key (known: {known})", where, name)
@@ -442,14 +442,14 @@ def _apply(obj: Any, values: dict[str, Any], where: str, prefix: str) -> None:
             setattr(obj, key, _coerce(value, hints[key], where, name))
 
 
-def _renamed(key: str, name: str, values: dict, prefix: str) -> str:
-    """The field an old key now names (with a warning), or ``key`` itself."""
+def _renamed(key: str, name: str, values: dict, where: str) -> str:
+    """The field an old key now names (with a warning; ``flags.RENAMED_FIELDS``), or ``key`` itself."""
     new = RENAMED_FIELDS.get(name)
     if new is None:
         return key
     key = new.rpartition(".")[2]
     if key in values:
-        raise UserError(f"is the old name of {new}; give only one of them", where="config", field=name)
+        raise UserError(f"is the old name of {new}; give only one of them", where, name)
     warn(f"{name} is deprecated; use {new}")
     return key
 
