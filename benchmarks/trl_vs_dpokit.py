@@ -185,7 +185,7 @@ def run_dpokit(spec: dict) -> dict:
                  "data.max_length": spec["max_length"], "data.max_prompt_length": spec["max_length"] - 1,
                  "train.bf16": spec["dtype"] == "bf16", "train.lr": LR, "train.scheduler": "constant",
                  "loss.beta": BETA, "train.seed": SEED, "train.progress": False,
-                 "train.cache_dir": str(Path(spec["tmp"]) / "refcache"), **spec.get("dpokit", {})}
+                 "train.ref_cache_dir": str(Path(spec["tmp"]) / "refcache"), **spec.get("dpokit", {})}
     messages = []
     t0, clock = time.perf_counter(), StepClock()
     train(load_config(None, overrides), log=messages.append)

@@ -13,6 +13,7 @@ target and the operating system's reason.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 from dpokit.errors import UserError
 
@@ -166,3 +167,25 @@ def write_text_atomic(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise UserError(f"could not write {path}: {io_reason(exc)}") from None
+
+
+def write_jsonl(path: Path, rows: Iterable[Any]) -> None:
+    """Write JSON Lines (gzip for ``.gz``), one row at a time, in one step: a temporary sibling,
+    flushed and renamed, so a failure (in ``rows`` too: a bad record) leaves no file behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with opener(tmp, "wt", encoding="utf-8", newline="\n") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        fsync_path(tmp)
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise UserError(f"could not write {path}: {io_reason(exc)}") from None
+        raise

@@ -4,68 +4,27 @@ config and calls the library; a user error ends with one message and exit code 2
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import signal
 import sys
-import typing
-from typing import Any, Literal
 
-from dpokit.cli_errors import OneLineParser, typed
-from dpokit.config import (DATA_PIPELINE_FLAGS, FLAG_FIELDS, DataCommandConfig, EvalConfig, RunConfig, default_registry,
-                           load_config)
+from dpokit.cli_errors import OneLineParser
+from dpokit.config import (DATA_COMMAND_NOT_FLAGS, TRAIN_FLAG_SET, DataCommandConfig, EvalConfig, RunConfig,
+                           default_registry, load_config)
+from dpokit.data.kinds import KIND_NAMES
 from dpokit.errors import Stopped, UserError, stops_raise
+from dpokit.flags import add_flags, config_flags, overrides, spellings
 
-EVAL_FLAGS = {"dpo_beta": "beta", **{f: f for f in (
-    "model", "ref_model", "prompts", "judge", "pairs", "max_new_tokens", "temperature", "top_p", "num_prompts",
-    "batch_size", "max_length", "max_prompt_length", "seed", "dtype", "bf16", "output", "trust_remote_code", "allow_pickle",
-    "registry", "version")}}
+EVAL_FLAG_SET = config_flags(EvalConfig)
+EVAL_FLAGS = spellings(EVAL_FLAG_SET)
+"""Each spelling of a ``dpokit eval`` flag (underscores) -> the field it sets."""
+DATA_FLAG_SET = config_flags(DataCommandConfig, skip=DATA_COMMAND_NOT_FLAGS)
+DATA_FLAGS = spellings(DATA_FLAG_SET)
+"""Each spelling of a ``dpokit data`` flag (underscores) -> the field it sets."""
 VERSION_ACTIONS = {"list": "list the versions; * marks the current one",
                    "show": "one version's lineage, data, metrics and evaluation (default: the current one)",
                    "promote": "make a version current", "rollback": "make the previous current version current again",
                    "diff": "compare the metrics, configs and lineage of two versions"}
-DATA_FLAGS = {name: f"data.{name}" for name in DATA_PIPELINE_FLAGS}
-
-
-@functools.cache
-def _docstrings(cls: type) -> dict[str, str]:
-    """The docstring under each annotated field of a config class (parsed once per class)."""
-    import ast
-    import inspect
-
-    body = ast.parse(inspect.getsource(cls)).body[0].body
-    return {node.target.id: nxt.value.value for node, nxt in zip(body, body[1:])
-            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr)}
-
-
-_hints = functools.cache(typing.get_type_hints)  # resolving annotations is slow; parsers are built often
-
-
-def _field(root: Any, dotted: str) -> tuple[Any, str]:
-    """(annotation, docstring) of a config field, for the flag's type and help."""
-    *parents, name = dotted.split(".")
-    cls = type(root)
-    for p in parents:
-        cls = _hints(cls)[p]
-    return _hints(cls)[name], _docstrings(cls).get(name, "")
-
-
-def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, str], root: Any) -> None:
-    for flag, dotted in flags.items():
-        tp, doc = _field(root, dotted)
-        name = "--" + flag.replace("_", "-")
-        args = typing.get_args(tp)
-        base = next((a for a in args if a is not type(None)), tp) if args and typing.get_origin(tp) is not Literal else tp
-        if base is bool:
-            parser.add_argument(name, dest=flag, action=argparse.BooleanOptionalAction, default=None, help=doc)
-        elif typing.get_origin(tp) is Literal:
-            parser.add_argument(name, dest=flag, choices=args, type=typed(type(args[0])), default=None, help=doc)
-        else:
-            parser.add_argument(name, dest=flag, type=typed(base), default=None, help=doc)
-
-
-def _overrides(ns: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
-    return {dotted: getattr(ns, flag) for flag, dotted in flags.items() if getattr(ns, flag) is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,11 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
                             ("dpo", "preference optimization (default loss: sigmoid = DPO)")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", help="YAML file with model/lora/data/loss/train sections; flags override it")
-        _add_flags(p, FLAG_FIELDS, RunConfig())
+        add_flags(p, TRAIN_FLAG_SET, RunConfig)
     _add_online_parser(sub)
     p = sub.add_parser("eval", help="win rate under a judge and sampled KL of a policy against a reference")
     p.add_argument("--config", help="YAML file with EvalConfig keys; flags override it")
-    _add_flags(p, EVAL_FLAGS, EvalConfig())
+    add_flags(p, EVAL_FLAG_SET, EvalConfig)
     _add_versions_parser(sub)
     p = sub.add_parser("quickstart", help="SFT then DPO on the embedded SmolLM2-135M-Instruct, then evaluation")
     p.add_argument("--tiny", action="store_true", help="run the same pipeline on a tiny random model (< 1 minute)")
@@ -90,11 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_online_parser(sub) -> None:
-    from dpokit.online.config import ONLINE_FLAGS, OnlineConfig
+    from dpokit.online.config import ONLINE_FLAG_SET, OnlineConfig
 
     p = sub.add_parser("online", help="rounds of sampling, judging, pairing and training (docs/online.md)")
     p.add_argument("--config", help="YAML file with model/lora/data/loss/train/online sections; flags override it")
-    _add_flags(p, ONLINE_FLAGS, OnlineConfig())
+    add_flags(p, ONLINE_FLAG_SET, OnlineConfig)
 
 
 def _add_versions_parser(sub) -> None:
@@ -123,25 +82,25 @@ def _add_data_parser(sub) -> None:
         p.add_argument("input", help="a data file or a save_to_disk folder")
         if name == "convert":
             p.add_argument("output", help="the .jsonl (or .jsonl.gz) file to write")
-            p.add_argument("--to", choices=("pairs", "list", "unpaired", "sft"), default="pairs",
-                           help="the record kind to write")
+            p.add_argument("--to", choices=tuple(KIND_NAMES), default="pairs",
+                           help="the record kind to write (pairs is the kind pair)")
         if name == "check":
-            p.add_argument("--to", choices=("pairs", "list", "unpaired", "sft"), default=None,
+            p.add_argument("--to", choices=tuple(KIND_NAMES), default=None,
                            help="the record kind the loss trains on (pairs for DPO), converted to as training "
                                 "does (default: each record's own kind)")
         p.add_argument("--tokenizer", help="a model folder, .gguf or builtin:... whose tokenizer measures "
                                            "lengths (stats) and whose special tokens count as leaks")
         p.add_argument("--config", help="a run's YAML file; its data section sets the options")
-        _add_flags(p, DATA_FLAGS, RunConfig())
+        add_flags(p, DATA_FLAG_SET, DataCommandConfig)
 
 
 def run_train(ns: argparse.Namespace) -> int:
     from dpokit.train import train
 
-    overrides = _overrides(ns, FLAG_FIELDS)
+    given = overrides(ns, TRAIN_FLAG_SET)
     if ns.command == "sft":
-        overrides.setdefault("loss.name", "sft")
-    cfg = load_config(ns.config, overrides)
+        given.setdefault("loss.name", "sft")
+    cfg = load_config(ns.config, given)
     result = train(cfg)
     if result.stopped_by:  # SIGTERM / SIGINT: a checkpoint was saved; exit as the signal would (128 + n)
         print(f"dpokit: stopped by {result.stopped_by} at step {result.steps}; saved {result.checkpoint}; "
@@ -156,7 +115,7 @@ def run_train(ns: argparse.Namespace) -> int:
 def run_eval(ns: argparse.Namespace) -> int:
     from dpokit.eval import evaluate_models, format_report
 
-    cfg = load_config(ns.config, _overrides(ns, EVAL_FLAGS), root=EvalConfig)
+    cfg = load_config(ns.config, overrides(ns, EVAL_FLAG_SET), root=EvalConfig)
     report = evaluate_models(cfg)
     print(format_report(report))
     if cfg.registry:
@@ -172,9 +131,10 @@ def run_eval(ns: argparse.Namespace) -> int:
 
 
 def run_online(ns: argparse.Namespace) -> int:
-    from dpokit.online import ONLINE_FLAGS, OnlineConfig, online
+    from dpokit.online import OnlineConfig, online
+    from dpokit.online.config import ONLINE_FLAG_SET
 
-    result = online(load_config(ns.config, _overrides(ns, ONLINE_FLAGS), root=OnlineConfig))
+    result = online(load_config(ns.config, overrides(ns, ONLINE_FLAG_SET), root=OnlineConfig))
     for e in result.rounds:
         lo, hi = e["win_rate_ci95"]
         print(f"round {e['round']}: win rate {e['win_rate']:.1%} [95% CI {lo:.1%}, {hi:.1%}], "
@@ -217,7 +177,7 @@ def run_losses(ns: argparse.Namespace) -> int:
 def run_data(ns: argparse.Namespace) -> int:
     from dpokit.data import commands
 
-    options = load_config(ns.config, _overrides(ns, DATA_FLAGS), root=DataCommandConfig).data
+    options = load_config(ns.config, overrides(ns, DATA_FLAG_SET), root=DataCommandConfig).data
     tokenizer = None
     if ns.tokenizer:
         from dpokit.models import load_tokenizer

@@ -21,9 +21,11 @@ from typing import Any, Literal
 
 import yaml
 
-from dpokit.errors import UserError
-from dpokit.guard_config import GUARD_FLAGS, GuardConfig
-from dpokit.loss_config import LOSS_FLAGS, LossConfig
+from dpokit.data.formats import FORMATS
+from dpokit.errors import UserError, warn
+from dpokit.flags import RENAMED_FIELDS, config_flags, spellings
+from dpokit.guard_config import GuardConfig
+from dpokit.loss_config import LossConfig
 
 
 REGISTRY_ENV = "DPOKIT_REGISTRY"
@@ -66,8 +68,8 @@ class LoraConfig:
 
 
 Dtype = Literal["auto", "fp32", "bf16", "fp16"]
-FORMAT_NAMES = Literal["auto", "pairs", "hh", "sharegpt", "together", "rated", "ranking", "votes", "unpaired",
-                       "sft", "clicks"]
+# the format registry's names; the format ``pairs`` (prompt/chosen/rejected) gives records of the kind ``pair``
+FORMAT_NAMES = Literal[("auto", *FORMATS)]
 
 
 @dataclass
@@ -89,8 +91,8 @@ class DataConfig:
     a column may be a dotted path into nested objects)."""
     pairing: Literal["best-worst", "best-each", "all"] = "best-worst"
     """How rated or ranked answers become pairs: best vs worst, best vs each other, or every pair
-    whose scores differ by more than ``pair_margin``."""
-    pair_margin: float = 0.0
+    whose scores differ by more than ``min_margin``."""
+    min_margin: float = 0.0
     """A pair from a list needs score(better) − score(worse) > this (rankings score positions k−1…0)."""
     votes: Literal["majority", "unanimous"] = "majority"
     """How several annotators' votes on one pair decide it."""
@@ -133,7 +135,7 @@ class DataConfig:
 
         parse_columns(self.columns)  # raises on a malformed mapping
         return [
-            (self.pair_margin < 0, "data.pair_margin", "must be ≥ 0"),
+            (self.min_margin < 0, "data.min_margin", "must be ≥ 0"),
             (self.click_min_dwell < 0, "data.click_min_dwell", "must be ≥ 0"),
             (self.click_bias < 0, "data.click_bias", "must be ≥ 0"),
             (self.min_chars < 0, "data.min_chars", "must be ≥ 0"),
@@ -199,7 +201,7 @@ class TrainConfig:
     """Continue from the newest checkpoint in ``output``."""
     progress: bool = True
     """Show a live progress bar."""
-    cache_dir: str | None = None
+    ref_cache_dir: str | None = None
     """Where precomputed reference log-probs live (default ``OUTPUT/reflogps``); point several runs
     at one folder to share them."""
     registry: str | None = field(default_factory=default_registry)
@@ -384,33 +386,19 @@ def fold_bf16(dtype: str, bf16: bool | None, prefix: str) -> str:
     return alias
 
 
-DATA_PIPELINE_FLAGS = ("format", "columns", "pairing", "pair_margin", "votes", "ties", "click_min_dwell",
-                       "click_bias", "dedup", "drop_empty", "drop_identical", "drop_conflicts", "drop_leaks",
-                       "min_chars", "max_chars", "max_length_ratio", "balance", "balance_by", "on_error")
-"""DataConfig fields offered as flags under their own names, by the trainers and ``dpokit data``."""
-
-# Flags that the CLI offers, mapped to config fields. Kept here so the CLI stays thin and
-# the help text comes from the field docstrings.
-FLAG_FIELDS: dict[str, str] = {
-    "model": "model.path", "ref_model": "model.ref_path", "trust_remote_code": "model.trust_remote_code",
-    "allow_pickle": "model.allow_pickle",
-    "gradient_checkpointing": "model.gradient_checkpointing",
-    "lora": "lora.enabled", "lora_r": "lora.r", "lora_alpha": "lora.alpha", "merge_lora": "lora.merge",
-    "data": "data.train", "eval_data": "data.eval",
-    "max_length": "data.max_length", "max_prompt_length": "data.max_prompt_length",
-    **{name: f"data.{name}" for name in DATA_PIPELINE_FLAGS},
-    "data_cache": "data.cache", "data_cache_dir": "data.cache_dir",
-    **LOSS_FLAGS,
-    "output": "train.output", "ref": "train.ref", "max_steps": "train.max_steps", "epochs": "train.epochs",
-    "batch_size": "train.batch_size", "grad_accum": "train.grad_accum", "lr": "train.lr",
-    "optimizer": "train.optimizer", "scheduler": "train.scheduler", "warmup_steps": "train.warmup_steps",
-    "seed": "train.seed", "dtype": "train.dtype", "bf16": "train.bf16", "save_steps": "train.save_steps",
-    "eval_steps": "train.eval_steps", "resume": "train.resume", "max_grad_norm": "train.max_grad_norm",
-    "progress": "train.progress", "cache_dir": "train.cache_dir",
-    "save_total_limit": "train.save_total_limit", "save_best_metric": "train.save_best_metric",
-    "save_best_mode": "train.save_best_mode", "registry": "train.registry", **GUARD_FLAGS,
-    "logprob_chunk": "train.logprob_chunk", "share_prompt": "train.share_prompt", "pack": "train.pack",
+DATA_COMMAND_NOT_FLAGS = {
+    **{f"{section}.": "dpokit data reads only the data section" for section in ("model", "lora", "loss", "train",
+                                                                              "guard")},
+    "data.train": "the input file is the command's argument", "data.eval": "one input file at a time",
+    "data.max_length": "token budgets apply when training tokenizes", "data.max_prompt_length": "as data.max_length",
+    "data.cache": "dpokit data caches nothing", "data.cache_dir": "as data.cache",
 }
+"""Fields of ``DataCommandConfig`` that ``dpokit data`` offers no flag for, and why."""
+
+TRAIN_FLAG_SET = config_flags(RunConfig)
+"""The flags of ``dpokit sft`` and ``dpokit dpo``: one per field of ``RunConfig``."""
+FLAG_FIELDS: dict[str, str] = spellings(TRAIN_FLAG_SET)
+"""Each spelling of a training flag (underscores) -> the field it sets."""
 
 
 def _coerce(value: Any, tp: Any, where: str, key: str) -> Any:
@@ -444,6 +432,7 @@ def _apply(obj: Any, values: dict[str, Any], where: str, prefix: str) -> None:
     hints = typing.get_type_hints(type(obj))
     for key, value in values.items():
         name = f"{prefix}{key}"
+        key = _renamed(key, name, values, where)
         if key not in hints:
             known = ", ".join(f"{prefix}{k}" for k in hints)
             raise UserError(f"unknown key (known: {known})", where, name)
@@ -451,6 +440,18 @@ def _apply(obj: Any, values: dict[str, Any], where: str, prefix: str) -> None:
             _apply(getattr(obj, key), value, where, f"{name}.")
         else:
             setattr(obj, key, _coerce(value, hints[key], where, name))
+
+
+def _renamed(key: str, name: str, values: dict, where: str) -> str:
+    """The field an old key now names (with a warning; ``flags.RENAMED_FIELDS``), or ``key`` itself."""
+    new = RENAMED_FIELDS.get(name)
+    if new is None:
+        return key
+    key = new.rpartition(".")[2]
+    if key in values:
+        raise UserError(f"is the old name of {new}; give only one of them", where, name)
+    warn(f"{name} is deprecated; use {new}")
+    return key
 
 
 class _Loader(yaml.SafeLoader):

@@ -67,3 +67,10 @@ def stops_raise(hint: str) -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def warn(message: str) -> None:
+    """One line on stderr for something that works but should change (a deprecated spelling)."""
+    import sys
+
+    print(f"dpokit: warning: {message}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """The ``guard:`` section of a run config: what the training loop does about non-finite steps and
 collapsing metrics (docs/reliability.md, "Guards"). Its own module to keep ``config.py`` short;
-``RunConfig`` holds it as ``guard`` and its flags join ``FLAG_FIELDS``."""
+``RunConfig`` holds it as ``guard``; its flags are ``--guard-FIELD`` (``dpokit.flags``)."""
 
 from __future__ import annotations
 
@@ -42,8 +42,3 @@ class GuardConfig:
             (watched and self.enabled and save_steps < 1, "train.save_steps",
              "must be ≥ 1 when guard.eval_accuracy_drop or guard.max_kl is set: a rollback needs checkpoints"),
         ]
-
-
-GUARD_FLAGS: dict[str, str] = {"guard": "guard.enabled", **{f"guard_{name}": f"guard.{name}" for name in (
-    "max_bad_steps", "lr_factor", "max_rollbacks", "eval_accuracy_drop", "max_kl")}}
-"""Command-line flags of the guard section (``--guard/--no-guard``, ``--guard-max-kl``, ...)."""

@@ -1,6 +1,7 @@
 """The ``loss:`` section of a run config: which loss, and the hyperparameters of every registered
 loss (docs/losses.md). Its own module to keep ``config.py`` short; ``RunConfig`` holds it as
-``loss``, checks it with ``checks()`` and offers its flags through ``FLAG_FIELDS``."""
+``loss`` and checks it with ``checks()``. Which loss reads a field, its default for that loss and
+the values allowed are declared where the loss is registered (``dpokit/losses/``)."""
 
 from __future__ import annotations
 
@@ -53,36 +54,18 @@ class LossConfig:
     """kto: λ_U, the weight of undesirable examples."""
 
     def resolve_defaults(self, spec_defaults: tuple[tuple[str, float], ...]) -> None:
-        """Fill empty fields with the loss's own defaults, then the general ones."""
-        for key, value in (*spec_defaults, ("beta", 0.1), ("label_smoothing", 0.0)):
+        """Fill empty fields with the loss's own defaults, then with those of the parameters several
+        losses share (so a run's saved config holds every value)."""
+        from dpokit.losses.base import SHARED
+
+        for key, value in (*spec_defaults, *((p.name, p.default) for p in SHARED)):
             if getattr(self, key) is None:
                 setattr(self, key, value)
 
     def checks(self) -> list[tuple[bool, str, str]]:
-        """(bad, field, message) for each rule on the loss's own settings."""
-        return [
-            (self.beta <= 0, "loss.beta", "must be > 0"),
-            (not 0 <= self.label_smoothing < 0.5, "loss.label_smoothing", "must be in [0, 0.5)"),
-            (self.hinge_margin <= 0, "loss.hinge_margin", "must be > 0"),
-            (self.rso_gamma <= 0, "loss.rso_gamma", "must be > 0"),
-            (self.dpop_lambda < 0, "loss.dpop_lambda", "must be ≥ 0"),
-            (self.beta_dpo_alpha < 0, "loss.beta_dpo_alpha", "must be ≥ 0"),
-            (not 0 <= self.beta_dpo_momentum < 1, "loss.beta_dpo_momentum", "must be in [0, 1)"),
-            (not 0 <= self.beta_dpo_filter < 1, "loss.beta_dpo_filter", "must be in [0, 1)"),
-            (self.tdpo_alpha < 0, "loss.tdpo_alpha", "must be ≥ 0"),
-            (self.simpo_gamma < 0, "loss.simpo_gamma", "must be ≥ 0"),
-            (self.cpo_alpha < 0, "loss.cpo_alpha", "must be ≥ 0"),
-            (self.orpo_lambda < 0, "loss.orpo_lambda", "must be ≥ 0"),
-            (min(self.kto_desirable_weight, self.kto_undesirable_weight) <= 0, "loss.kto_desirable_weight",
-             "KTO weights must be > 0"),
-        ]
+        """(bad, field, message) for each parameter any registered loss reads, by the rule its
+        registration gives (``dpokit.losses``): a bad value is refused whichever loss runs."""
+        from dpokit.losses import all_params
 
-
-LOSS_FLAGS: dict[str, str] = {
-    "loss": "loss.name", "dpo_beta": "loss.beta", "label_smoothing": "loss.label_smoothing",
-    **{name: f"loss.{name}" for name in (
-        "ipo_average", "hinge_margin", "rso_gamma", "rso_norm", "dpop_lambda", "beta_dpo_alpha",
-        "beta_dpo_momentum", "beta_dpo_filter", "rdpo_alpha", "tdpo_alpha", "tdpo_variant", "simpo_gamma",
-        "cpo_alpha", "orpo_lambda", "kto_desirable_weight", "kto_undesirable_weight")},
-}
-"""CLI flag -> loss field."""
+        problems = [(f"loss.{p.name}", p.problem(getattr(self, p.name))) for p in all_params().values()]
+        return [(msg is not None, name, msg or "") for name, msg in problems]

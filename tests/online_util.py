@@ -3,7 +3,6 @@ prompts, the judge "more letters e is better" (tests/online_judges.py), one shor
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from dpokit.config import load_config
@@ -42,7 +41,3 @@ def online_settings(model: Path, out: Path, prompts: Path, held: Path, **extra) 
 def tiny_online(tmp: Path, out: Path, log=None, **extra):
     return online(load_config(None, tiny_settings(tmp, out, **extra), root=OnlineConfig),
                   log=log or (lambda *_: None))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -15,16 +15,9 @@ from dpokit.data import (Pair, SFTExample, TokenizedRecord, collate, encode, ite
                          parse_sft, read_records, tokenize_records)
 from dpokit.errors import UserError
 from dpokit.tiny import CHATML
+from data_util import assistant, user
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
-
-
-def user(text: str) -> dict:
-    return {"role": "user", "content": text}
-
-
-def assistant(text: str) -> dict:
-    return {"role": "assistant", "content": text}
 
 
 def system(text: str) -> dict:

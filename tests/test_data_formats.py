@@ -110,7 +110,7 @@ RATED = {"prompt": "P", "responses": ["ok", "best", "worst", "good"], "scores": 
 ])
 def test_rated_completions_to_pairs(tmp_path, pairing, margin, expected):
     path = jsonl(tmp_path / "r.jsonl", [RATED])
-    recs, report = run(path, "pair", pairing=pairing, pair_margin=margin)
+    recs, report = run(path, "pair", pairing=pairing, min_margin=margin)
     assert report.format == "rated"
     assert [(r.chosen, r.rejected) for r in recs] == expected and all(r.prompt == "P" for r in recs)
 
@@ -144,7 +144,7 @@ def test_rankings_to_pairs_count_positions_as_scores(tmp_path):
     recs, report = run(path, "pair", pairing="all")
     assert report.format == "ranking"
     assert [(r.chosen, r.rejected) for r in recs] == [("first", "second"), ("first", "third"), ("second", "third")]
-    recs, _ = run(path, "pair", pairing="all", pair_margin=1.0)
+    recs, _ = run(path, "pair", pairing="all", min_margin=1.0)
     assert [(r.chosen, r.rejected) for r in recs] == [("first", "third")]
     (lst,), _ = run(path, "list")
     assert lst == RankedList("P", ["first", "second", "third"], f"{path}:1")

@@ -16,16 +16,9 @@ from dpokit.layout import padded_plan, shared_plan
 from dpokit.logprobs import Options, completion_logps, plan
 from dpokit.losses import LossContext, get_loss
 from dpokit.tiny import tiny_model
+from data_util import assistant, user
 
 PLAIN = Options(chunk=0, share_prompt=False, pack=False)
-
-
-def user(text):
-    return {"role": "user", "content": text}
-
-
-def assistant(text):
-    return {"role": "assistant", "content": text}
 
 
 RECORDS = [

@@ -203,7 +203,8 @@ def test_self_judge_is_the_rounds_policy_with_its_own_cache_entries(models, tmp_
 
 def test_self_rewarding_online_rounds(tmp_path):
     """``--judge self`` over two rounds: round 2 is judged by round 1's policy, under another identity."""
-    from online_util import read_jsonl, tiny_online
+    from data_util import read_jsonl
+    from online_util import tiny_online
 
     out = tmp_path / "self"
     result = tiny_online(tmp_path, out, online__judge="self", online__rounds=2, online__samples_per_prompt=3,
@@ -239,7 +240,8 @@ def test_eval_with_model_judges(models, tmp_path):
 
 
 def test_failed_judgements_are_left_out_and_reported(tmp_path):
-    from online_util import read_jsonl, tiny_online
+    from data_util import read_jsonl
+    from online_util import tiny_online
 
     out = tmp_path / "fail"
     entry = tiny_online(tmp_path, out, online__judge="online_judges:count_e_or_nan", online__pairing="all").rounds[0]

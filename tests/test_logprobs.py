@@ -7,14 +7,7 @@ import torch
 
 from dpokit.data import Pair, collate, tokenize_records
 from dpokit.logprobs import _accepts_logits_to_keep, completion_logps
-
-
-def user(text):
-    return {"role": "user", "content": text}
-
-
-def assistant(text):
-    return {"role": "assistant", "content": text}
+from data_util import assistant, user
 
 
 RECORDS = [

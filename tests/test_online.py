@@ -18,6 +18,7 @@ from dpokit.online import OnlineConfig, online
 from dpokit.online.judging import CandidateJudge
 from dpokit.online.pairs import Candidates, form_pairs, pair_indices
 from dpokit.versions import Registry
+from data_util import read_jsonl
 from online_util import online_settings, write_prompts
 from util import tiny_model_dir
 
@@ -38,10 +39,6 @@ def settings(files, out: Path, **extra) -> dict:
 def run(files, out: Path, log=None, **extra):
     cfg = load_config(None, settings(files, out, **extra), root=OnlineConfig)
     return online(cfg, log=log or (lambda *_: None))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")

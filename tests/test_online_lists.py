@@ -14,7 +14,8 @@ from dpokit.config import load_config
 from dpokit.errors import UserError
 from dpokit.online import OnlineConfig
 from dpokit.online.pairs import Candidates, form_pairs, list_indices
-from online_util import read_jsonl, tiny_online, tiny_settings
+from data_util import read_jsonl
+from online_util import tiny_online, tiny_settings
 
 TESTS = Path(__file__).resolve().parent
 

@@ -16,7 +16,8 @@ from dpokit.online import OnlineConfig
 from dpokit.online.loop import rso_select
 from dpokit.online.pairs import Candidates
 from dpokit.online.rso import rejection_sample, successive_probabilities
-from online_util import read_jsonl, tiny_online
+from data_util import read_jsonl
+from online_util import tiny_online
 
 REWARDS = [0.0, 0.5, 1.0, 2.0, 3.0]
 RUNS = 20_000

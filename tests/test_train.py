@@ -76,7 +76,7 @@ def test_bf16_precomputed_reference_is_the_live_one_bitwise(setup):
     for ref in ("copy", "precomputed"):
         out = tmp / f"bf16-{ref}"
         train(config(model, data, out, train__ref=ref, train__bf16=True, train__batch_size=3, train__grad_accum=2,
-                     train__max_steps=2, train__cache_dir=str(tmp / "bf16-cache")))
+                     train__max_steps=2, train__ref_cache_dir=str(tmp / "bf16-cache")))
         runs[ref] = metrics(out)
     assert runs["precomputed"][0]["loss"] == pytest.approx(math.log(2), abs=1e-7)
     for a, b in zip(runs["copy"], runs["precomputed"]):

@@ -39,7 +39,7 @@ def tiny_model_dir(tmp: Path, seed: int = 0) -> Path:
 def config(model: Path, data: Path, out: Path, **overrides) -> RunConfig:
     base = {"model.path": str(model), "data.train": str(data), "train.output": str(out),
             "train.progress": False, "train.lr": 1e-3, "train.max_steps": 3, "train.batch_size": 4,
-            "train.cache_dir": str(out.parent / "refcache"), "data.max_length": 64,
+            "train.ref_cache_dir": str(out.parent / "refcache"), "data.max_length": 64,
             "data.max_prompt_length": 32}
     base.update({k.replace("__", "."): v for k, v in overrides.items()})
     return load_config(None, base)

@@ -6,14 +6,12 @@ Each returns the exit code; a file-level problem raises UserError (exit 2 from t
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import json
-import os
 import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable
 
+from dpokit.atomic import write_jsonl
 from dpokit.data.clean import chars
 from dpokit.data.readers import iter_records
 from dpokit.data.records import KINDS, Pair, RankedList, Record, Unpaired
@@ -159,20 +157,6 @@ def report_paths(output: Path) -> tuple[Path, Path]:
     return output.with_name(f"{stem}.report.json"), output.with_name(f"{stem}.report.txt")
 
 
-def write_jsonl(records: Iterable[Record], output: Path) -> None:
-    """Write canonical JSON Lines (gzip for ``.gz``), atomically: a failed run leaves no file."""
-    tmp = output.with_name(f"{output.name}.tmp{os.getpid()}")
-    opener = gzip.open if output.name.endswith(".gz") else open
-    try:
-        with opener(tmp, "wt", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(to_json(rec), ensure_ascii=False) + "\n")
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, output)
-
-
 def convert(path: str, output: str, kind: str, options, special_tokens: Iterable[str] = (),
             out: Callable[[str], None] = print) -> int:
     """Convert ``path`` to canonical JSONL records of ``kind`` plus a report of every change."""
@@ -180,7 +164,7 @@ def convert(path: str, output: str, kind: str, options, special_tokens: Iterable
     if not output_path.parent.is_dir():
         raise UserError("the output folder does not exist", where=str(output_path.parent))
     report = DataReport()
-    write_jsonl(iter_records(path, kind, options, report, special_tokens), output_path)
+    write_jsonl(output_path, (to_json(r) for r in iter_records(path, kind, options, report, special_tokens)))
     json_path, table_path = report_paths(output_path)
     report.write_json(json_path, {"output": str(output_path)})
     report.write_table(table_path)

@@ -6,18 +6,19 @@
 - unpaired -> sft: desirable answers only. Unpaired and SFT records cannot become pairs or lists.
 
 Pairing strategies for a list with scores s (best first; a ranking without scores counts its
-positions as scores k-1 ... 0), where a pair (i, j) needs s_i - s_j > ``pair_margin``:
+positions as scores k-1 ... 0), where a pair (i, j) needs s_i - s_j > ``min_margin``:
 ``best-worst`` (one pair), ``best-each`` (the best against every other answer), ``all`` (every
 such pair).
 """
 
 from __future__ import annotations
 
-from dpokit.data.records import Pair, RankedList, Record, SFTExample, Unpaired
+from dpokit.data.records import KINDS, Pair, RankedList, Record, SFTExample, Unpaired
 from dpokit.data.report import DataReport
 from dpokit.errors import UserError
 
-KIND_NAMES = {"pair": "pair", "pairs": "pair", "list": "list", "unpaired": "unpaired", "sft": "sft"}
+KIND_NAMES = {**{kind: kind for kind in KINDS}, "pairs": "pair"}
+"""Each spelling of a record kind -> the kind (``pairs``, as in ``--to pairs``, is the kind ``pair``)."""
 
 
 def pairs_from_list(rec: RankedList, strategy: str, margin: float) -> list[Pair]:
@@ -59,9 +60,9 @@ def to_kind(rec: Record, kind: str, options, report: DataReport) -> list[Record]
             return [rec]
         if kind == "sft":
             return [SFTExample(rec.prompt, rec.completions[0], rec.source, rec.weight, meta=rec.meta)]
-        pairs = pairs_from_list(rec, "best-worst" if kind == "unpaired" else options.pairing, options.pair_margin)
+        pairs = pairs_from_list(rec, "best-worst" if kind == "unpaired" else options.pairing, options.min_margin)
         if not pairs:
-            report.drop(rec.source, f"no pair: no two answers' scores differ by more than {options.pair_margin:g}")
+            report.drop(rec.source, f"no pair: no two answers' scores differ by more than {options.min_margin:g}")
         return pairs if kind == "pair" else [r for p in pairs for r in to_kind(p, kind, options, report)]
     if isinstance(rec, Unpaired) and kind in ("unpaired", "sft"):
         if kind == "unpaired":

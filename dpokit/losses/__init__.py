@@ -1,9 +1,12 @@
 """Preference losses: pure functions over log-prob tensors, one registry.
 
-Adding a loss = one function with ``@register`` in a module imported here, and its tests.
+Adding a loss = one function with ``@register`` in a module imported here (its ``params``: the
+``LossConfig`` fields it reads, its defaults and the values allowed), and its tests.
 """
 
 from dpokit.losses import dpo, kto, listwise, margin, reference_free, sft, token  # noqa: F401  (registers)
-from dpokit.losses.base import LossContext, LossOutput, LossSpec, Logps, all_losses, get_loss, register
+from dpokit.losses.base import (LossContext, LossOutput, LossSpec, Logps, Param, all_losses, all_params, get_loss,
+                                losses_for, register)
 
-__all__ = ["LossContext", "Logps", "LossOutput", "LossSpec", "all_losses", "get_loss", "register"]
+__all__ = ["LossContext", "Logps", "LossOutput", "LossSpec", "Param", "all_losses", "all_params", "get_loss",
+           "losses_for", "register"]

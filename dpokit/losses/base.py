@@ -80,6 +80,41 @@ Kind = Literal["pair", "list", "unpaired", "sft"]
 
 
 @dataclass(frozen=True)
+class Param:
+    """A hyperparameter a loss reads: a ``LossConfig`` field, this loss's default, the values allowed."""
+
+    name: str
+    default: float | None = None
+    """This loss's default, for a field left empty (None in ``LossConfig``); None: the field's own default."""
+    allowed: str = ""
+    """An interval, ``(0, inf)``, ``[0, inf)``, ``[0, 0.5)``...; empty: any value of the field's type."""
+
+    def with_default(self, value: float) -> Param:
+        return Param(self.name, value, self.allowed)
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` (``must be > 0``), or None."""
+        if not self.allowed:
+            return None
+        lo_closed, hi_closed = self.allowed[0] == "[", self.allowed[-1] == "]"
+        lo, hi = (float(x) for x in self.allowed[1:-1].split(","))
+        ok = (value >= lo if lo_closed else value > lo) and (value <= hi if hi_closed else value < hi)
+        if ok:
+            return None
+        if hi == float("inf"):
+            return f"must be {'≥' if lo_closed else '>'} {lo:g}"
+        return f"must be in {self.allowed}"
+
+
+BETA = Param("beta", 0.1, "(0, inf)")
+"""β, read by most losses; a loss with another default declares ``BETA.with_default(...)``."""
+LABEL_SMOOTHING = Param("label_smoothing", 0.0, "[0, 0.5)")
+"""ε, the assumed rate of flipped labels."""
+SHARED = (BETA, LABEL_SMOOTHING)
+"""Parameters several losses read: their defaults hold whatever loss runs (saved with the run)."""
+
+
+@dataclass(frozen=True)
 class LossSpec:
     """A registered loss and what it needs from the trainer."""
 
@@ -97,13 +132,18 @@ class LossSpec:
     """The loss needs per-token KL to the reference (full distributions: live reference only)."""
     batch_stats: bool = False
     """The loss uses statistics of the micro-batch, so accumulation changes its value."""
-    defaults: tuple[tuple[str, float], ...] = ()
-    """LossConfig fields whose default differs for this loss (e.g. SimPO's β)."""
+    params: tuple[Param, ...] = ()
+    """The ``LossConfig`` fields the loss reads, with its own defaults and the values allowed."""
     summary: str = ""
 
     @property
     def input_kind(self) -> str:
         return self.kinds[0]
+
+    @property
+    def defaults(self) -> tuple[tuple[str, float], ...]:
+        """(field, default) of the parameters whose default this loss sets (e.g. SimPO's β)."""
+        return tuple((p.name, p.default) for p in self.params if p.default is not None)
 
 
 _REGISTRY: dict[str, LossSpec] = {}
@@ -111,19 +151,37 @@ _REGISTRY: dict[str, LossSpec] = {}
 
 def register(name: str, *, needs_reference: bool, input_kind: str | tuple[str, ...], unit: str = "example",
              has_nll: bool = False, token_kl: bool = False, batch_stats: bool = False,
-             defaults: dict[str, float] | None = None) -> Callable[[LossFn], LossFn]:
-    """Decorator: add a loss function to the registry under its CLI name."""
+             params: tuple[Param, ...] = ()) -> Callable[[LossFn], LossFn]:
+    """Decorator: add a loss function to the registry under its CLI name, with the parameters it reads."""
     kinds = (input_kind,) if isinstance(input_kind, str) else tuple(input_kind)
 
     def wrap(fn: LossFn) -> LossFn:
         if name in _REGISTRY:
             raise ValueError(f"loss {name!r} registered twice")
+        known = all_params()
+        for p in params:  # one field, one rule, whichever loss reads it
+            if p.name in known and known[p.name].allowed != p.allowed:
+                raise ValueError(f"loss {name!r}: {p.name} allowed {p.allowed!r}, elsewhere {known[p.name].allowed!r}")
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         _REGISTRY[name] = LossSpec(name, fn, needs_reference, kinds, unit, has_nll, token_kl, batch_stats,
-                                   tuple(sorted((defaults or {}).items())), summary)
+                                   tuple(params), summary)
         return fn
 
     return wrap
+
+
+def all_params() -> dict[str, Param]:
+    """Every parameter some registered loss reads, by field (the first declaration's default)."""
+    out: dict[str, Param] = {}
+    for spec in _REGISTRY.values():
+        for p in spec.params:
+            out.setdefault(p.name, p)
+    return out
+
+
+def losses_for(kind: str) -> list[str]:
+    """The registered losses whose preferred record kind is ``kind`` (``list``: the listwise ones)."""
+    return [name for name, spec in _REGISTRY.items() if spec.input_kind == kind]
 
 
 def get_loss(name: str) -> LossSpec:
@@ -173,10 +231,13 @@ def _combine(text: str) -> LossSpec:
                 metrics.setdefault(k, v)  # the first loss's rewards are the ones reported
         return LossOutput(total, metrics)
 
+    # every part's parameters; defaults only from the first part, whose rewards are reported too
+    params = {p.name: Param(p.name, None, p.allowed) for s, _ in parts[1:] for p in s.params}
+    params.update({p.name: p for p in parts[0][0].params})
     first = parts[0][0]
     return LossSpec(text, combined, any(s.needs_reference for s, _ in parts), tuple(kinds), first.unit,
                     any(s.has_nll for s, _ in parts), any(s.token_kl for s, _ in parts),
-                    any(s.batch_stats for s, _ in parts), first.defaults,
+                    any(s.batch_stats for s, _ in parts), tuple(params.values()),
                     " + ".join(f"{w:g}·{s.name}" for s, w in parts))
 
 

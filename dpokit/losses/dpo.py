@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 from torch.nn.functional import logsigmoid
 
-from dpokit.losses.base import (LossContext, LossOutput, Logps, chosen_nll, log_ratios, register,
-                                reward_metrics, sigmoid_xent)
+from dpokit.losses.base import (BETA, LABEL_SMOOTHING, Logps, LossContext, LossOutput, Param, chosen_nll,
+                                log_ratios, register, reward_metrics, sigmoid_xent)
 
 
 def _margin(policy: Logps, reference: Logps) -> Tensor:
@@ -25,7 +25,7 @@ def _dpo_rewards(policy: Logps, reference: Logps, beta: float) -> dict[str, Tens
     return reward_metrics(r[0], r[1])
 
 
-@register("sigmoid", needs_reference=True, input_kind="pair")
+@register("sigmoid", needs_reference=True, input_kind="pair", params=(BETA, LABEL_SMOOTHING))
 def dpo_sigmoid(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
     """DPO: −log σ(β·u); with label smoothing ε it is cDPO.
 
@@ -39,7 +39,7 @@ def dpo_sigmoid(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = 
     return LossOutput(losses, _dpo_rewards(policy, reference, cfg.beta))
 
 
-@register("cdpo", needs_reference=True, input_kind="pair", defaults={"label_smoothing": 0.1})
+@register("cdpo", needs_reference=True, input_kind="pair", params=(BETA, LABEL_SMOOTHING.with_default(0.1)))
 def cdpo(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
     """Conservative DPO: labels flipped with probability ε (default 0.1).
 
@@ -50,7 +50,7 @@ def cdpo(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -
     return dpo_sigmoid(policy, reference, cfg)
 
 
-@register("robust", needs_reference=True, input_kind="pair", defaults={"label_smoothing": 0.1})
+@register("robust", needs_reference=True, input_kind="pair", params=(BETA, LABEL_SMOOTHING.with_default(0.1)))
 def robust_dpo(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
     """Robust DPO (rDPO): an unbiased loss under labels flipped with probability ε (default 0.1).
 
@@ -65,7 +65,7 @@ def robust_dpo(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = N
     return LossOutput(losses, _dpo_rewards(policy, reference, cfg.beta))
 
 
-@register("dpop", needs_reference=True, input_kind="pair")
+@register("dpop", needs_reference=True, input_kind="pair", params=(BETA, Param("dpop_lambda", allowed="[0, inf)")))
 def dpo_positive(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
     """DPO-Positive: DPO that also penalises lowering the chosen answer's likelihood.
 
@@ -84,7 +84,7 @@ def dpo_positive(policy: Logps, reference: Logps, cfg, ctx: LossContext | None =
     return LossOutput(losses, out)
 
 
-@register("rdpo", needs_reference=True, input_kind="pair")
+@register("rdpo", needs_reference=True, input_kind="pair", params=(BETA, Param("rdpo_alpha")))
 def rdpo(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
     """R-DPO: DPO with a length regulariser, L = −log σ(β·u + α·(|y_w| − |y_l|)).
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from dpokit.losses.base import LossContext, LossOutput, Logps, log_ratios, masked, register
+from dpokit.losses.base import BETA, Logps, LossContext, LossOutput, Param, log_ratios, masked, register
 
 
-@register("kto", needs_reference=True, input_kind="unpaired", batch_stats=True)
+@register("kto", needs_reference=True, input_kind="unpaired", batch_stats=True,
+          params=(BETA, Param("kto_desirable_weight", allowed="(0, inf)"),
+                  Param("kto_undesirable_weight", allowed="(0, inf)")))
 def kto(policy: Logps, reference: Logps, cfg, ctx: LossContext) -> LossOutput:
     """KTO: a prospect-theoretic loss on unpaired desirable / undesirable answers.
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import logsigmoid
 
-from dpokit.losses.base import LossContext, LossOutput, Logps, log_ratios, register
+from dpokit.losses.base import BETA, Logps, LossContext, LossOutput, log_ratios, register
 
 
 def list_metrics(s: Tensor) -> dict[str, Tensor]:
@@ -23,7 +23,7 @@ def list_metrics(s: Tensor) -> dict[str, Tensor]:
             "rewards/accuracies": (s[i] > s[j]).float().mean(0)}
 
 
-@register("plackett_luce", needs_reference=True, input_kind=("list", "pair"))
+@register("plackett_luce", needs_reference=True, input_kind=("list", "pair"), params=(BETA,))
 def plackett_luce(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
     """Plackett–Luce DPO: the likelihood of the whole ranking of k answers.
 
@@ -40,7 +40,7 @@ def plackett_luce(policy: Logps, reference: Logps, cfg, ctx: LossContext | None 
     return LossOutput(losses, list_metrics(s))
 
 
-@register("softmax_dpo", needs_reference=True, input_kind=("list", "pair"))
+@register("softmax_dpo", needs_reference=True, input_kind=("list", "pair"), params=(BETA,))
 def softmax_dpo(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
     """S-DPO: the best answer against all k−1 others in one softmax (Chen 2024, eq. 11).
 
@@ -64,7 +64,7 @@ def relevance(labels: Tensor | None, like: Tensor) -> Tensor:
     return (psi - lo) / (hi - lo).clamp(min=1e-12) * (k - 1)
 
 
-@register("lipo", needs_reference=True, input_kind=("list", "pair"))
+@register("lipo", needs_reference=True, input_kind=("list", "pair"), params=(BETA,))
 def lipo(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
     """LiPO-λ: pairwise logistic losses weighted by LambdaRank's λ weights (Liu 2024, eq. 9).
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch.nn.functional import logsigmoid
 
-from dpokit.losses.base import LossContext, LossOutput, Logps, register, reward_metrics
+from dpokit.losses.base import BETA, Logps, LossContext, LossOutput, Param, register, reward_metrics
 
 
-@register("ipo", needs_reference=True, input_kind="pair")
+@register("ipo", needs_reference=True, input_kind="pair", params=(BETA, Param("ipo_average")))
 def ipo(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
     """IPO: (u − 1/(2β))², a squared loss with a finite target margin (Azar 2023, eq. 17, τ = β).
 
@@ -28,7 +28,7 @@ def ipo(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) ->
     return LossOutput(losses, reward_metrics(cfg.beta * r[0], cfg.beta * r[1]))
 
 
-@register("hinge", needs_reference=True, input_kind="pair")
+@register("hinge", needs_reference=True, input_kind="pair", params=(Param("hinge_margin", allowed="(0, inf)"),))
 def hinge(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
     """SLiC-HF calibration loss: max(0, δ − u), δ = ``hinge_margin`` (default 1, as in Zhao 2023).
 
@@ -43,7 +43,8 @@ def hinge(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) 
     return LossOutput(losses, reward_metrics(r[0], r[1]))
 
 
-@register("rso", needs_reference=True, input_kind="pair")
+@register("rso", needs_reference=True, input_kind="pair",
+          params=(Param("rso_gamma", allowed="(0, inf)"), Param("rso_norm")))
 def rso(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
     """RSO: hinge-norm max(0, 1 − γ·u) (default) or sigmoid-norm −log σ(γ·u) (Liu 2023).
 

@@ -7,10 +7,11 @@ import torch
 from torch import Tensor
 from torch.nn.functional import logsigmoid
 
-from dpokit.losses.base import LossContext, LossOutput, Logps, chosen_nll, register, reward_metrics
+from dpokit.losses.base import BETA, Logps, LossContext, LossOutput, Param, chosen_nll, register, reward_metrics
 
 
-@register("simpo", needs_reference=False, input_kind="pair", defaults={"beta": 2.0})
+@register("simpo", needs_reference=False, input_kind="pair",
+          params=(BETA.with_default(2.0), Param("simpo_gamma", allowed="[0, inf)")))
 def simpo(policy: Logps, reference: Logps | None, cfg, ctx: LossContext | None = None) -> LossOutput:
     """SimPO: −log σ(β/|y_w|·log π(y_w|x) − β/|y_l|·log π(y_l|x) − γ)   (Meng 2024, eq. 6)
 
@@ -25,7 +26,8 @@ def simpo(policy: Logps, reference: Logps | None, cfg, ctx: LossContext | None =
     return LossOutput(losses, reward_metrics(r[0], r[1]))
 
 
-@register("cpo", needs_reference=False, input_kind="pair", has_nll=True)
+@register("cpo", needs_reference=False, input_kind="pair", has_nll=True,
+          params=(BETA, Param("cpo_alpha", allowed="[0, inf)")))
 def cpo(policy: Logps, reference: Logps | None, cfg, ctx: LossContext | None = None) -> LossOutput:
     """CPO: −log σ(β·log π(y_w|x) − β·log π(y_l|x)) + α·NLL(y_w)   (Xu 2024, eq. 6–7)
 
@@ -49,7 +51,8 @@ def log_odds(mean_logp: Tensor) -> Tensor:
     return mean_logp - torch.log(-torch.expm1(mean_logp))
 
 
-@register("orpo", needs_reference=False, input_kind="pair", has_nll=True)
+@register("orpo", needs_reference=False, input_kind="pair", has_nll=True,
+          params=(Param("orpo_lambda", allowed="[0, inf)"),))
 def orpo(policy: Logps, reference: Logps | None, cfg, ctx: LossContext | None = None) -> LossOutput:
     """ORPO: NLL(y_w) + λ·(−log σ(log odds(y_w) − log odds(y_l)))   (Hong 2024, eq. 6–7)
 

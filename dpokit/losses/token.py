@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.nn.functional import logsigmoid
 
-from dpokit.losses.base import LossContext, LossOutput, Logps, log_ratios, register, reward_metrics
+from dpokit.losses.base import BETA, Logps, LossContext, LossOutput, Param, log_ratios, register, reward_metrics
 
 
 def _update_gap_stats(state: dict, gap: torch.Tensor, momentum: float) -> tuple[float, float]:
@@ -19,7 +19,9 @@ def _update_gap_stats(state: dict, gap: torch.Tensor, momentum: float) -> tuple[
     return mean, std
 
 
-@register("beta_dpo", needs_reference=True, input_kind="pair", batch_stats=True)
+@register("beta_dpo", needs_reference=True, input_kind="pair", batch_stats=True,
+          params=(BETA, Param("beta_dpo_alpha", allowed="[0, inf)"), Param("beta_dpo_momentum", allowed="[0, 1)"),
+                  Param("beta_dpo_filter", allowed="[0, 1)")))
 def beta_dpo(policy: Logps, reference: Logps, cfg, ctx: LossContext) -> LossOutput:
     """β-DPO: DPO with β calibrated per batch from how informative the batch's pairs are.
 
@@ -63,7 +65,8 @@ def beta_dpo(policy: Logps, reference: Logps, cfg, ctx: LossContext) -> LossOutp
     return LossOutput(losses, metrics)
 
 
-@register("tdpo", needs_reference=True, input_kind="pair", token_kl=True)
+@register("tdpo", needs_reference=True, input_kind="pair", token_kl=True,
+          params=(BETA, Param("tdpo_alpha", allowed="[0, inf)"), Param("tdpo_variant")))
 def tdpo(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
     """Token-level DPO (Zeng et al. 2024): DPO plus the difference of sequential KL divergences.
 

@@ -11,8 +11,9 @@ import copy
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dpokit.config import FLAG_FIELDS, RunConfig
+from dpokit.config import RunConfig
 from dpokit.errors import UserError
+from dpokit.flags import config_flags, spellings
 
 
 @dataclass
@@ -155,7 +156,7 @@ class OnlineConfig(RunConfig):
 
     def _kind_checks(self, cfg: RunConfig) -> None:
         """Listwise losses train on ranked lists, and lists are only for them (a list of two is a pair)."""
-        from dpokit.losses import get_loss
+        from dpokit.losses import get_loss, losses_for
 
         listwise, lists = get_loss(cfg.loss.name).input_kind == "list", self.online.pairing == "list"
         if listwise and not lists:
@@ -163,7 +164,7 @@ class OnlineConfig(RunConfig):
                             where="config", field="online.pairing")
         if lists and not listwise:
             raise UserError(f"--pairing list writes ranked lists, which {cfg.loss.name!r} does not take; use a "
-                            "listwise loss (plackett_luce, lipo, softmax_dpo) or pairs", where="config",
+                            f"listwise loss ({', '.join(losses_for('list'))}) or pairs", where="config",
                             field="online.pairing")
 
     def round_config(self, round_no: int, model: str, ref: str | None, pairs: str, output: str) -> RunConfig:
@@ -181,17 +182,11 @@ class OnlineConfig(RunConfig):
             raise UserError(exc.detail, where=where, field=exc.field) from None
 
 
-SET_BY_LOOP = {"data.train", "data.format", "train.resume", "data.pairing", "data.pair_margin", "data.columns",
+SET_BY_LOOP = {"data.train", "data.format", "train.resume", "data.pairing", "data.min_margin", "data.columns",
                "data.votes", "data.ties", "data.click_min_dwell", "data.click_bias", "data.balance", "data.balance_by"}
 """Training settings the round loop sets itself, or that do not apply to the pairs it writes (no flag)."""
 
-ONLINE_FLAGS: dict[str, str] = {
-    **{flag: dotted for flag, dotted in FLAG_FIELDS.items()
-       if dotted not in SET_BY_LOOP},
-    **{name: f"online.{name}" for name in (
-        "prompts", "judge", "judge_mode", "judge_rubric", "rounds", "samples_per_prompt", "prompts_per_round",
-        "pairing", "min_margin", "max_pairs", "list_size", "sampling", "rso_beta", "rso_accept", "backend",
-        "ref_update", "sample_from", "max_new_tokens", "temperature", "top_p", "generation_batch_size", "eval_prompts",
-        "eval_num_prompts")},
-}
-"""Flags of ``dpokit online``: the training flags of ``dpokit dpo`` (less those the loop sets) and its own."""
+ONLINE_FLAG_SET = config_flags(OnlineConfig, skip=SET_BY_LOOP)
+"""The flags of ``dpokit online``: those of ``dpokit dpo`` (less those the loop sets) and its own."""
+ONLINE_FLAGS: dict[str, str] = spellings(ONLINE_FLAG_SET)
+"""Each spelling of an online flag (underscores) -> the field it sets."""

@@ -25,12 +25,13 @@ from pathlib import Path
 
 import yaml
 
-from dpokit.atomic import folder_digest, verify, write_text_atomic
+from dpokit.atomic import folder_digest, verify, write_jsonl, write_text_atomic
 from dpokit.errors import Stopped, UserError
+from dpokit.flags import RENAMED_FIELDS
 from dpokit.eval.evaluate import prompt_text, read_prompts
 from dpokit.online.config import OnlineConfig
 from dpokit.online.judging import RunJudges, candidate_scores, release
-from dpokit.online.pairs import Candidates, form_pairs, write_jsonl
+from dpokit.online.pairs import Candidates, form_pairs
 from dpokit.online.rso import rejection_sample
 from dpokit.online.report import read_rounds, write_rounds
 from dpokit.train.checkpoint import checkpoints
@@ -74,8 +75,10 @@ def _check_settings(out: Path, cfg: OnlineConfig) -> dict:
     path = out / "online_config.yaml"
     if path.is_file():
         # a setting added since the run was saved counts as its default there
+        # a setting renamed since then is compared under its new name
+        old = _flat(yaml.safe_load(path.read_text(encoding="utf-8")))
         saved = {**_flat(json.loads(json.dumps(OnlineConfig().to_dict()))),
-                 **_flat(yaml.safe_load(path.read_text(encoding="utf-8")))}
+                 **{RENAMED_FIELDS.get(k, k): v for k, v in old.items()}}
         now = _flat(current)
         diff = sorted(k for k in now.keys() | saved.keys() if k not in IGNORED_ON_RERUN and now.get(k) != saved.get(k))
         if diff:

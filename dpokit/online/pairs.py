@@ -6,12 +6,9 @@ not fail) and, with RSO sampling, accepted by the rejection sampler (``Candidate
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from itertools import combinations
-from pathlib import Path
 
-from dpokit.atomic import write_text_atomic
 
 
 @dataclass
@@ -129,7 +126,3 @@ def _record(item: Candidates, w: int, l: int) -> dict:
     return {"prompt": item.prompt, "chosen": _message(item, item.answers[w]),
             "rejected": _message(item, item.answers[l]),
             "score_chosen": item.scores[w], "score_rejected": item.scores[l]}
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -15,7 +15,6 @@ Run ``python -m dpokit.tasks.reviews`` to regenerate the committed files in DEFA
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections import Counter
@@ -24,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from dpokit.atomic import write_jsonl
 from dpokit.tasks import _lexicon
 from dpokit.tasks import _review_bank as bank
 
@@ -294,11 +294,6 @@ def generate(seed: int = 0) -> dict[str, list[tuple[Subject, dict]]]:
     }
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
-    path.write_text("".join(lines), encoding="utf-8", newline="\n")
-
-
 def build(out_dir: Path, seed: int = 0) -> dict[str, int]:
     """Write train.jsonl, eval.jsonl and prompts.jsonl into ``out_dir``; return counts."""
     out_dir = Path(out_dir)
@@ -307,9 +302,9 @@ def build(out_dir: Path, seed: int = 0) -> dict[str, int]:
     train = [r for _, r in data["train"]]
     held_out = [r for _, r in data["eval"]]
     prompts = [{"prompt": r["prompt"]} for r in held_out]
-    _write_jsonl(out_dir / "train.jsonl", train)
-    _write_jsonl(out_dir / "eval.jsonl", held_out)
-    _write_jsonl(out_dir / "prompts.jsonl", prompts)
+    write_jsonl(out_dir / "train.jsonl", train)
+    write_jsonl(out_dir / "eval.jsonl", held_out)
+    write_jsonl(out_dir / "prompts.jsonl", prompts)
     return {"train": len(train), "eval": len(held_out), "prompts": len(prompts)}
 
 

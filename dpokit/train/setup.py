@@ -117,7 +117,7 @@ def _cached(cfg: RunConfig, model, tokenizer, datasets: dict[str, list], autocas
     gathered. ``digest`` is given when ``model`` is already wrapped (sharded), and then it is not
     moved."""
     t = cfg.train
-    folder = Path(t.cache_dir or Path(t.output) / "reflogps")  # nothing outside the run by default
+    folder = Path(t.ref_cache_dir or Path(t.output) / "reflogps")  # nothing outside the run by default
     settings = reference_settings(cfg, accelerator)
     values: dict[str, list] = {}
     if digest is None:
