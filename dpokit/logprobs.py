@@ -26,7 +26,7 @@ from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 from torch.utils.checkpoint import checkpoint
 
 from dpokit.layout import Plan, padded_plan, shared_plan
-from dpokit.losses import Logps
+from dpokit.logps import Logps
 
 log = logging.getLogger(__name__)
 BLOCK_MASK_ATTENTION = ("sdpa", "eager")  # implementations that take a custom 4-D mask

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from dpokit.data.tokenize import TokenizedRecord, collate
 from dpokit.logprobs import FAST, Options, completion_log_probs, completion_logps
-from dpokit.losses import Logps
+from dpokit.logps import Logps
 
 CACHE_FORMAT = 1
 

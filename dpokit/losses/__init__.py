@@ -4,8 +4,9 @@ Adding a loss = one function with ``@register`` in a module imported here (its `
 ``LossConfig`` fields it reads, its defaults and the values allowed), and its tests.
 """
 
+from dpokit.logps import Logps
 from dpokit.losses import dpo, kto, listwise, margin, reference_free, sft, token  # noqa: F401  (registers)
-from dpokit.losses.base import (LossContext, LossOutput, LossSpec, Logps, Param, all_losses, all_params, get_loss,
+from dpokit.losses.base import (LossContext, LossOutput, LossSpec, Param, all_losses, all_params, get_loss,
                                 losses_for, register)
 
 __all__ = ["LossContext", "Logps", "LossOutput", "LossSpec", "Param", "all_losses", "all_params", "get_loss",

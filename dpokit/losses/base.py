@@ -1,6 +1,6 @@
 """The contract between the trainer and every loss: log-prob tensors in, per-example losses out.
 
-Losses import torch and this module, nothing else of dpokit. A loss sees the responses of a
+Losses import torch, this module and ``dpokit.logps``, nothing else of dpokit. A loss sees the responses of a
 batch as groups: ``G`` responses for each of ``B`` prompts (pairs: G=2, chosen first;
 SFT: G=1; listwise: G=k, best first; unpaired: G=2, the example's own completion and a
 completion of another prompt, used by KTO to estimate its reference point).
@@ -15,34 +15,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import logsigmoid
 
-
-@dataclass
-class Logps:
-    """Per-token log-probs of completion tokens.
-
-    ``tokens``: (G, B, T) float32, zero wherever ``mask`` is False; ``mask``: (G, B, T) bool.
-    ``kl``: (G, B, T) per-token KL(π_ref(·|x, y_<t) ‖ π(·|x, y_<t)) over the whole vocabulary,
-    present only for losses that declare ``token_kl`` (token-level DPO).
-    """
-
-    tokens: Tensor
-    mask: Tensor
-    kl: Tensor | None = None
-
-    @property
-    def sum(self) -> Tensor:
-        """(G, B) log π(y|x): the sum over completion tokens."""
-        return self.tokens.sum(-1)
-
-    @property
-    def count(self) -> Tensor:
-        """(G, B) number of completion tokens |y|."""
-        return self.mask.sum(-1)
-
-    @property
-    def mean(self) -> Tensor:
-        """(G, B) per-token mean log-prob, log π(y|x) / |y|."""
-        return self.sum / self.count.clamp(min=1)
+from dpokit.logps import Logps
 
 
 @dataclass

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 from torch.nn.functional import logsigmoid
 
-from dpokit.losses.base import (BETA, LABEL_SMOOTHING, Logps, LossContext, LossOutput, Param, chosen_nll,
+from dpokit.logps import Logps
+from dpokit.losses.base import (BETA, LABEL_SMOOTHING, LossContext, LossOutput, Param, chosen_nll,
                                 log_ratios, register, reward_metrics, sigmoid_xent)
 
 

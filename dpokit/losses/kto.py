@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from dpokit.losses.base import BETA, Logps, LossContext, LossOutput, Param, log_ratios, masked, register
+from dpokit.logps import Logps
+from dpokit.losses.base import BETA, LossContext, LossOutput, Param, log_ratios, masked, register
 
 
 @register("kto", needs_reference=True, input_kind="unpaired", batch_stats=True,

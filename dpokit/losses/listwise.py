@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 from torch.nn.functional import logsigmoid
 
-from dpokit.losses.base import BETA, Logps, LossContext, LossOutput, log_ratios, register
+from dpokit.logps import Logps
+from dpokit.losses.base import BETA, LossContext, LossOutput, log_ratios, register
 
 
 def list_metrics(s: Tensor) -> dict[str, Tensor]:

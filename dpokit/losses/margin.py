@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from torch.nn.functional import logsigmoid
 
-from dpokit.losses.base import BETA, Logps, LossContext, LossOutput, Param, register, reward_metrics
+from dpokit.logps import Logps
+from dpokit.losses.base import BETA, LossContext, LossOutput, Param, register, reward_metrics
 
 
 @register("ipo", needs_reference=True, input_kind="pair", params=(BETA, Param("ipo_average")))

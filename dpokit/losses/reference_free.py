@@ -7,7 +7,8 @@ import torch
 from torch import Tensor
 from torch.nn.functional import logsigmoid
 
-from dpokit.losses.base import BETA, Logps, LossContext, LossOutput, Param, chosen_nll, register, reward_metrics
+from dpokit.logps import Logps
+from dpokit.losses.base import BETA, LossContext, LossOutput, Param, chosen_nll, register, reward_metrics
 
 
 @register("simpo", needs_reference=False, input_kind="pair",

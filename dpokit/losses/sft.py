@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dpokit.losses.base import Logps, LossOutput, register
+from dpokit.logps import Logps
+from dpokit.losses.base import LossOutput, register
 
 
 @register("sft", needs_reference=False, input_kind="sft", unit="token", has_nll=True)

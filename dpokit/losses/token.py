@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch.nn.functional import logsigmoid
 
-from dpokit.losses.base import BETA, Logps, LossContext, LossOutput, Param, log_ratios, register, reward_metrics
+from dpokit.logps import Logps
+from dpokit.losses.base import BETA, LossContext, LossOutput, Param, log_ratios, register, reward_metrics
 
 
 def _update_gap_stats(state: dict, gap: torch.Tensor, momentum: float) -> tuple[float, float]:

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from dpokit.atomic import write_text_atomic
-from dpokit.losses import Logps, LossOutput
+from dpokit.logps import Logps
+from dpokit.losses import LossOutput
 
 
 def group_names(kind: str, groups: int) -> list[str]:

@@ -1,0 +1,88 @@
+"""Imports point one way: the layers below never import the layers above, and no two modules
+import each other at load time. Read from the source (every import statement, also those
+inside functions), so a violation fails here before it shows as an import error somewhere."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "dpokit"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path, load_time_only: bool = False) -> set[str]:
+    """The dpokit modules ``path`` imports; with ``load_time_only``, only its top-level statements."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    nodes = tree.body if load_time_only else ast.walk(tree)
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dpokit"):
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names if _is_module(f"{node.module}.{a.name}")}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("dpokit")}
+    return found
+
+
+def _is_module(name: str) -> bool:
+    path = PACKAGE.parent.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+GRAPH = {module_name(p): imports(p) for p in PACKAGE.rglob("*.py")}
+
+
+def within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+# (modules, what they may never import): the lower layer knows nothing of the higher
+FORBIDDEN = [
+    (("dpokit.errors", "dpokit.logps"), ("dpokit",)),
+    (("dpokit.losses",), ("dpokit.logprobs", "dpokit.layout", "dpokit.reference", "dpokit.data", "dpokit.models",
+                          "dpokit.train", "dpokit.eval", "dpokit.online", "dpokit.cli", "dpokit.config")),
+    (("dpokit.logprobs", "dpokit.layout"), ("dpokit.losses", "dpokit.train", "dpokit.eval", "dpokit.online",
+                                            "dpokit.cli", "dpokit.reference")),
+    (("dpokit.data",), ("dpokit.train", "dpokit.eval", "dpokit.online", "dpokit.cli", "dpokit.losses",
+                        "dpokit.logprobs", "dpokit.models")),
+    (("dpokit.train",), ("dpokit.eval", "dpokit.online", "dpokit.cli", "dpokit.quickstart")),
+    (("dpokit.eval",), ("dpokit.online", "dpokit.cli", "dpokit.quickstart", "dpokit.train.loop")),
+    (("dpokit.online",), ("dpokit.cli", "dpokit.quickstart")),
+]
+
+
+def test_lower_layers_never_import_higher_ones():
+    wrong = [f"{m} imports {dep}" for lower, higher in FORBIDDEN for m, deps in GRAPH.items()
+             if within(m, lower) for dep in deps if within(dep, higher) and not within(dep, lower)]
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_only_the_command_line_imports_the_command_line():
+    users = sorted(m for m, deps in GRAPH.items() if "dpokit.cli" in deps and m not in ("dpokit.cli", "dpokit.__main__"))
+    assert not users
+
+
+def test_no_import_cycle_at_load_time():
+    graph = {module_name(p): imports(p, load_time_only=True) for p in PACKAGE.rglob("*.py")}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(m: str, path: list[str]) -> list[str] | None:
+        state[m] = 1
+        for dep in sorted(graph.get(m, ())):
+            if dep == m or dep.startswith(m + "."):  # a package loading its own submodules
+                continue
+            if state.get(dep) == 1:
+                return path + [m, dep]
+            if dep not in state and (cycle := visit(dep, path + [m])):
+                return cycle
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (cycle := visit(m, [])):
+            raise AssertionError(" -> ".join(cycle[cycle.index(cycle[-1]):]))
