@@ -22,8 +22,8 @@ from dpokit.atomic import verify, write_text_atomic
 from dpokit.config import EvalConfig, load_config
 from dpokit.data import encode_prompt
 from dpokit.errors import Stopped
-from dpokit.eval.evaluate import (decode, eval_autocast, judge_answers, pair_metrics, prompt_text, read_prompts,
-                                  sample_answers, sampled_kl, win_rate, write_report)
+from dpokit.eval.evaluate import (decode, eval_autocast, judge_answers, kl_from_logps, pair_metrics, prompt_text,
+                                  read_prompts, sample_answers, sequence_logps, win_rate, write_report)
 from dpokit.eval.judges import load_judge
 from dpokit.models import BUILTIN_SMOLLM2, embedded_smollm2, load_model, load_tokenizer
 from dpokit.tasks.reviews import DEFAULT_DIR as TASK_DIR
@@ -134,12 +134,18 @@ def compare_stages(cfg: EvalConfig, paths: dict[str, str]) -> dict:
     texts = {name: decode(tokenizer, a) for name, a in answers.items()}
     judge, questions = load_judge(cfg.judge), [prompt_text(p) for p, _ in prompts]
     report: dict = {"prompts": len(prompts), "mean_length": {n: statistics.fmean(map(len, a)) for n, a in answers.items()}}
+    scored: dict[tuple[str, str], list[float]] = {}  # (model, whose samples): each scoring pass once
+
+    def logps(model: str, samples: str) -> list[float]:
+        if (model, samples) not in scored:
+            scored[model, samples] = sequence_logps(models[model], prompt_ids, answers[samples],
+                                                    tokenizer.pad_token_id, cfg.batch_size, autocast)
+        return scored[model, samples]
+
     for policy, ref in COMPARISONS:
         judged, scores = judge_answers(judge, questions, texts[policy], texts[ref])
-        report[f"{policy}_vs_{ref}"] = {
-            **win_rate([o for o in judged if o is not None], cfg.seed),
-            **sampled_kl(models[policy], models[ref], prompt_ids, answers[policy], tokenizer.pad_token_id,
-                         cfg.batch_size, autocast)}
+        report[f"{policy}_vs_{ref}"] = {**win_rate([o for o in judged if o is not None], cfg.seed),
+                                        **kl_from_logps(logps(policy, policy), logps(ref, policy))}
         report.setdefault("mean_score", {}).update({policy: _mean(scores["policy"]), ref: _mean(scores["reference"])})
     report["dpo_vs_sft"].update(pair_metrics(cfg, models["dpo"], models["sft"], tokenizer, autocast, accelerator))
     write_report(Path(cfg.output), report, prompts, texts)

@@ -143,8 +143,13 @@ def sampled_kl(policy, reference, prompt_ids: list[list[int]], answers: list[lis
                batch_size: int, autocast) -> dict:
     """KL(π‖π_ref) from the policy's own samples ``answers``: the mean of log π(y|x) − log π_ref(y|x),
     with its standard error."""
-    diffs = [a - b for a, b in zip(sequence_logps(policy, prompt_ids, answers, pad_id, batch_size, autocast),
-                                   sequence_logps(reference, prompt_ids, answers, pad_id, batch_size, autocast))]
+    return kl_from_logps(sequence_logps(policy, prompt_ids, answers, pad_id, batch_size, autocast),
+                         sequence_logps(reference, prompt_ids, answers, pad_id, batch_size, autocast))
+
+
+def kl_from_logps(policy: list[float], reference: list[float]) -> dict:
+    """The sampled KL and its standard error from log π(y|x) and log π_ref(y|x) of the policy's samples."""
+    diffs = [a - b for a, b in zip(policy, reference)]
     return {"kl_sampled": statistics.fmean(diffs),
             "kl_sampled_stderr": statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0}
 
