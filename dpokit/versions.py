@@ -31,6 +31,7 @@ from pathlib import Path
 
 from dpokit.atomic import file_sha256, folder_digest, verify, write_text_atomic
 from dpokit.errors import UserError
+from dpokit.flags import RENAMED_FIELDS
 
 _ID = re.compile(r"v(\d+)")
 
@@ -297,6 +298,8 @@ def diff_versions(registry: Registry, a: str, b: str) -> str:
         lines.append(f"{k:34s}{_cell(va)}{_cell(vb)}{change}")
     for title, part in (("config", "config"), ("lineage", ("parent", "parent_model", "reference", "data"))):
         fa, fb = (_flatten(r[part] if isinstance(part, str) else {k: r.get(k) for k in part}) for r in (ra, rb))
+        if part == "config":  # a version saved before a field was renamed compares under the new name
+            fa, fb = ({RENAMED_FIELDS.get(k, k): v for k, v in f.items()} for f in (fa, fb))
         changed = [f"  {k}: {fa.get(k)!r} -> {fb.get(k)!r}" for k in sorted(fa.keys() | fb.keys())
                    if fa.get(k) != fb.get(k)]
         lines += [f"{title}: {len(changed)} difference(s)", *changed]

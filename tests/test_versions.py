@@ -74,6 +74,21 @@ def test_promote_show_rollback_diff(registry, capsys):
     assert json.loads(out)["config"]["loss"]["name"] == "sigmoid"
 
 
+def test_diff_reads_a_renamed_field_under_its_new_name(registry, capsys):
+    """A version saved before ``train.cache_dir`` became ``train.ref_cache_dir`` differs from a
+    newer one only where their values differ, not in the field's name."""
+    from dpokit.versions import Registry
+
+    _, reg = registry
+    versions = Registry(reg)
+    old = versions.get("v1")
+    train = old["config"]["train"]
+    train["cache_dir"] = train.pop("ref_cache_dir")
+    versions.update(old)
+    code, out, _ = cli(capsys, "versions", "diff", "v1", "v2", "--registry", str(reg))
+    assert code == 0 and "cache_dir" not in out
+
+
 def test_promote_refuses_a_changed_model(registry, capsys):
     tmp, reg = registry
     weights = tmp / "dpo" / "final" / "model.safetensors"
