@@ -23,7 +23,6 @@ import gc
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -85,10 +84,9 @@ def main() -> None:
         load = setup.load_model
         setup.load_model = lambda *a, **k: _compiled(load(*a, **k))
 
-    saved, marks, state = SavedTensors(), [], {"step": 0, "profiler": None}
+    saved, state, clock = SavedTensors(), {"step": 0, "profiler": None}, bench.StepClock()
 
     def on_step(*_):
-        marks.append((time.perf_counter(), time.process_time()))
         state["step"] += 1
         saved.active = state["step"] == 1
         if args.no_profile:
@@ -104,8 +102,8 @@ def main() -> None:
     with hooks:
         bench.run_dpokit(spec)
     print(json.dumps(bench.machine()))
-    steps = list(zip(marks, marks[1:]))
-    print("step s:", [round(b[0] - a[0], 2) for a, b in steps], " CPU s:", [round(b[1] - a[1], 2) for a, b in steps])
+    steps = clock.steps()
+    print("step s:", [round(x, 2) for x in steps["step_s"]], " CPU s:", [round(x, 2) for x in steps["step_cpu_s"]])
     if not args.compile:
         print(saved.report())
     if state["profiler"] is not None:

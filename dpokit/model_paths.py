@@ -186,7 +186,7 @@ def registry_model(spec: str) -> str:
     vid = registry.current() if version in ("", "current") else version
     if vid is None:
         raise UserError(f"no version of {root} is current (promote one, or name it: registry:{root}@vN)", where=spec)
-    problem = model_problem(registry.get(vid))
-    if problem:
+    record = registry.get(vid)
+    if problem := model_problem(record):
         raise UserError(f"version {vid}: {problem}", where=spec)
-    return registry.get(vid)["model"]
+    return record["model"]

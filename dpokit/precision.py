@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dpokit.atomic import write_text_atomic
 from dpokit.errors import UserError
 from dpokit.models import cache_root
 
@@ -151,11 +152,8 @@ def slowdown(name: str) -> float:
     if key not in cached:
         cached[key] = matmul_flops("fp32", 512) / matmul_flops(name, 512)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cached), encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError:
+            write_text_atomic(path, json.dumps(cached))
+        except UserError:
             pass  # a read-only cache only costs the measurement next time
     return cached[key]
 

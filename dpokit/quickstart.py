@@ -18,18 +18,16 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from dpokit.atomic import verify, write_text_atomic
+from dpokit.atomic import write_text_atomic
 from dpokit.config import EvalConfig, load_config
 from dpokit.data import encode_prompt
-from dpokit.errors import Stopped
 from dpokit.eval.evaluate import (decode, eval_autocast, judge_answers, kl_from_logps, pair_metrics, prompt_text,
                                   read_prompts, sample_answers, sequence_logps, win_rate, write_report)
 from dpokit.eval.judges import load_judge
 from dpokit.models import BUILTIN_SMOLLM2, embedded_smollm2, load_model, load_tokenizer
 from dpokit.tasks.reviews import DEFAULT_DIR as TASK_DIR
 from dpokit.tiny import write_tiny_model
-from dpokit.train import train
-from dpokit.train.checkpoint import checkpoints
+from dpokit.train import train_within
 
 JUDGE = "dpokit.tasks.reviews:judge"
 
@@ -61,23 +59,16 @@ TINY = Recipe(sft_steps=10, sft_lr=3e-3, dpo_steps=10, dpo_lr=1e-3, batch_size=8
 def _stage(model: str, output: Path, loss: str, steps: int, lr: float, recipe: Recipe) -> Path:
     """One training stage; a rerun skips it when its final model is complete and continues it
     from its newest checkpoint when a stop interrupted it."""
-    final = output / "final"
-    if final.is_dir() and verify(final) is None:
-        print(f"[quickstart] {loss}: finished before, {final}")
-        return final
     # A frozen copy is the cheapest reference here: the run sees fewer pairs than the file
     # holds, so precomputing log-probs for all of them would cost more than it saves.
     cfg = load_config(None, {
         "model.path": model, "data.train": str(TASK_DIR / "train.jsonl"), "train.output": str(output),
         "loss.name": loss, "loss.beta": recipe.beta, "train.max_steps": steps, "train.lr": lr,
         "train.batch_size": recipe.batch_size, "train.warmup_steps": max(1, steps // 10),
-        "train.dtype": recipe.dtype, "train.ref": "copy", "data.max_length": 256, "data.max_prompt_length": 128,
-        "train.resume": bool(checkpoints(output))})
-    result = train(cfg)
-    if result.stopped_by:
-        raise Stopped(result.stopped_by, f"the {loss} stage saved {result.checkpoint}; run the same command to "
-                                         "continue from there")
-    return result.final
+        "train.dtype": recipe.dtype, "train.ref": "copy", "data.max_length": 256, "data.max_prompt_length": 128})
+    if train_within(cfg, f"the {loss} stage") is None:
+        print(f"[quickstart] {loss}: finished before, {output / 'final'}")
+    return output / "final"
 
 
 def _start(out: Path, recipe: Recipe, tiny: bool) -> None:

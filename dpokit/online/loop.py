@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from dpokit.atomic import folder_digest, verify, write_jsonl, write_text_atomic
-from dpokit.errors import Stopped, UserError
+from dpokit.errors import UserError
 from dpokit.flags import RENAMED_FIELDS
 from dpokit.eval.evaluate import prompt_text, read_prompts
 from dpokit.online.config import OnlineConfig
@@ -133,7 +133,7 @@ def model_id(path: str) -> str:
 
 
 def run_round(cfg: OnlineConfig, r: int, prompts: list, judge: RunJudges, log) -> dict:
-    from dpokit.train import train
+    from dpokit.train import train_within
 
     rdir = Path(cfg.train.output) / f"round-{r}"
     policy, ref, ref_shown = round_models(cfg, r)
@@ -156,16 +156,10 @@ def run_round(cfg: OnlineConfig, r: int, prompts: list, judge: RunJudges, log) -
                         where=str(rdir / "pairs.jsonl"))
     run_cfg = cfg.round_config(r, policy, ref, str(rdir / "pairs.jsonl"), str(rdir))
     final = rdir / "final"
-    if final.is_dir() and verify(final) is None:
+    result = train_within(run_cfg, f"round {r}'s training", log)
+    if result is None:
         log(f"[online] round {r}: training had finished; evaluating {final}")
-        steps = None
-    else:
-        run_cfg.train.resume = bool(checkpoints(rdir))
-        result = train(run_cfg, log=log)
-        if result.stopped_by:
-            raise Stopped(result.stopped_by, f"round {r}'s training saved {result.checkpoint}; run the same "
-                                             "command to continue from there")
-        steps = result.steps
+    steps = result.steps if result else None
     report = evaluate_round(cfg, final, rdir, judge)
     entry = {"round": r, "model": str(final), "start_model": policy, "reference": ref_shown,
              "train_steps": steps, **{k: stats.get(k, 0) for k in SAMPLING_KEYS},  # 0: counted before the key existed

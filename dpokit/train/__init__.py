@@ -1,5 +1,5 @@
 """Training: one loop on accelerate, shared by SFT and every preference loss."""
 
-from dpokit.train.loop import TrainResult, train
+from dpokit.train.loop import TrainResult, train, train_within
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainResult", "train", "train_within"]

@@ -18,13 +18,15 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from dpokit.atomic import verify
 from dpokit.config import RunConfig, save_config
+from dpokit.errors import Stopped
 from dpokit.losses import LossSpec, get_loss
 from dpokit.models import load_tokenizer
 from dpokit.precision import resolve as resolve_precision
 from dpokit.train import engines
 from dpokit.train.batches import BatchStream
-from dpokit.train.checkpoint import (TrainState, latest_checkpoint, load_checkpoint, remove_partial_writes,
+from dpokit.train.checkpoint import (TrainState, checkpoints, latest_checkpoint, load_checkpoint, remove_partial_writes,
                                      save_checkpoint, save_model)
 from dpokit.train.guards import Action, Guard
 from dpokit.train.metrics import MetricsLog, MetricSums, batch_metrics, real_tokens
@@ -53,6 +55,21 @@ def train(cfg: RunConfig, log=print) -> TrainResult:
     a checkpoint saved (``TrainResult.stopped_by``); ``--resume`` continues it exactly."""
     with stop_on_signals() as stop:
         return _train(_pin_versions(cfg), log, stop)
+
+
+def train_within(cfg: RunConfig, what: str, log=print) -> TrainResult | None:
+    """Train ``cfg`` as one step of a longer command (an online round, a quickstart stage) that a
+    rerun continues: None when its final model is already complete, else the run, continued from
+    its newest checkpoint where a stop left one. A signal that stops it raises ``Stopped``."""
+    out = Path(cfg.train.output)
+    if (out / "final").is_dir() and verify(out / "final") is None:
+        return None
+    cfg.train.resume = bool(checkpoints(out))
+    result = train(cfg, log=log)
+    if result.stopped_by:
+        raise Stopped(result.stopped_by, f"{what} saved {result.checkpoint}; run the same command to continue "
+                                         "from there")
+    return result
 
 
 def _pin_versions(cfg: RunConfig) -> RunConfig:
