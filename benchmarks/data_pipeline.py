@@ -66,7 +66,7 @@ def write_pairs(path: Path, n: int, chat: bool, seed: int = 0) -> None:
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from dpokit.tiny import tiny_tokenizer
+    from dpokit.policies.lm.tiny import tiny_tokenizer
 
     smol = Path(os.environ.get("DPOKIT_CACHE", Path.home() / ".cache" / "dpokit")) / "models" / "smollm2-135m-instruct"
     if smol.is_dir():

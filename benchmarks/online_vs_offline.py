@@ -32,8 +32,8 @@ import time
 from dataclasses import fields, replace
 from pathlib import Path
 
-from dpokit.models import BUILTIN_SMOLLM2, embedded_smollm2
-from dpokit.tiny import write_tiny_model
+from dpokit.policies.lm.load import BUILTIN_SMOLLM2, embedded_smollm2
+from dpokit.policies.lm.tiny import write_tiny_model
 from online_evidence import ARMS, Budget, run_arms, summary
 
 TOPICS = ("the moon", "honey bees", "volcanoes", "the Roman empire", "rainbows", "coffee", "penguins", "the ocean",

@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--no-profile", action="store_true", help="skip torch.profiler")
     args = ap.parse_args()
 
-    from dpokit.models import embedded_smollm2, load_tokenizer
+    from dpokit.policies.lm.load import embedded_smollm2, load_tokenizer
 
     model = str(embedded_smollm2())
     pairs = bench.usable_pairs(load_tokenizer(model), args.batch_size * args.steps, args.max_length)

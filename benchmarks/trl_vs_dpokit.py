@@ -12,7 +12,7 @@ TRL is an optional benchmark dependency (``pip install trl``), never one of dpok
   prompt + completion + EOS and splits at the common prefix; dpokit tokenizes the parts) and
   fit ``--max-length`` whole, so neither tool truncates. The first ``batch × steps`` usable
   pairs are used, in the order of dpokit's seeded shuffle; TRL reads them in that order.
-- Model: SmolLM2-135M-Instruct (``dpokit.models.embedded_smollm2``), full fine-tuning, β 0.1,
+- Model: SmolLM2-135M-Instruct (``dpokit.policies.lm.load.embedded_smollm2``), full fine-tuning, β 0.1,
   AdamW, constant lr 5e-7, grad-norm clip 1.0, no gradient checkpointing.
 - Time: wall and CPU time of each optimizer step, from the end of the previous optimizer step
   to the end of its own (one global optimizer hook for both tools: batching, forward, backward,
@@ -393,7 +393,7 @@ def main() -> None:
                              "or pass --skip-trl") from None
     if args.steps < 2:
         raise SystemExit("--steps must be ≥ 2 (the first is warm-up)")
-    from dpokit.models import embedded_smollm2, load_tokenizer
+    from dpokit.policies.lm.load import embedded_smollm2, load_tokenizer
 
     from dpokit.precision import resolve
 

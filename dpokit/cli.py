@@ -9,11 +9,18 @@ import signal
 import sys
 
 from dpokit.cli_errors import OneLineParser
-from dpokit.config import (DATA_COMMAND_NOT_FLAGS, TRAIN_FLAG_SET, DataCommandConfig, EvalConfig, RunConfig,
-                           default_registry, load_config)
+from dpokit.config import (
+    DATA_COMMAND_NOT_FLAGS,
+    TRAIN_FLAG_SET,
+    DataCommandConfig,
+    EvalConfig,
+    RunConfig,
+    default_registry,
+    load_config,
+)
+from dpokit.config.flags import add_flags, config_flags, overrides, spellings
 from dpokit.data.kinds import KIND_NAMES
 from dpokit.errors import Stopped, UserError, stops_raise
-from dpokit.flags import add_flags, config_flags, overrides, spellings
 
 EVAL_FLAG_SET = config_flags(EvalConfig)
 EVAL_FLAGS = spellings(EVAL_FLAG_SET)
@@ -119,7 +126,7 @@ def run_eval(ns: argparse.Namespace) -> int:
     report = evaluate_models(cfg)
     print(format_report(report))
     if cfg.registry:
-        from dpokit.versions import Registry, attach_eval
+        from dpokit.store.versions import Registry, attach_eval
 
         # a registry that only $DPOKIT_REGISTRY names takes the reports of its own versions; one
         # asked for (--registry, --version, the YAML file) must hold the model
@@ -144,7 +151,7 @@ def run_online(ns: argparse.Namespace) -> int:
 
 
 def run_versions(ns: argparse.Namespace) -> int:
-    from dpokit import versions
+    from dpokit.store import versions
 
     if not ns.registry:
         raise UserError("is required (or set DPOKIT_REGISTRY)", where="--registry")
@@ -180,7 +187,7 @@ def run_data(ns: argparse.Namespace) -> int:
     options = load_config(ns.config, overrides(ns, DATA_FLAG_SET), root=DataCommandConfig).data
     tokenizer = None
     if ns.tokenizer:
-        from dpokit.models import load_tokenizer
+        from dpokit.policies.lm.load import load_tokenizer
 
         tokenizer = load_tokenizer(ns.tokenizer)
     if ns.data_command == "stats":

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
-from dpokit.atomic import write_text_atomic
 from dpokit.errors import UserError
-from dpokit.models import cache_root
+from dpokit.store.atomic import write_text_atomic
+from dpokit.store.cache import cache_root
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ISA_FLAGS = ("avx2", "avx512_f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16", "bf16", "sve_bf16")

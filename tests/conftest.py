@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from dpokit.tiny import tiny_model as _tiny_model
-from dpokit.tiny import tiny_tokenizer as _tiny_tokenizer
+from dpokit.policies.lm.tiny import tiny_model as _tiny_model
+from dpokit.policies.lm.tiny import tiny_tokenizer as _tiny_tokenizer
 
 # Exactness tests (accumulation, resume, cached vs live reference to 1e-5) need fp32, and the
 # same results on every CPU: `--dtype auto` would pick bf16 on a CPU that has it. Set for the

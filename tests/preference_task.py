@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from dpokit.data import collate, read_records, tokenize_records
-from dpokit.logprobs import completion_logps
+from dpokit.policies.lm.logprobs import completion_logps
 
 TOPICS = "red blue green gold pink gray teal plum".split()
 GROUPS = [w.split() for w in ("film food", "good bad", "warm cold", "quick slow", "lovely awful", "kind rude",

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dpokit.config import load_config
 from dpokit.errors import UserError
-from dpokit.models import load_model
+from dpokit.policies.lm.load import load_model
 from dpokit.online import OnlineConfig
 from dpokit.online.sampling import (_hf_generate, cached_check, check_backend, choose_backend, compare_generators,
                                     plain_folder, sample_answers)

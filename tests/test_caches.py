@@ -8,7 +8,6 @@ import dataclasses
 import importlib
 import sys
 import typing
-from pathlib import Path
 
 from accelerate import Accelerator
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dpokit.atomic import MANIFEST, verify
+from dpokit.store.atomic import MANIFEST, verify
 from dpokit.config import TrainConfig
 from dpokit.errors import UserError
-from dpokit.tiny import tiny_model, tiny_tokenizer
+from dpokit.policies.lm.tiny import tiny_model, tiny_tokenizer
 from dpokit.train import train
 from dpokit.train.checkpoint import (TrainState, latest_checkpoint, load_checkpoint, prune_checkpoints,
                                      save_checkpoint, save_model)

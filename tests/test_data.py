@@ -14,7 +14,7 @@ import torch
 from dpokit.data import (Pair, SFTExample, TokenizedRecord, collate, encode, iter_json_objects, parse_pair,
                          parse_sft, read_records, tokenize_records)
 from dpokit.errors import UserError
-from dpokit.tiny import CHATML
+from dpokit.policies.lm.tiny import CHATML
 from data_util import assistant, user
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"

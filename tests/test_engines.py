@@ -8,7 +8,6 @@ reference, log-probs through the wrapped forward, gathered weights and optimizer
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys

@@ -12,10 +12,10 @@ import torch
 
 from dpokit.config import LossConfig
 from dpokit.data import Pair, TokenizedRecord, collate, tokenize_records
-from dpokit.layout import padded_plan, shared_plan
-from dpokit.logprobs import Options, completion_logps, plan
+from dpokit.policies.lm.layout import padded_plan, shared_plan
+from dpokit.policies.lm.logprobs import Options, completion_logps, plan
 from dpokit.losses import LossContext, get_loss
-from dpokit.tiny import tiny_model
+from dpokit.policies.lm.tiny import tiny_model
 from data_util import assistant, user
 
 PLAIN = Options(chunk=0, share_prompt=False, pack=False)

@@ -15,7 +15,7 @@ from dpokit.cli import DATA_FLAG_SET, EVAL_FLAG_SET, build_parser
 from dpokit.config import (DATA_COMMAND_NOT_FLAGS, FORMAT_NAMES, TRAIN_FLAG_SET, DataCommandConfig, EvalConfig,
                            RunConfig, load_config)
 from dpokit.errors import UserError
-from dpokit.flags import (ALIASES, FLAG_NAMES, RENAMED_FIELDS, SECTION_PREFIX, YAML_ONLY, field_info, leaf_fields,
+from dpokit.config.flags import (ALIASES, FLAG_NAMES, RENAMED_FIELDS, SECTION_PREFIX, YAML_ONLY, field_info, leaf_fields,
                           overrides, spellings)
 from dpokit.online.config import ONLINE_FLAG_SET, SET_BY_LOOP, OnlineConfig
 

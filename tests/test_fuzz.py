@@ -22,7 +22,6 @@ import os
 import random
 import subprocess
 import sys
-import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path

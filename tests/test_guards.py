@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dpokit.atomic import verify
+from dpokit.store.atomic import verify
 from dpokit.errors import UserError
-from dpokit.guard_config import GuardConfig
+from dpokit.config.guard import GuardConfig
 from dpokit.losses.base import _REGISTRY, register
 from dpokit.losses.dpo import dpo_sigmoid
 from dpokit.train import train

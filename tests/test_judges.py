@@ -15,7 +15,7 @@ from dpokit.eval.judges import FunctionJudge, both_orders, load_judge, parse_spe
 from dpokit.eval.model_judges import expected_score, preference, reward_from_logits
 from dpokit.online.judging import CachedJudge, JudgeCache, RunJudges, candidate_scores
 from dpokit.online.config import OnlineSettings
-from dpokit.tiny import tiny_tokenizer, write_tiny_model
+from dpokit.policies.lm.tiny import tiny_tokenizer, write_tiny_model
 
 ANSWERS = ["four", "It is 4, because two and two make four.", "5", "", "four"]
 

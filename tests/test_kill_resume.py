@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dpokit.atomic import TEST_PAUSE, verify
+from dpokit.store.atomic import TEST_PAUSE, verify
 from dpokit.train import train
 from util import config, final_weights, metrics, tiny_model_dir, write_pairs
 

@@ -1,4 +1,4 @@
-"""Tests for dpokit.logprobs.completion_logps on a real tiny random Llama and the tiny tokenizer."""
+"""Tests for dpokit.policies.lm.logprobs.completion_logps on a real tiny random Llama and the tiny tokenizer."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dpokit.data import Pair, collate, tokenize_records
-from dpokit.logprobs import _accepts_logits_to_keep, completion_logps
+from dpokit.policies.lm.logprobs import _accepts_logits_to_keep, completion_logps
 from data_util import assistant, user
 
 
@@ -124,8 +124,8 @@ def test_token_kl_matches_full_softmax(tiny_tokenizer):
     """KL(π_ref(·|x, y_<t) ‖ π(·|x, y_<t)) per completion token, from two different models, equals
     Σ_v p_ref·(log p_ref − log p) computed from full forwards; 0 for a model against itself;
     and the reference's token log-probs read from its distributions equal its own logps."""
-    from dpokit.logprobs import completion_log_probs, logps_from_log_probs
-    from dpokit.tiny import tiny_model
+    from dpokit.policies.lm.logprobs import completion_log_probs, logps_from_log_probs
+    from dpokit.policies.lm.tiny import tiny_model
 
     policy = tiny_model(len(tiny_tokenizer), seed=1).float().eval()
     ref = tiny_model(len(tiny_tokenizer), seed=2).float().eval()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dpokit.loss_config import LossConfig
+from dpokit.config.loss import LossConfig
 from dpokit.losses import Param, all_losses, all_params, get_loss, losses_for, register
 from dpokit.losses.base import SHARED
 

@@ -20,10 +20,10 @@ from peft import PeftModel
 
 from dpokit.cli import main
 from dpokit.errors import UserError
-from dpokit.logprobs import completion_logps
-from dpokit.model_paths import pin_version
+from dpokit.policies.lm.logprobs import completion_logps
+from dpokit.store.versions import pin_version
 from dpokit.losses import get_loss
-from dpokit.models import load_model, load_tokenizer, resolve_model_path
+from dpokit.policies.lm.load import load_model, load_tokenizer, resolve_model_path
 from dpokit.train.objective import make_batch
 from dpokit.train.setup import build_policy, build_reference, load_data
 from online_util import tiny_online, write_prompts

@@ -17,7 +17,7 @@ from dpokit.errors import UserError
 from dpokit.online import OnlineConfig, online
 from dpokit.online.judging import CandidateJudge
 from dpokit.online.pairs import Candidates, form_pairs, pair_indices
-from dpokit.versions import Registry
+from dpokit.store.versions import Registry
 from data_util import read_jsonl
 from online_util import online_settings, write_prompts
 from util import tiny_model_dir

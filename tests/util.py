@@ -9,7 +9,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from dpokit.config import RunConfig, load_config
-from dpokit.tiny import write_tiny_model
+from dpokit.policies.lm.tiny import write_tiny_model
 
 WORDS = "good bad film food warm cold bright dull quick slow lovely awful kind rude clean messy".split()
 

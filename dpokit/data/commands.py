@@ -11,13 +11,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable
 
-from dpokit.atomic import write_jsonl
 from dpokit.data.clean import chars
 from dpokit.data.readers import iter_records
 from dpokit.data.records import KINDS, Pair, RankedList, Record, Unpaired
 from dpokit.data.report import DataReport
 from dpokit.data.tokenize import CHUNK, encode_many
 from dpokit.errors import UserError
+from dpokit.store.atomic import write_jsonl
 
 MAX_ERRORS = 10
 

@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from dpokit.atomic import write_text_atomic
 from dpokit.config import EvalConfig, RunConfig
 from dpokit.data import encode_prompt, iter_json_objects, read_records, tokenize_records
 from dpokit.data.readers import text_field
@@ -28,11 +27,12 @@ from dpokit.data.tokenize import collate
 from dpokit.errors import UserError
 from dpokit.eval.generate import sample
 from dpokit.eval.judges import both_orders, load_judge, score_outcome
-from dpokit.logprobs import completion_logps
 from dpokit.losses import get_loss
-from dpokit.models import disable_dropout, load_model, load_tokenizer
-from dpokit.reference import CopyReference
+from dpokit.policies.lm.load import disable_dropout, load_model, load_tokenizer
+from dpokit.policies.lm.logprobs import completion_logps
+from dpokit.policies.reference import CopyReference
 from dpokit.precision import resolve as resolve_precision
+from dpokit.store.atomic import write_text_atomic
 from dpokit.train.objective import dataset_metrics
 
 

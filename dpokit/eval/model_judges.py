@@ -47,8 +47,8 @@ def model_identity(path: str) -> str:
     """What identifies a judge model in cache keys: its dpokit manifest digest, else a hash of its
     resolved path and its weight files' names, sizes and modification times (a model replaced in
     place gets new keys)."""
-    from dpokit.atomic import folder_digest
-    from dpokit.model_paths import concrete_path
+    from dpokit.policies.lm.paths import concrete_path
+    from dpokit.store.atomic import folder_digest
 
     p = Path(concrete_path(path))  # registry:...@current names another model once another is promoted
     if p.is_dir() and (digest := folder_digest(p)):
@@ -134,7 +134,7 @@ class RewardModelJudge(_ModelJudge):
     def _load(self) -> None:
         from transformers import AutoModelForSequenceClassification
 
-        from dpokit.models import _weights_file_check, hub_allowed, load_tokenizer, resolve_model_path
+        from dpokit.policies.lm.load import _weights_file_check, hub_allowed, load_tokenizer, resolve_model_path
 
         source = resolve_model_path(self.path)  # the same answer as every other loader
         if source.kind != "folder":
@@ -204,7 +204,7 @@ class LLMJudge(_ModelJudge):
         self._chat = False
 
     def _load(self) -> None:
-        from dpokit.models import disable_dropout, load_model, load_tokenizer
+        from dpokit.policies.lm.load import disable_dropout, load_model, load_tokenizer
 
         tok = load_tokenizer(self.path, self.trust_remote_code)
         model = load_model(self.path, self.trust_remote_code, allow_pickle=self.allow_pickle)

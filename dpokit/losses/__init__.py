@@ -6,8 +6,17 @@ Adding a loss = one function with ``@register`` in a module imported here (its `
 
 from dpokit.logps import Logps
 from dpokit.losses import dpo, kto, listwise, margin, reference_free, sft, token  # noqa: F401  (registers)
-from dpokit.losses.base import (LossContext, LossOutput, LossSpec, Param, all_losses, all_params, get_loss,
-                                losses_for, register)
+from dpokit.losses.base import (
+                                LossContext,
+                                LossOutput,
+                                LossSpec,
+                                Param,
+                                all_losses,
+                                all_params,
+                                get_loss,
+                                losses_for,
+                                register,
+)
 
 __all__ = ["LossContext", "Logps", "LossOutput", "LossSpec", "Param", "all_losses", "all_params", "get_loss",
            "losses_for", "register"]

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from dpokit.config import RunConfig
+from dpokit.config.flags import config_flags, spellings
 from dpokit.errors import UserError
-from dpokit.flags import config_flags, spellings
 
 
 @dataclass
@@ -105,10 +105,10 @@ class OnlineSettings:
         from dpokit.eval.judges import parse_spec
 
         kind, target = parse_spec(self.judge)
-        from dpokit.models import BUILTIN_SMOLLM2
+        from dpokit.policies.lm.load import BUILTIN_SMOLLM2
 
         if kind in ("rm", "llm") and target != BUILTIN_SMOLLM2:  # now, not after sampling
-            from dpokit.models import resolve_model_path
+            from dpokit.policies.lm.load import resolve_model_path
 
             try:
                 resolve_model_path(target)

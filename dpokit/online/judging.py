@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from dpokit.atomic import write_text_atomic
 from dpokit.eval.judges import Judge, load_judge
+from dpokit.store.atomic import write_text_atomic
 
 
 class JudgeCache:

@@ -25,15 +25,15 @@ from pathlib import Path
 
 import yaml
 
-from dpokit.atomic import folder_digest, verify, write_jsonl, write_text_atomic
+from dpokit.config.flags import RENAMED_FIELDS
 from dpokit.errors import UserError
-from dpokit.flags import RENAMED_FIELDS
 from dpokit.eval.evaluate import prompt_text, read_prompts
 from dpokit.online.config import OnlineConfig
 from dpokit.online.judging import RunJudges, candidate_scores, release
 from dpokit.online.pairs import Candidates, form_pairs
-from dpokit.online.rso import rejection_sample
 from dpokit.online.report import read_rounds, write_rounds
+from dpokit.online.rso import rejection_sample
+from dpokit.store.atomic import folder_digest, verify, write_jsonl, write_text_atomic
 from dpokit.train.checkpoint import checkpoints
 
 IGNORED_ON_RERUN = {"online.rounds", "train.progress"}
@@ -48,7 +48,7 @@ class OnlineResult:
 
 def online(cfg: OnlineConfig, log=print) -> OnlineResult:
     """Run (or continue) ``cfg.online.rounds`` rounds; the report lists every finished round."""
-    from dpokit.model_paths import pin_version
+    from dpokit.store.versions import pin_version
 
     out = Path(cfg.train.output)
     # every round and its evaluation must see the same initial model, whatever is promoted meanwhile
@@ -126,7 +126,7 @@ def round_models(cfg: OnlineConfig, r: int) -> tuple[str, str | None, str]:
 
 def model_id(path: str) -> str:
     """What identifies a model for reuse checks: its manifest digest, else its resolved path."""
-    from dpokit.model_paths import concrete_path
+    from dpokit.policies.lm.paths import concrete_path
 
     p = Path(concrete_path(path))
     return (folder_digest(p) if p.is_dir() else None) or str(p.resolve() if p.exists() else path)
@@ -165,7 +165,7 @@ def run_round(cfg: OnlineConfig, r: int, prompts: list, judge: RunJudges, log) -
              "train_steps": steps, **{k: stats.get(k, 0) for k in SAMPLING_KEYS},  # 0: counted before the key existed
              **_eval_fields(report)}
     if cfg.train.registry:
-        from dpokit.versions import Registry, attach_eval
+        from dpokit.store.versions import Registry, attach_eval
 
         entry["version"] = attach_eval(Registry(cfg.train.registry), report, str(final), cfg.model.path)
     return entry

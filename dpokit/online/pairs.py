@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from itertools import combinations
 
 
-
 @dataclass
 class Candidates:
     """One prompt (as given: text or chat messages) and its sampled answers with their scores."""

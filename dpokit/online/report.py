@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dpokit.atomic import write_text_atomic
+from dpokit.store.atomic import write_text_atomic
 
 REPORT = "online_report.json"
 PLOT = "reward_vs_kl.png"

@@ -1,7 +1,7 @@
 """Sampling a round's candidates: K answers per prompt from the current policy.
 
 Two backends: HF ``generate`` (batched, KV cache; everywhere) and vLLM (on a CUDA machine where
-it is installed). Both read the policy through ``dpokit.models.resolve_model_path``; vLLM is given
+it is installed). Both read the policy through ``dpokit.policies.lm.load.resolve_model_path``; vLLM is given
 a plain HF folder (``plain_folder``: the model itself, or a merged or converted copy for an
 adapter, a GGUF file or a checkpoint without a tokenizer).
 
@@ -94,8 +94,8 @@ def compare_generators(prompt_ids: list[list[int]], reference: Generator, candid
 
 def cached_check(key: dict, run: Callable[[], dict], path: Path | None = None) -> dict:
     """The stored result for ``key``, else ``run()``'s, stored (atomically) before it is returned."""
-    from dpokit.atomic import write_text_atomic
-    from dpokit.models import cache_root
+    from dpokit.store.atomic import write_text_atomic
+    from dpokit.store.cache import cache_root
 
     path = path or cache_root() / "backend-checks.json"
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
@@ -128,7 +128,7 @@ def check_key(cfg, policy: str, device: str) -> dict:
 def sample_answers(cfg, policy: str, prompts: list, seed: int, log=print) -> list[tuple[list[str], list[int]]]:
     """For each (prompt, where): the K decoded answers and their lengths in tokens (EOS included)."""
     from dpokit.data import encode_prompt
-    from dpokit.models import load_tokenizer
+    from dpokit.policies.lm.load import load_tokenizer
 
     k = cfg.online.samples_per_prompt
     tokenizer = load_tokenizer(policy, cfg.model.trust_remote_code)
@@ -161,7 +161,7 @@ def _hf_generate(cfg, policy: str, prompt_ids: list[list[int]], seed: int, tempe
     from accelerate import Accelerator
 
     from dpokit.eval.generate import sample
-    from dpokit.models import disable_dropout, load_model, load_tokenizer
+    from dpokit.policies.lm.load import disable_dropout, load_model, load_tokenizer
     from dpokit.precision import resolve
 
     o = cfg.online
@@ -215,9 +215,10 @@ def plain_folder(policy: str, trust_remote_code: bool = False, allow_pickle: boo
     """A HF folder with weights and tokenizer for ``policy``, for readers that take nothing else
     (vLLM): the folder itself where it is one, else a merged or converted copy, written once
     (atomically) under ``cache_root()/plain/`` and keyed by the model's identity."""
-    from dpokit.atomic import atomic_folder, verify
     from dpokit.eval.model_judges import model_identity
-    from dpokit.models import cache_root, load_model, load_tokenizer, resolve_model_path
+    from dpokit.policies.lm.load import load_model, load_tokenizer, resolve_model_path
+    from dpokit.store.atomic import atomic_folder, verify
+    from dpokit.store.cache import cache_root
 
     source = resolve_model_path(policy)
     if source.kind == "folder" and source.tokenizer_source() is source and Path(source.folder).is_dir():

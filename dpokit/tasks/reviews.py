@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from dpokit.atomic import write_jsonl
+from dpokit.store.atomic import write_jsonl
 from dpokit.tasks import _lexicon
 from dpokit.tasks import _review_bank as bank
 

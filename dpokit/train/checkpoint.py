@@ -5,7 +5,7 @@ the adapter), ``optimizer.safetensors``, ``scheduler.safetensors`` and ``rng.saf
 (tensors in safetensors, the rest of each state as JSON in the file's metadata: nothing is
 unpickled on resume), ``trainer_state.json`` (step and data position), ``metrics.json`` (the
 metrics logged at that step), ``config.yaml`` and ``manifest.json`` (size and sha256 of every
-file). See ``dpokit.atomic`` for how a folder is written and verified.
+file). See ``dpokit.store.atomic`` for how a folder is written and verified.
 
 Resuming takes the newest checkpoint that passes verification; one that fails is named with
 the reason and skipped. Retention keeps the last ``save_total_limit`` checkpoints and, with
@@ -27,9 +27,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from dpokit.atomic import atomic_folder, verify
 from dpokit.config import RunConfig, TrainConfig, save_config
 from dpokit.errors import UserError
+from dpokit.store.atomic import atomic_folder, verify
 from dpokit.train.engines import FULL_OPTIMIZER, Engine, load_states
 
 

@@ -222,9 +222,7 @@ def _tied_names(model) -> set[str]:
 
 def load_states(engine: Engine, model, optimizer, weights: dict, optim: dict) -> None:
     """Load full state dicts (read from disk by every process) into the sharded model and optimizer."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
-
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
     from torch.distributed.fsdp import FSDPModule
 
     # A forward pass leaves groups with reshard_after_forward=False (accelerate's embedding/LM-head

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
+from dpokit.config.guard import GuardConfig
 from dpokit.errors import UserError
-from dpokit.guard_config import GuardConfig
 from dpokit.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint
 from dpokit.train.optim import set_lr_scale
 

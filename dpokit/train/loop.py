@@ -18,23 +18,30 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from dpokit.atomic import verify
 from dpokit.config import RunConfig, save_config
 from dpokit.errors import Stopped
 from dpokit.losses import LossSpec, get_loss
-from dpokit.models import load_tokenizer
+from dpokit.policies.lm.load import load_tokenizer
 from dpokit.precision import resolve as resolve_precision
+from dpokit.store.atomic import verify
 from dpokit.train import engines
 from dpokit.train.batches import BatchStream
-from dpokit.train.checkpoint import (TrainState, checkpoints, latest_checkpoint, load_checkpoint, remove_partial_writes,
-                                     save_checkpoint, save_model)
+from dpokit.train.checkpoint import (
+    TrainState,
+    checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+    remove_partial_writes,
+    save_checkpoint,
+    save_model,
+)
 from dpokit.train.guards import Action, Guard
 from dpokit.train.metrics import MetricsLog, MetricSums, batch_metrics, real_tokens
 from dpokit.train.objective import dataset_metrics, forward_loss, make_batch, unit_count
 from dpokit.train.optim import LossScaling, build_optimizer, build_scheduler
+from dpokit.train.register import register_run
 from dpokit.train.setup import build_policy, build_reference, finish_reference, load_data
 from dpokit.train.signals import StopRequest, stop_on_signals
-from dpokit.versions import register_run
 
 
 @dataclass
@@ -75,7 +82,7 @@ def train_within(cfg: RunConfig, what: str, log=print) -> TrainResult | None:
 def _pin_versions(cfg: RunConfig) -> RunConfig:
     """``registry:...`` models as the folders they name now, so every load of this run sees one
     model and the saved config (the base an adapter falls back to) keeps naming it after a promote."""
-    from dpokit.model_paths import pin_version
+    from dpokit.store.versions import pin_version
 
     m = cfg.model
     return replace(cfg, model=replace(m, path=pin_version(m.path), ref_path=pin_version(m.ref_path)))

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from dpokit.atomic import write_text_atomic
 from dpokit.logps import Logps
 from dpokit.losses import LossOutput
+from dpokit.store.atomic import write_text_atomic
 
 
 def group_names(kind: str, groups: int) -> list[str]:

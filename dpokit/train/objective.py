@@ -12,8 +12,8 @@ import torch
 
 from dpokit.config import RunConfig
 from dpokit.data import TokenizedRecord, collate
-from dpokit.logprobs import completion_logps, logps_from_log_probs
 from dpokit.losses import LossContext, LossSpec
+from dpokit.policies.lm.logprobs import completion_logps, logps_from_log_probs
 from dpokit.train import engines
 from dpokit.train.batches import eval_batches
 from dpokit.train.metrics import MetricSums, batch_metrics

@@ -9,14 +9,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dpokit import reference as ref_lib
 from dpokit.config import RunConfig
 from dpokit.data import TokenizedRecord
 from dpokit.data.cache import load_tokenized
 from dpokit.errors import UserError
-from dpokit.logprobs import Options
 from dpokit.losses import LossSpec
-from dpokit.models import apply_lora, disable_dropout, load_model
+from dpokit.policies import reference as ref_lib
+from dpokit.policies.lm.load import apply_lora, disable_dropout, load_model
+from dpokit.policies.lm.logprobs import Options
 from dpokit.precision import resolve as resolve_precision
 from dpokit.train.batches import BatchStream, eval_batches, first_epoch_batches
 from dpokit.train.engines import Engine, prepare_reference, stand_ins

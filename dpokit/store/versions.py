@@ -29,18 +29,20 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dpokit.atomic import file_sha256, folder_digest, verify, write_text_atomic
+from dpokit.config.flags import RENAMED_FIELDS
 from dpokit.errors import UserError
-from dpokit.flags import RENAMED_FIELDS
+from dpokit.store.atomic import folder_digest, verify, write_text_atomic
 
+REGISTRY_PREFIX = "registry:"
+REGISTRY_ENV = "DPOKIT_REGISTRY"
 _ID = re.compile(r"v(\d+)")
 
 
-def _now() -> str:
+def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _abs(path: str | None) -> str | None:
+def abs_path(path: str | None) -> str | None:
     """An existing local path made absolute; anything else (``builtin:...``, a hub id) as given."""
     return str(Path(path).resolve()) if path and Path(path).exists() else path
 
@@ -108,7 +110,7 @@ class Registry:
     def set_history(self, history: list[str], action: str) -> None:
         path = self.root / "index.json"
         index = self._read_json(path) if path.is_file() else {}
-        event = {"time": _now(), "action": action, "current": history[-1] if history else None}
+        event = {"time": utc_now(), "action": action, "current": history[-1] if history else None}
         index.setdefault("events", []).append(event)
         index["history"] = history
         write_text_atomic(path, json.dumps(index, indent=1))
@@ -117,67 +119,15 @@ class Registry:
         """The newest version whose model is this folder (same path, or same manifest digest)."""
         if not path:
             return None
-        from dpokit.model_paths import concrete_path
-
-        path = concrete_path(path)  # registry:... forms name a version's folder
-        resolved, digest = _abs(path), folder_digest(Path(path)) if Path(path).is_dir() else None
+        path = pin_version(path)  # registry:... forms name a version's folder
+        resolved, digest = abs_path(path), folder_digest(Path(path)) if Path(path).is_dir() else None
         for record in reversed(self.records()):
             if record["model"] == resolved or (digest and record.get("model_sha256") == digest):
                 return record["id"]
         return None
 
 
-# -- registering a finished run, attaching an evaluation --------------------------------------------
-
-def _data_entry(path: str, records: list | None) -> dict:
-    from dpokit.reference import data_hash
-
-    return {"path": _abs(path), "sha256": file_sha256(Path(path)) if Path(path).is_file() else None,
-            "tokens_sha256": data_hash(records) if records else None}
-
-
-def _eval_in(run: Path) -> dict | None:
-    """An evaluation report left in the run folder (``dpokit eval --output RUN`` or ``RUN/eval``)."""
-    for path in (run / "eval_report.json", run / "eval" / "eval_report.json"):
-        with contextlib.suppress(OSError, ValueError):
-            return {"report": json.loads(path.read_text()), "source": str(path), "added": _now()}
-    return None
-
-
-def build_record(cfg, result, datasets: dict, registry: Registry) -> dict:
-    """What a version records about a finished training run (``cfg``: RunConfig, ``result``: TrainResult)."""
-    from dpokit.losses import get_loss
-    from dpokit.model_paths import pin_version
-
-    start = pin_version(cfg.model.path)  # the folder it named at training time
-    ref = pin_version(cfg.model.ref_path or start) if get_loss(cfg.loss.name).needs_reference else None
-    files = {"train": cfg.data.train, "eval": cfg.data.eval}
-    return {
-        "created": _now(),
-        "model": _abs(str(result.final)), "model_sha256": folder_digest(Path(result.final)),
-        "run": _abs(str(result.output)),
-        "parent": registry.find_model(start), "parent_model": _abs(start),
-        "reference": {"model": _abs(ref), "version": registry.find_model(ref)} if ref else None,
-        "data": {name: _data_entry(path, datasets.get(name)) for name, path in files.items() if path},
-        "loss": cfg.loss.name, "steps": result.steps,
-        "config": cfg.to_dict(),
-        "metrics": result.last_metrics, "eval_metrics": result.eval_metrics,
-        "eval": _eval_in(Path(result.output)),
-    }
-
-
-def register_run(cfg, result, datasets: dict, log=print) -> str | None:
-    """Register ``result.final`` as a new version in ``cfg.train.registry`` (no-op when unset)."""
-    if not cfg.train.registry:
-        return None
-    registry = Registry(cfg.train.registry)
-    try:
-        vid = registry.add(build_record(cfg, result, datasets, registry))
-    except UserError as exc:
-        raise UserError(f"{result.final} was saved, but registering it failed: {exc}") from None
-    log(f"[versions] registered {result.final} as {vid} in {registry.root}")
-    return vid
-
+# -- attaching an evaluation ----------------------------------------------------------------------
 
 def attach_eval(registry: Registry, report: dict, model: str, ref_model: str | None = None,
                 version: str | None = None, required: bool = True) -> str | None:
@@ -189,8 +139,8 @@ def attach_eval(registry: Registry, report: dict, model: str, ref_model: str | N
     if vid is None:
         raise UserError(f"no version in {registry.root} has this model; name one with --version", where=model)
     record = registry.get(vid)
-    record["eval"] = {"report": report, "source": "dpokit eval", "model": _abs(model),
-                      "reference_model": _abs(ref_model), "added": _now()}
+    record["eval"] = {"report": report, "source": "dpokit eval", "model": abs_path(model),
+                      "reference_model": abs_path(ref_model), "added": utc_now()}
     registry.update(record)
     return vid
 
@@ -308,3 +258,29 @@ def diff_versions(registry: Registry, a: str, b: str) -> str:
 
 def _cell(v: float | None) -> str:
     return f"{v:12.5g}" if v is not None else f"{'-':>12s}"
+
+
+# -- registry:DIR@vN arguments ------------------------------------------------------------------------------
+
+def pin_version(spec: str | None) -> str | None:
+    """A ``registry:...`` argument as the folder it names now, for what must not move when another
+    version is promoted later (a run's lineage, an online run's initial model); others as given."""
+    return registry_model(spec) if spec and spec.startswith(REGISTRY_PREFIX) else spec
+
+
+def registry_model(spec: str) -> str:
+    """The model folder of ``registry:[DIR][@VERSION]`` (VERSION: ``vN`` or ``current``, the default),
+    checked against the manifest it was registered with."""
+    rest = spec[len(REGISTRY_PREFIX):]
+    root, _, version = rest.rpartition("@") if "@" in rest else (rest, "", "current")
+    root = root or os.environ.get(REGISTRY_ENV, "")
+    if not root:
+        raise UserError("names no registry folder and DPOKIT_REGISTRY is not set (registry:DIR@vN)", where=spec)
+    registry = Registry(root).require()
+    vid = registry.current() if version in ("", "current") else version
+    if vid is None:
+        raise UserError(f"no version of {root} is current (promote one, or name it: registry:{root}@vN)", where=spec)
+    record = registry.get(vid)
+    if problem := model_problem(record):
+        raise UserError(f"version {vid}: {problem}", where=spec)
+    return record["model"]

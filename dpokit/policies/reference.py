@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dpokit.data.tokenize import TokenizedRecord, collate
-from dpokit.logprobs import FAST, Options, completion_log_probs, completion_logps
 from dpokit.logps import Logps
+from dpokit.policies.lm.logprobs import FAST, Options, completion_log_probs, completion_logps
 
 CACHE_FORMAT = 1
 

@@ -1,6 +1,6 @@
 """The ``guard:`` section of a run config: what the training loop does about non-finite steps and
-collapsing metrics (docs/reliability.md, "Guards"). Its own module to keep ``config.py`` short;
-``RunConfig`` holds it as ``guard``; its flags are ``--guard-FIELD`` (``dpokit.flags``)."""
+collapsing metrics (docs/reliability.md, "Guards").
+``RunConfig`` holds it as ``guard``; its flags are ``--guard-FIELD`` (``dpokit.config.flags``)."""
 
 from __future__ import annotations
 

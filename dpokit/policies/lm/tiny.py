@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-TOKENIZER_DIR = Path(__file__).parent / "assets" / "tiny_tokenizer"
+TOKENIZER_DIR = Path(__file__).parents[2] / "assets" / "tiny_tokenizer"
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
     " + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"

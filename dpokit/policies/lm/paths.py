@@ -13,7 +13,7 @@ Every folder dpokit writes is also a model argument dpokit reads:
 - ``registry:DIR@vN``: version N of the registry in DIR; ``registry:DIR`` or ``registry:DIR@current``
   its current version; ``registry:@vN`` and ``registry:`` take DIR from ``$DPOKIT_REGISTRY``.
 
-``resolve_model_path`` turns any of these into a ``ModelSource``; ``dpokit.models`` loads one.
+``resolve_model_path`` turns any of these into a ``ModelSource``; ``dpokit.policies.lm.load`` loads one.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from pathlib import Path
 import yaml
 
 from dpokit.errors import UserError
+from dpokit.store.versions import REGISTRY_PREFIX, registry_model
 
 BUILTIN_SMOLLM2 = "builtin:smollm2-135m-instruct"
-REGISTRY_PREFIX = "registry:"
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 _MAX_CHAIN = 32  # adapters on adapters (one per continued run or online round); a loop ends here
@@ -73,7 +73,7 @@ def resolve_model_path(spec: str, _depth: int = 0) -> ModelSource:
         raise UserError(f"adapters chained more than {_MAX_CHAIN} deep (does an adapter name itself as base?)",
                         where=spec)
     if spec == BUILTIN_SMOLLM2:
-        from dpokit.models import embedded_smollm2
+        from dpokit.policies.lm.load import embedded_smollm2
 
         return ModelSource(spec, str(embedded_smollm2()))
     if spec.startswith(REGISTRY_PREFIX):
@@ -162,31 +162,3 @@ def _adapter_base(folder: Path, depth: int) -> ModelSource:
     found = "; ".join(tried) if tried else "neither adapter_config.json nor a run config.yaml names one"
     raise UserError(f"LoRA adapter folder whose base model is not found: {found}. Put the base model back, or "
                     "set base_model_name_or_path in adapter_config.json", where=str(folder))
-
-
-# -- registry versions ------------------------------------------------------------------------------
-
-def pin_version(spec: str | None) -> str | None:
-    """A ``registry:...`` argument as the folder it names now, for what must not move when another
-    version is promoted later (a run's lineage, an online run's initial model); others as given."""
-    return registry_model(spec) if spec and spec.startswith(REGISTRY_PREFIX) else spec
-
-
-def registry_model(spec: str) -> str:
-    """The model folder of ``registry:[DIR][@VERSION]`` (VERSION: ``vN`` or ``current``, the default),
-    checked against the manifest it was registered with."""
-    from dpokit.versions import Registry, model_problem
-
-    rest = spec[len(REGISTRY_PREFIX):]
-    root, _, version = rest.rpartition("@") if "@" in rest else (rest, "", "current")
-    root = root or os.environ.get("DPOKIT_REGISTRY", "")
-    if not root:
-        raise UserError("names no registry folder and DPOKIT_REGISTRY is not set (registry:DIR@vN)", where=spec)
-    registry = Registry(root).require()
-    vid = registry.current() if version in ("", "current") else version
-    if vid is None:
-        raise UserError(f"no version of {root} is current (promote one, or name it: registry:{root}@vN)", where=spec)
-    record = registry.get(vid)
-    if problem := model_problem(record):
-        raise UserError(f"version {vid}: {problem}", where=spec)
-    return record["model"]

@@ -3,7 +3,7 @@
 Every loss, the reference cache, evaluation and the sampled-KL estimate go through
 ``completion_logps``, so speed work here serves all of them:
 
-- the layout (``dpokit.layout``): by default each record's prompt is encoded once for all its
+- the layout (``dpokit.policies.lm.layout``): by default each record's prompt is encoded once for all its
   responses, and short records are packed into the padding of long ones;
 - the LM head and the fp32 log-softmax run only at completion positions, in chunks of
   ``Options.chunk`` positions, each recomputed in the backward pass (activation
@@ -25,8 +25,8 @@ import torch
 from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 from torch.utils.checkpoint import checkpoint
 
-from dpokit.layout import Plan, padded_plan, shared_plan
 from dpokit.logps import Logps
+from dpokit.policies.lm.layout import Plan, padded_plan, shared_plan
 
 log = logging.getLogger(__name__)
 BLOCK_MASK_ATTENTION = ("sdpa", "eager")  # implementations that take a custom 4-D mask
@@ -71,7 +71,7 @@ def _block_masks_ok(model) -> bool:
 
 
 def plan(model, batch: dict, group_size: int, options: Options) -> Plan:
-    """Where the batch's completion tokens go in the model's rows (see ``dpokit.layout``)."""
+    """Where the batch's completion tokens go in the model's rows (see ``dpokit.policies.lm.layout``)."""
     if (options.share_prompt or options.pack) and _block_masks_ok(model):
         return shared_plan(batch, group_size, options.pack, options.share_prompt)
     return padded_plan(batch)

@@ -17,16 +17,13 @@ import torch
 
 from dpokit.config import LoraConfig
 from dpokit.errors import UserError
-from dpokit.model_paths import BUILTIN_SMOLLM2, ModelSource, hub_allowed, resolve_model_path
+from dpokit.policies.lm.paths import BUILTIN_SMOLLM2, ModelSource, hub_allowed, resolve_model_path
+from dpokit.store.cache import cache_root
 
 __all__ = ["BUILTIN_SMOLLM2", "ModelSource", "apply_lora", "cache_root", "disable_dropout", "embedded_smollm2",
            "hub_allowed", "load_model", "load_tokenizer", "resolve_model_path"]
 
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("DPOKIT_CACHE", Path.home() / ".cache" / "dpokit"))
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -155,7 +152,8 @@ def apply_lora(model, cfg: LoraConfig, base: str | None = None):
     """A fresh adapter on ``model``. ``base``: the model argument ``model`` was loaded from; the saved
     adapter names it (as an absolute path) so that the adapter folder loads again from anywhere,
     and a chain of adapters (each continued run adds one on the merged weights) resolves link by link."""
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
 
     targets = cfg.target_modules if cfg.target_modules == "all-linear" else cfg.target_modules.split(",")
     peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,

@@ -1,5 +1,5 @@
 """The ``loss:`` section of a run config: which loss, and the hyperparameters of every registered
-loss (docs/losses.md). Its own module to keep ``config.py`` short; ``RunConfig`` holds it as
+loss (docs/losses.md). ``RunConfig`` holds it as
 ``loss`` and checks it with ``checks()``. Which loss reads a field, its default for that loss and
 the values allowed are declared where the loss is registered (``dpokit/losses/``)."""
 

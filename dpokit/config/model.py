@@ -1,0 +1,60 @@
+"""The model to train: where it is, how it loads, LoRA, and the registry folders default to."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+from dpokit.errors import UserError
+from dpokit.store.versions import REGISTRY_ENV
+
+
+def default_registry() -> str | None:
+    """The registry folder of every command that takes one when none is given: $DPOKIT_REGISTRY."""
+    return os.environ.get(REGISTRY_ENV) or None
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""
+    """Local HF model folder, a ``.gguf`` file, or ``builtin:smollm2-135m-instruct``."""
+    ref_path: str | None = None
+    """A separate reference model; by default the reference is the policy's starting weights."""
+    trust_remote_code: bool = False
+    """Run model code shipped inside the model folder (off unless asked)."""
+    allow_pickle: bool = False
+    """Load weights stored with pickle (``pytorch_model.bin``, ``*.pt``...), which can run code when
+    read; off unless asked: weights come from safetensors or GGUF."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    """Train LoRA adapters instead of all weights."""
+    r: int = 16
+    """Adapter rank."""
+    alpha: int = 32
+    """Adapter scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the adapter input; 0 keeps the reference and policy passes comparable."""
+    target_modules: str = "all-linear"
+    """Comma-separated module names, or ``all-linear``."""
+    merge: bool = False
+    """Save ``final/`` with the adapter merged into the base weights."""
+
+
+Dtype = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+def fold_bf16(dtype: str, bf16: bool | None, prefix: str) -> str:
+    """The dtype once the older ``bf16`` switch (true: bf16, false: fp32) is folded into it."""
+    if bf16 is None:
+        return dtype
+    alias = "bf16" if bf16 else "fp32"
+    if dtype not in ("auto", alias):
+        raise UserError(f"says {alias} but {prefix}dtype is {dtype}; give one of them", where="config",
+                        field=f"{prefix}bf16")
+    return alias
