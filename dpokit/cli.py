@@ -9,15 +9,8 @@ import signal
 import sys
 
 from dpokit.cli_errors import OneLineParser
-from dpokit.config import (
-    DATA_COMMAND_NOT_FLAGS,
-    TRAIN_FLAG_SET,
-    DataCommandConfig,
-    EvalConfig,
-    RunConfig,
-    default_registry,
-    load_config,
-)
+from dpokit.config import (DATA_COMMAND_NOT_FLAGS, TRAIN_FLAG_SET, DataCommandConfig, EvalConfig, RunConfig,
+                           default_registry, load_config)
 from dpokit.config.flags import add_flags, config_flags, overrides, spellings
 from dpokit.data.kinds import KIND_NAMES
 from dpokit.errors import Stopped, UserError, stops_raise

@@ -15,11 +15,14 @@ class Logps:
     ``tokens``: (G, B, T) float32, zero wherever ``mask`` is False; ``mask``: (G, B, T) bool.
     ``kl``: (G, B, T) per-token KL(π_ref(·|x, y_<t) ‖ π(·|x, y_<t)) over the whole vocabulary,
     present only for losses that declare ``token_kl`` (token-level DPO).
+    ``dist``: (G·B, T, V) the full log-distributions at those positions, present only in a
+    reference's output for such losses (the policy's ``kl`` is computed against them).
     """
 
     tokens: Tensor
     mask: Tensor
     kl: Tensor | None = None
+    dist: Tensor | None = None
 
     @property
     def sum(self) -> Tensor:

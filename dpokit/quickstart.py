@@ -20,19 +20,8 @@ from accelerate import Accelerator
 
 from dpokit.config import EvalConfig, load_config
 from dpokit.data import encode_prompt
-from dpokit.eval.evaluate import (
-    decode,
-    eval_autocast,
-    judge_answers,
-    kl_from_logps,
-    pair_metrics,
-    prompt_text,
-    read_prompts,
-    sample_answers,
-    sequence_logps,
-    win_rate,
-    write_report,
-)
+from dpokit.eval.evaluate import (decode, eval_autocast, judge_answers, kl_from_logps, pair_metrics, prompt_text,
+                                  read_prompts, sample_answers, sequence_logps, win_rate, write_report)
 from dpokit.eval.judges import load_judge
 from dpokit.policies.lm.load import BUILTIN_SMOLLM2, embedded_smollm2, load_model, load_tokenizer
 from dpokit.policies.lm.tiny import write_tiny_model

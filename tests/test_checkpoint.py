@@ -21,8 +21,9 @@ from dpokit.config import TrainConfig
 from dpokit.errors import UserError
 from dpokit.policies.lm.tiny import tiny_model, tiny_tokenizer
 from dpokit.train import train
+from dpokit.policies.lm.policy import save_model
 from dpokit.train.checkpoint import (TrainState, latest_checkpoint, load_checkpoint, prune_checkpoints,
-                                     save_checkpoint, save_model)
+                                     save_checkpoint)
 from dpokit.train.optim import build_optimizer, build_scheduler
 from util import config, final_weights, metrics, tiny_model_dir, write_pairs
 

@@ -15,6 +15,7 @@ import preference_task as task
 from dpokit.data import collate, read_records, tokenize_records
 from dpokit.losses import all_losses, get_loss
 from dpokit.train import train
+from dpokit.policies.lm.policy import CausalLM
 from dpokit.train.objective import forward_loss
 from util import config, final_weights, metrics, tiny_model_dir
 
@@ -154,8 +155,9 @@ def test_record_weights_scale_each_example(files, tiny_tokenizer):
     records[1].weight = 3.0
     weighted = collate(records, tiny_tokenizer.pad_token_id)
     noop = __import__("contextlib").nullcontext
-    _, _, a = forward_loss(spec, cfg, model, None, plain, 2, noop, {})
-    _, _, b = forward_loss(spec, cfg, model, None, weighted, 2, noop, {})
+    kind = CausalLM(tiny_tokenizer)
+    _, _, a = forward_loss(spec, cfg.loss, kind, model, None, plain, 2, noop, {})
+    _, _, b = forward_loss(spec, cfg.loss, kind, model, None, weighted, 2, noop, {})
     torch.testing.assert_close(b.losses, a.losses * torch.tensor([1.0, 3.0]))
 
 

@@ -25,7 +25,8 @@ from dpokit.store.versions import pin_version
 from dpokit.losses import get_loss
 from dpokit.policies.lm.load import load_model, load_tokenizer, resolve_model_path
 from dpokit.train.objective import make_batch
-from dpokit.train.setup import build_policy, build_reference, load_data
+from dpokit.policies.lm.policy import CausalLM
+from dpokit.train.setup import build_reference
 from online_util import tiny_online, write_prompts
 from util import config, metrics, tiny_model_dir, write_pairs
 
@@ -72,11 +73,10 @@ def test_adapter_folder_and_checkpoint_load_and_evaluate(runs):
     report = json.loads((tmp / "eval-adapter" / "eval_report.json").read_text())
     assert report["prompts"] == 2
     # merged on load: the same log-probs as peft's own adapter-applied model
-    tok = load_tokenizer(str(final))
     (tmp / "x").mkdir(exist_ok=True)
-    records = load_data(str(tmp / "pairs.jsonl"), "pair", tok, config(model, tmp / "pairs.jsonl", tmp / "x"), "t",
-                        lambda *_: None)
-    batch = make_batch(records, [0, 1, 2, 3], tok.pad_token_id, "t", "cpu")
+    kind = CausalLM.from_config(config(final, tmp / "pairs.jsonl", tmp / "x"))
+    records = kind.records(str(tmp / "pairs.jsonl"), "pair", "t", lambda *_: None)
+    batch = make_batch(kind, records, [0, 1, 2, 3], "t", "cpu")
     peft_model = PeftModel.from_pretrained(load_model(str(model)), str(final))
     assert torch.allclose(logps(load_model(str(final)), batch), logps(peft_model, batch), atol=1e-5)
     assert not torch.allclose(logps(load_model(str(final)), batch), logps(load_model(str(model)), batch), atol=1e-3)
@@ -90,12 +90,12 @@ def test_continued_lora_starts_from_the_adapter_and_its_reference_is_that_policy
     assert saved["base_model_name_or_path"] == str((tmp / "lora" / "final").resolve())  # a chain of adapters
     # step 0, built as training builds it: reference log-probs are the starting policy's, not the bare base's
     cfg = config(tmp / "lora" / "final", data, tmp / "ref-check", lora__enabled=True, lora__r=4, train__ref="adapter")
-    tok = load_tokenizer(cfg.model.path)
+    kind = CausalLM.from_config(cfg)
     (tmp / "ref-check").mkdir()
-    records = load_data(str(data), "pair", tok, cfg, "train", lambda *_: None)
-    reference, policy = build_reference(cfg, get_loss("sigmoid"), build_policy(cfg), tok, {"train": records},
+    records = kind.records(str(data), "pair", "train", lambda *_: None)
+    reference, policy = build_reference(cfg, get_loss("sigmoid"), kind, kind.load(cfg.model.path), {"train": records},
                                         contextlib.nullcontext, lambda *_: None, Accelerator())
-    batch = make_batch(records, [0, 1, 2, 3], tok.pad_token_id, "train", "cpu")
+    batch = make_batch(kind, records, [0, 1, 2, 3], "train", "cpu")
     start = load_model(str(tmp / "lora" / "final"))
     ref = reference.logps(batch, 2)
     assert torch.allclose(ref.tokens.mul(ref.mask).sum(-1), logps(start, batch), atol=1e-5)

@@ -15,7 +15,7 @@ import torch
 from dpokit.errors import UserError
 from dpokit.precision import native_on_cpu, resolve
 from dpokit.train import train
-from dpokit.train.metrics import real_tokens
+from dpokit.policies.lm.policy import real_tokens
 from dpokit.train.optim import LossScaling
 from util import config, metrics, tiny_model_dir, write_pairs
 

@@ -26,6 +26,9 @@ class ModelConfig:
     allow_pickle: bool = False
     """Load weights stored with pickle (``pytorch_model.bin``, ``*.pt``...), which can run code when
     read; off unless asked: weights come from safetensors or GGUF."""
+    policy: str = "causal_lm"
+    """The kind of policy: ``causal_lm`` (a Hugging Face causal LM, GGUF file or adapter) or
+    ``linear_scorer`` (a linear model scoring candidate items for a context); docs/architecture.md."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
 

@@ -11,18 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from dpokit.data.fields import (
-    align,
-    as_messages,
-    boolean,
-    list_field,
-    number,
-    present,
-    require,
-    split_common_prefix,
-    text_field,
-    text_value,
-)
+from dpokit.data.fields import (align, as_messages, boolean, list_field, number, present, require, split_common_prefix,
+                                text_field, text_value)
 from dpokit.data.records import Pair, RankedList, Record, SFTExample, Text, Unpaired
 from dpokit.data.report import DataReport
 from dpokit.errors import UserError

@@ -17,6 +17,13 @@ from dpokit.data.records import KINDS, Pair, RankedList, Record, SFTExample, Unp
 from dpokit.data.report import DataReport
 from dpokit.errors import UserError
 
+def response_names(kind: str, groups: int) -> list[str]:
+    """Names of the real responses of a batch's groups; the unpaired kind's second group is
+    another prompt's completion (KTO's reference point), not data, so it is not logged."""
+    return {"pair": ["chosen", "rejected"], "sft": ["completion"], "unpaired": ["completion"]}.get(
+        kind, [f"rank{g + 1}" for g in range(groups)])
+
+
 KIND_NAMES = {**{kind: kind for kind in KINDS}, "pairs": "pair"}
 """Each spelling of a record kind -> the kind (``pairs``, as in ``--to pairs``, is the kind ``pair``)."""
 

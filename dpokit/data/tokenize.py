@@ -35,6 +35,10 @@ class TokenizedRecord:
     """Unpaired: [1.0 desirable / 0.0 undesirable]; lists: per-answer scores when known."""
     weight: float = 1.0
 
+    @property
+    def responses(self) -> int:
+        return len(self.completion_ids)
+
 
 @dataclass
 class TokenizeReport:

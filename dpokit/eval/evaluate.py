@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from dpokit.config import EvalConfig, RunConfig
+from dpokit.config import EvalConfig, LossConfig
 from dpokit.data import encode_prompt, iter_json_objects, read_records, tokenize_records
 from dpokit.data.readers import text_field
 from dpokit.data.tokenize import collate
@@ -30,6 +30,7 @@ from dpokit.eval.judges import both_orders, load_judge, score_outcome
 from dpokit.losses import get_loss
 from dpokit.policies.lm.load import disable_dropout, load_model, load_tokenizer
 from dpokit.policies.lm.logprobs import completion_logps
+from dpokit.policies.lm.policy import CausalLM
 from dpokit.policies.reference import CopyReference
 from dpokit.precision import resolve as resolve_precision
 from dpokit.store.atomic import write_text_atomic
@@ -166,12 +167,12 @@ def judge_answers(judge, prompts: list[str], policy: list[str], reference: list[
 
 def pair_metrics(cfg: EvalConfig, policy, reference, tokenizer, autocast, accelerator) -> dict:
     """Reward accuracy and margins of β·log π/π_ref on held-out pairs (same code as training)."""
-    run = RunConfig()
-    run.loss.beta, run.train.batch_size = cfg.beta, cfg.batch_size
-    run.loss.resolve_defaults(())
+    spec, loss = get_loss("sigmoid"), LossConfig(beta=cfg.beta)
+    loss.resolve_defaults(spec.defaults)
     records, _ = tokenize_records(read_records(cfg.pairs, "pair"), tokenizer, cfg.max_length, cfg.max_prompt_length)
-    m = dataset_metrics(get_loss("sigmoid"), run, policy, CopyReference(reference, autocast), records,
-                         tokenizer.pad_token_id, autocast, accelerator)
+    kind = CausalLM(tokenizer)
+    m = dataset_metrics(spec, loss, cfg.batch_size, kind, policy, CopyReference(reference, kind, autocast), records,
+                        autocast, accelerator)
     return {"pairs": len(records), "reward_accuracy": m["rewards/accuracies"],
             "reward_margin": m["rewards/margins"], "dpo_loss": m["loss"]}
 

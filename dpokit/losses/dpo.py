@@ -12,18 +12,8 @@ from torch import Tensor
 from torch.nn.functional import logsigmoid
 
 from dpokit.logps import Logps
-from dpokit.losses.base import (
-    BETA,
-    LABEL_SMOOTHING,
-    LossContext,
-    LossOutput,
-    Param,
-    chosen_nll,
-    log_ratios,
-    register,
-    reward_metrics,
-    sigmoid_xent,
-)
+from dpokit.losses.base import (BETA, LABEL_SMOOTHING, LossContext, LossOutput, Param, chosen_nll, log_ratios, register,
+                                reward_metrics, sigmoid_xent)
 
 
 def _margin(policy: Logps, reference: Logps) -> Tensor:

@@ -3,8 +3,8 @@
 - ``CopyReference``: a frozen model (a copy of the starting policy, or ``--ref-model``).
 - ``AdapterReference``: the LoRA policy itself with its adapters switched off.
 - ``CachedReference``: log-probs computed once before training and stored on disk, keyed by
-  hashes of the model weights, the tokenizer, the tokenized data and the settings; the
-  reference model is then freed, so training holds one model.
+  hashes of the model weights, the policy kind's fingerprint of its encoder and the encoded
+  data, and the settings; the reference model is then freed, so training holds one model.
 """
 
 from __future__ import annotations
@@ -19,56 +19,46 @@ from typing import Callable, Iterable
 import torch
 from safetensors.torch import load_file, save_file
 
-from dpokit.data.tokenize import TokenizedRecord, collate
 from dpokit.logps import Logps
-from dpokit.policies.lm.logprobs import FAST, Options, completion_log_probs, completion_logps
+from dpokit.policies.base import Policy, response_count
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 class CopyReference:
-    def __init__(self, model, autocast: Callable[[], contextlib.AbstractContextManager], options: Options = FAST):
-        self.model, self.autocast, self.options = model.eval().requires_grad_(False), autocast, options
+    """A frozen model of the policy's kind."""
+
+    def __init__(self, model, kind: Policy, autocast: Callable[[], contextlib.AbstractContextManager]):
+        self.model, self.kind, self.autocast = model.eval().requires_grad_(False), kind, autocast
 
     @torch.no_grad()
-    def logps(self, batch: dict, group_size: int) -> Logps:
+    def logps(self, batch: dict, group_size: int, full: bool = False) -> Logps:
+        """``full``: with the full per-position distributions (``Logps.dist``), for token-level losses."""
         with self.autocast():
-            return completion_logps(self.model, batch, group_size, options=self.options)
-
-    @torch.no_grad()
-    def log_probs(self, batch: dict, group_size: int) -> torch.Tensor:
-        """Full per-position log-distributions, for token-level losses."""
-        with self.autocast():
-            return completion_log_probs(self.model, batch, group_size, self.options)
+            return self.kind.logps(self.model, batch, group_size, full=full)
 
 
 class AdapterReference:
     """Reads the policy at call time, so it always sees the prepared (wrapped) model."""
 
-    def __init__(self, get_policy: Callable, autocast: Callable[[], contextlib.AbstractContextManager],
-                 options: Options = FAST):
-        self.get_policy, self.autocast, self.options = get_policy, autocast, options
+    def __init__(self, get_policy: Callable, kind: Policy, autocast: Callable[[], contextlib.AbstractContextManager]):
+        self.get_policy, self.kind, self.autocast = get_policy, kind, autocast
 
     @torch.no_grad()
-    def logps(self, batch: dict, group_size: int) -> Logps:
+    def logps(self, batch: dict, group_size: int, full: bool = False) -> Logps:
         policy = self.get_policy()
-        with policy.disable_adapter(), self.autocast():
-            return completion_logps(policy, batch, group_size, options=self.options)
-
-    @torch.no_grad()
-    def log_probs(self, batch: dict, group_size: int) -> torch.Tensor:
-        policy = self.get_policy()
-        with policy.disable_adapter(), self.autocast():
-            return completion_log_probs(policy, batch, group_size, self.options)
+        with self.kind.adapters_off(policy), self.autocast():
+            return self.kind.logps(policy, batch, group_size, full=full)
 
 
 class CachedReference:
-    """Per-token reference log-probs of every record, looked up by dataset name and record index."""
+    """Per-position reference log-probs of every record, looked up by dataset name and record index."""
 
     def __init__(self, values: dict[str, list[list[torch.Tensor]]]):
-        self.values = values  # values[dataset][record][response] -> (len(completion),) float32
+        self.values = values  # values[dataset][record][response] -> (positions,) float32
 
-    def logps(self, batch: dict, group_size: int) -> Logps:
+    def logps(self, batch: dict, group_size: int, full: bool = False) -> Logps:
+        assert not full, "a cached reference holds no full distributions (validate() refuses this)"
         index, values = batch["index"].tolist(), self.values[batch["dataset"]]
         mask = batch["completion_mask"]
         first = int(mask.float().argmax(dim=1).min())
@@ -89,43 +79,29 @@ def model_hash(model) -> str:
     return h.hexdigest()
 
 
-def tokenizer_hash(tokenizer) -> str:
-    payload = json.dumps([sorted(tokenizer.get_vocab().items()), tokenizer.chat_template,
-                          tokenizer.all_special_tokens], default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def data_hash(records: list[TokenizedRecord]) -> str:
-    h = hashlib.sha256()
-    for r in records:
-        h.update(json.dumps([r.prompt_ids, r.completion_ids]).encode())
-    return h.hexdigest()
-
-
-def cache_key(model_digest: str, tokenizer, records: list[TokenizedRecord], settings: dict) -> str:
-    parts = [f"v{CACHE_FORMAT}", model_digest, tokenizer_hash(tokenizer), data_hash(records),
-             json.dumps(settings, sort_keys=True)]
+def cache_key(model_digest: str, fingerprint: str, settings: dict) -> str:
+    """``fingerprint``: the policy kind's digest of its encoder and the encoded records."""
+    parts = [f"v{CACHE_FORMAT}", model_digest, fingerprint, json.dumps(settings, sort_keys=True)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
-def compute_reference_logps(model, records: list[TokenizedRecord], batches: list[list[int]], pad_id: int,
-                            autocast: Callable, progress: Iterable | None = None,
-                            options: Options = FAST) -> dict[int, list[torch.Tensor]]:
-    """One no-grad pass over the records named in ``batches``: per-token log-probs of every
-    completion, by record index. Running the batches training will run makes each value
+def compute_reference_logps(kind: Policy, model, records: list, batches: list[list[int]], autocast: Callable,
+                            progress: Iterable | None = None) -> dict[int, list[torch.Tensor]]:
+    """One no-grad pass over the records named in ``batches``: the log-probs at every position of
+    every response, by record index. Running the batches training will run makes each value
     bitwise what a live reference would give at that step, in bf16 too (a different batch
     layout changes bf16 rounding)."""
     model.eval()
     if not batches:
         return {}
-    group = len(records[batches[0][0]].completion_ids)
+    group = response_count(records)
     device = next(model.parameters()).device
     out: dict[int, list[torch.Tensor]] = {}
     with torch.no_grad():
         for indices in batches:
-            batch = {k: v.to(device) for k, v in collate([records[i] for i in indices], pad_id).items()}
+            batch = kind.batch(records, indices, device)
             with autocast():
-                lp = completion_logps(model, batch, group, options=options)
+                lp = kind.logps(model, batch, group)
             for b, i in enumerate(indices):
                 out.setdefault(i, [lp.tokens[g, b][lp.mask[g, b]].cpu() for g in range(group)])
             if progress is not None:

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from dpokit.config import RunConfig, TrainConfig, save_config
 from dpokit.errors import UserError
+from dpokit.policies.lm.load import is_peft
 from dpokit.store.atomic import atomic_folder, verify
 from dpokit.train.engines import FULL_OPTIMIZER, Engine, load_states
 
@@ -51,25 +52,9 @@ class TrainState:
     """fp16's loss scaler state (scale and growth counter); empty in fp32 and bf16."""
 
 
-def is_peft(model) -> bool:
-    return hasattr(model, "peft_config")
-
-
-def _write_model(model, folder: Path, merge_lora: bool = False, weights: dict | None = None) -> None:
+def write_weights(model, folder: Path, weights: dict | None = None) -> None:
     """``weights``: the full state dict a sharding engine gathered (the model's own are shards)."""
-    if is_peft(model) and merge_lora:
-        import copy
-
-        model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(folder, safe_serialization=True, **({"state_dict": weights} if weights is not None else {}))
-
-
-def save_model(model, folder: Path, merge_lora: bool = False, tokenizer=None, weights: dict | None = None) -> None:
-    """The model (and tokenizer) as a ``from_pretrained`` folder, written atomically with a manifest."""
-    with atomic_folder(folder, "model") as tmp:
-        _write_model(model, tmp, merge_lora, weights)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
 
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -152,7 +137,7 @@ def save_checkpoint(output: Path, state: TrainState, model, optimizer, scheduler
     final = output / f"checkpoint-{state.step}"
     logged = {**(metrics or {}), **{f"eval/{k}": v for k, v in (eval_metrics or {}).items()}}
     with atomic_folder(final, "checkpoint") as tmp:
-        _write_model(model, tmp, weights=weights)
+        write_weights(model, tmp, weights)
         if optim is None:
             save_state(tmp / "optimizer.safetensors", optimizer.state_dict())
         else:

@@ -21,26 +21,20 @@ from tqdm.auto import tqdm
 from dpokit.config import RunConfig, save_config
 from dpokit.errors import Stopped
 from dpokit.losses import LossSpec, get_loss
-from dpokit.policies.lm.load import load_tokenizer
+from dpokit.policies import build_policy_kind
+from dpokit.policies.base import Policy, response_count
 from dpokit.precision import resolve as resolve_precision
 from dpokit.store.atomic import verify
 from dpokit.train import engines
 from dpokit.train.batches import BatchStream
-from dpokit.train.checkpoint import (
-    TrainState,
-    checkpoints,
-    latest_checkpoint,
-    load_checkpoint,
-    remove_partial_writes,
-    save_checkpoint,
-    save_model,
-)
+from dpokit.train.checkpoint import (TrainState, checkpoints, latest_checkpoint, load_checkpoint, remove_partial_writes,
+                                     save_checkpoint)
 from dpokit.train.guards import Action, Guard
-from dpokit.train.metrics import MetricsLog, MetricSums, batch_metrics, real_tokens
+from dpokit.train.metrics import MetricsLog, MetricSums, batch_metrics
 from dpokit.train.objective import dataset_metrics, forward_loss, make_batch, unit_count
 from dpokit.train.optim import LossScaling, build_optimizer, build_scheduler
 from dpokit.train.register import register_run
-from dpokit.train.setup import build_policy, build_reference, finish_reference, load_data
+from dpokit.train.setup import build_reference, finish_reference
 from dpokit.train.signals import StopRequest, stop_on_signals
 
 
@@ -117,7 +111,8 @@ class Run:
     engine: engines.Engine
     autocast: Callable
     scaling: LossScaling
-    tokenizer: Any
+    kind: Policy
+    """The kind of policy (``dpokit.policies``): its records, batches, log-probs and saving."""
     datasets: dict[str, list]
     policy: torch.nn.Module
     reference: Any
@@ -139,7 +134,7 @@ class Run:
 
     @property
     def group(self) -> int:
-        return len(self.datasets["train"][0].completion_ids)
+        return response_count(self.datasets["train"])
 
 
 def _start(cfg: RunConfig, log) -> Run:
@@ -162,22 +157,22 @@ def _start(cfg: RunConfig, log) -> Run:
     autocast, scaling = precision.autocast(accelerator.device), LossScaling(precision.scaler(accelerator.device))
     set_seed(t.seed)
 
-    # 1. Data, tokenized once; the reference cache is keyed by these exact token ids.
-    tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
-    datasets = {"train": load_data(cfg.data.train, spec.input_kind, tokenizer, cfg, "train", log)}
+    # 1. Data, encoded once (the LM: tokenized); the reference cache is keyed by these exact encodings.
+    kind = build_policy_kind(cfg, spec)
+    datasets = {"train": kind.records(cfg.data.train, spec.input_kind, "train", log)}
     if cfg.data.eval:
-        datasets["eval"] = load_data(cfg.data.eval, spec.input_kind, tokenizer, cfg, "eval", log)
+        datasets["eval"] = kind.records(cfg.data.eval, spec.input_kind, "eval", log)
 
     # 2. Policy and reference, both from the starting weights, before any checkpoint is loaded.
-    policy = build_policy(cfg)
-    reference, policy = build_reference(cfg, spec, policy, tokenizer, datasets, autocast, log, accelerator, engine)
+    policy = kind.load(cfg.model.path)
+    reference, policy = build_reference(cfg, spec, kind, policy, datasets, autocast, log, accelerator, engine)
     stream = BatchStream(len(datasets["train"]), t.batch_size, t.grad_accum, t.seed, accelerator.num_processes,
                          accelerator.process_index)
     total = t.max_steps if t.max_steps > 0 else t.epochs * stream.steps_per_epoch
     optimizer = build_optimizer(policy.parameters(), t)
     scheduler = build_scheduler(optimizer, t, total)
     policy, optimizer = accelerator.prepare(policy, optimizer)
-    reference = finish_reference(cfg, engine, reference, policy, tokenizer, datasets, autocast, log)
+    reference = finish_reference(cfg, engine, kind, reference, policy, datasets, autocast, log)
 
     # 3. Resume: weights, optimizer, schedule, RNG and data position from the newest checkpoint.
     state = TrainState()
@@ -191,7 +186,7 @@ def _start(cfg: RunConfig, log) -> Run:
     metrics_log = MetricsLog(out / "metrics.jsonl", state.step if t.resume else None, enabled=main)
     policy.train()
     bar = tqdm(total=total, initial=state.step, desc=f"{spec.name}", disable=not (t.progress and main))
-    return Run(cfg, spec, log, accelerator, engine, autocast, scaling, tokenizer, datasets, policy, reference,
+    return Run(cfg, spec, log, accelerator, engine, autocast, scaling, kind, datasets, policy, reference,
                optimizer, scheduler, stream, total, state, metrics_log, Guard(cfg.guard, state), bar)
 
 
@@ -212,10 +207,9 @@ def _backward(run: Run) -> Backward:
     sum of per-example losses over the *whole step's* count, so the k backward passes add up to
     the gradient of the full-batch mean, exactly."""
     acc, spec, group, t = run.accelerator, run.spec, run.group, run.cfg.train
-    batches = [make_batch(run.datasets["train"], ix, run.tokenizer.pad_token_id, "train", acc.device)
+    batches = [make_batch(run.kind, run.datasets["train"], ix, "train", acc.device)
                for ix in run.stream.next_step(run.state)]
-    denom = acc.reduce(torch.tensor(float(sum(unit_count(spec, b, group) for b in batches)), device=acc.device),
-                       "sum")
+    denom = acc.reduce(torch.tensor(float(sum(unit_count(spec, b) for b in batches)), device=acc.device), "sum")
     denom = denom / acc.num_processes  # DDP, FSDP and DeepSpeed average gradients over processes
     step_loss, sums, tokens = 0.0, MetricSums(), 0
     for i, batch in enumerate(batches):
@@ -223,13 +217,13 @@ def _backward(run: Run) -> Backward:
         if run.engine.deepspeed:  # DeepSpeed steps inside backward, at the micro-batch that ends the step
             acc.gradient_state._set_sync_gradients(last)
         with contextlib.nullcontext() if last else acc.no_sync(run.policy):
-            pol, ref, lo = forward_loss(spec, run.cfg, run.policy, run.reference, batch, group, run.autocast,
-                                        run.state.loss_state, acc.gather)  # shares are equal: BatchStream pads
+            pol, ref, lo = forward_loss(spec, run.cfg.loss, run.kind, run.policy, run.reference, batch, group,
+                                        run.autocast, run.state.loss_state, acc.gather)  # shares are equal: BatchStream pads
             loss = lo.losses.sum() / denom
             acc.backward(run.scaling.scale(loss))
         step_loss += loss.item()
         sums.merge(batch_metrics(spec.input_kind, pol, ref, lo))
-        tokens += real_tokens(spec.input_kind, batch, group)
+        tokens += run.kind.real_tokens(batch, group, spec.input_kind)
     run.scaling.unscale(run.optimizer)
     grad_norm = acc.clip_grad_norm_(run.policy.parameters(), t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
     if grad_norm is None:  # DeepSpeed has no norm before its first step
@@ -279,8 +273,8 @@ def _at_intervals(run: Run, window: LogWindow) -> None:
                                                               if "rewards/accuracies" in run.last else {}))
         window.reset()
     if "eval" in run.datasets and ((t.eval_steps and state.step % t.eval_steps == 0) or state.step == run.total):
-        run.eval_metrics = dataset_metrics(run.spec, run.cfg, run.policy, run.reference, run.datasets["eval"],
-                                           run.tokenizer.pad_token_id, run.autocast, acc, state.loss_state)
+        run.eval_metrics = dataset_metrics(run.spec, run.cfg.loss, t.batch_size, run.kind, run.policy, run.reference,
+                                           run.datasets["eval"], run.autocast, acc, state.loss_state)
         evals = {f"eval/{k}": v for k, v in run.eval_metrics.items()}
         run.metrics_log.write({"step": state.step, **evals})
         fresh.update(evals)
@@ -305,9 +299,8 @@ def _finish(run: Run) -> TrainResult:
     result = TrainResult(run.out, final, run.state.step, run.last, run.eval_metrics)
     weights = engines.gather_weights(run.engine, run.policy)  # a collective under sharding engines
     if run.accelerator.is_main_process:
-        save_model(engines.unwrap(run.engine, run.policy), final, merge_lora=run.cfg.lora.merge,
-                   tokenizer=run.tokenizer, weights=weights)
-        register_run(run.cfg, result, run.datasets, run.log)  # a new version in train.registry, when set
+        run.kind.save(engines.unwrap(run.engine, run.policy), final, weights)
+        register_run(run.cfg, result, run.kind, run.datasets, run.log)  # a new version in train.registry, when set
     run.accelerator.wait_for_everyone()
     return result
 

@@ -12,26 +12,10 @@ from pathlib import Path
 
 import torch
 
+from dpokit.data.kinds import response_names
 from dpokit.logps import Logps
 from dpokit.losses import LossOutput
 from dpokit.store.atomic import write_text_atomic
-
-
-def group_names(kind: str, groups: int) -> list[str]:
-    """Names of the real responses of a batch's groups; the unpaired kind's second group is
-    another prompt's completion (KTO's reference point), not data, so it is not logged."""
-    return {"pair": ["chosen", "rejected"], "sft": ["completion"], "unpaired": ["completion"]}.get(
-        kind, [f"rank{g + 1}" for g in range(groups)])
-
-
-def real_tokens(kind: str, batch: dict, groups: int) -> int:
-    """The batch's tokens of data, each counted once: every record's prompt once, however many
-    responses share it, plus its real responses (not KTO's partner rows), no padding. This is
-    what ``tokens_per_s`` counts, and what the benchmark against TRL counts."""
-    completion = batch["completion_mask"].sum(1)
-    n = completion.shape[0] // groups
-    prompt = batch["attention_mask"][:n].sum(1) - completion[:n]
-    return int(prompt.sum() + completion[:n * len(group_names(kind, groups))].sum())
 
 
 class MetricSums:
@@ -76,7 +60,7 @@ def batch_metrics(kind: str, policy: Logps, reference: Logps | None, out: LossOu
     m = MetricSums()
     for name, values in out.metrics.items():
         m.add_values(name, values)
-    names = group_names(kind, policy.tokens.shape[0])
+    names = response_names(kind, policy.tokens.shape[0])
     for g, name in enumerate(names):
         m.add_values(f"logps/{name}", policy.sum[g])
         m.add_values(f"logps/{name}_per_token", policy.mean[g])

@@ -10,68 +10,62 @@ from __future__ import annotations
 
 import torch
 
-from dpokit.config import RunConfig
-from dpokit.data import TokenizedRecord, collate
+from dpokit.config import LossConfig
 from dpokit.losses import LossContext, LossSpec
-from dpokit.policies.lm.logprobs import completion_logps, logps_from_log_probs
+from dpokit.policies.base import Policy, response_count
 from dpokit.train import engines
 from dpokit.train.batches import eval_batches
 from dpokit.train.metrics import MetricSums, batch_metrics
-from dpokit.train.setup import logprob_options
 
 
-def make_batch(records: list[TokenizedRecord], indices: list[int], pad_id: int, dataset: str, device) -> dict:
-    batch = {k: v.to(device) for k, v in collate([records[i] for i in indices], pad_id).items()}
+def make_batch(kind: Policy, records: list, indices: list[int], dataset: str, device) -> dict:
+    batch = kind.batch(records, indices, device)
     batch["index"], batch["dataset"] = torch.tensor(indices), dataset
     return batch
 
 
-def unit_count(spec: LossSpec, batch: dict, group_size: int) -> int:
-    """What the batch loss is averaged over: examples, or completion tokens."""
+def unit_count(spec: LossSpec, batch: dict) -> int:
+    """What the batch loss is averaged over: examples, or the responses' positions (tokens)."""
     if spec.unit == "token":
         return int(batch["completion_mask"].sum())
-    return batch["input_ids"].shape[0] // group_size
+    return batch["weights"].shape[0]
 
 
-def forward_loss(spec: LossSpec, cfg: RunConfig, policy, reference, batch: dict, group: int, autocast,
-                 state: dict, gather=None):
+def forward_loss(spec: LossSpec, loss_cfg: LossConfig, kind: Policy, policy, reference, batch: dict, group: int,
+                 autocast, state: dict, gather=None):
     """Policy (and reference) log-probs of a batch, then the loss's per-example output,
     weighted by each record's weight. ``gather`` concatenates a tensor over processes (training
     steps only: evaluation shards may differ in size, so their statistics stay per batch)."""
-    ref_log_probs = reference.log_probs(batch, group) if spec.token_kl else None
+    ref = reference.logps(batch, group, full=spec.token_kl) if reference is not None else None
     with autocast():
-        pol = completion_logps(policy, batch, group, ref_log_probs, logprob_options(cfg))
-    if ref_log_probs is not None:
-        ref = logps_from_log_probs(ref_log_probs, batch, group)
-    else:
-        ref = reference.logps(batch, group) if reference is not None else None
+        pol = kind.logps(policy, batch, group, ref)
     ctx = LossContext(batch.get("labels"), state, policy.training)
     if gather is not None:
         ctx.gather = gather
-    out = spec.fn(pol, ref, cfg.loss, ctx)
+    out = spec.fn(pol, ref, loss_cfg, ctx)
     out.losses = out.losses * batch["weights"]
     return pol, ref, out
 
 
 @torch.no_grad()
-def dataset_metrics(spec: LossSpec, cfg: RunConfig, policy, reference, records: list[TokenizedRecord],
-                    pad_id: int, autocast, accelerator, state: dict | None = None) -> dict[str, float]:
+def dataset_metrics(spec: LossSpec, loss_cfg: LossConfig, batch_size: int, kind: Policy, policy, reference,
+                    records: list, autocast, accelerator, state: dict | None = None) -> dict[str, float]:
     """The loss and its metrics (reward accuracy, margins...) over a whole dataset, each averaged
     exactly; on several processes each takes every P-th record and the sums are gathered."""
     was_training = policy.training
     policy.eval()
-    group = len(records[0].completion_ids)
+    group = response_count(records)
     sums = MetricSums()
-    batches = eval_batches(len(records), cfg.train.batch_size, accelerator.num_processes,
+    batches = eval_batches(len(records), batch_size, accelerator.num_processes,
                            accelerator.process_index)
     extra = engines.stand_ins(batches, accelerator)  # before any (collective) forward pass
     for indices in batches:
-        batch = make_batch(records, indices, pad_id, "eval", accelerator.device)
-        pol, ref, out = forward_loss(spec, cfg, policy, reference, batch, group, autocast, state or {})
-        sums.add("loss", out.losses.sum(), unit_count(spec, batch, group))
+        batch = make_batch(kind, records, indices, "eval", accelerator.device)
+        pol, ref, out = forward_loss(spec, loss_cfg, kind, policy, reference, batch, group, autocast, state or {})
+        sums.add("loss", out.losses.sum(), unit_count(spec, batch))
         sums.merge(batch_metrics(spec.input_kind, pol, ref, out))
     for indices in extra:  # outputs dropped: as many forward passes as the busiest process
-        batch = make_batch(records, indices, pad_id, "eval", accelerator.device)
-        forward_loss(spec, cfg, policy, reference, batch, group, autocast, state or {})
+        batch = make_batch(kind, records, indices, "eval", accelerator.device)
+        forward_loss(spec, loss_cfg, kind, policy, reference, batch, group, autocast, state or {})
     policy.train(was_training)
     return sums.gathered(accelerator).means()

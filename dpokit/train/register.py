@@ -8,14 +8,13 @@ from pathlib import Path
 
 from dpokit.errors import UserError
 from dpokit.losses import get_loss
-from dpokit.policies.reference import data_hash
 from dpokit.store.atomic import file_sha256, folder_digest
 from dpokit.store.versions import Registry, abs_path, pin_version, utc_now
 
 
-def _data_entry(path: str, records: list | None) -> dict:
+def _data_entry(path: str, records: list | None, kind) -> dict:
     return {"path": abs_path(path), "sha256": file_sha256(Path(path)) if Path(path).is_file() else None,
-            "tokens_sha256": data_hash(records) if records else None}
+            "tokens_sha256": kind.fingerprint(records) if records else None}
 
 
 def _eval_in(run: Path) -> dict | None:
@@ -26,7 +25,7 @@ def _eval_in(run: Path) -> dict | None:
     return None
 
 
-def build_record(cfg, result, datasets: dict, registry: Registry) -> dict:
+def build_record(cfg, result, kind, datasets: dict, registry: Registry) -> dict:
     """What a version records about a finished training run (``cfg``: RunConfig, ``result``: TrainResult)."""
     start = pin_version(cfg.model.path)  # the folder it named at training time
     ref = pin_version(cfg.model.ref_path or start) if get_loss(cfg.loss.name).needs_reference else None
@@ -37,7 +36,7 @@ def build_record(cfg, result, datasets: dict, registry: Registry) -> dict:
         "run": abs_path(str(result.output)),
         "parent": registry.find_model(start), "parent_model": abs_path(start),
         "reference": {"model": abs_path(ref), "version": registry.find_model(ref)} if ref else None,
-        "data": {name: _data_entry(path, datasets.get(name)) for name, path in files.items() if path},
+        "data": {name: _data_entry(path, datasets.get(name), kind) for name, path in files.items() if path},
         "loss": cfg.loss.name, "steps": result.steps,
         "config": cfg.to_dict(),
         "metrics": result.last_metrics, "eval_metrics": result.eval_metrics,
@@ -45,13 +44,13 @@ def build_record(cfg, result, datasets: dict, registry: Registry) -> dict:
     }
 
 
-def register_run(cfg, result, datasets: dict, log=print) -> str | None:
+def register_run(cfg, result, kind, datasets: dict, log=print) -> str | None:
     """Register ``result.final`` as a new version in ``cfg.train.registry`` (no-op when unset)."""
     if not cfg.train.registry:
         return None
     registry = Registry(cfg.train.registry)
     try:
-        vid = registry.add(build_record(cfg, result, datasets, registry))
+        vid = registry.add(build_record(cfg, result, kind, datasets, registry))
     except UserError as exc:
         raise UserError(f"{result.final} was saved, but registering it failed: {exc}") from None
     log(f"[versions] registered {result.final} as {vid} in {registry.root}")

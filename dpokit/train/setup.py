@@ -1,4 +1,5 @@
-"""Everything the loop needs before its first step: data, policy, reference."""
+"""Everything the loop needs before its first step: the policy and its reference, from the
+policy kind (``dpokit.policies``) the config names."""
 
 from __future__ import annotations
 
@@ -10,46 +11,12 @@ import torch
 from tqdm.auto import tqdm
 
 from dpokit.config import RunConfig
-from dpokit.data import TokenizedRecord
-from dpokit.data.cache import load_tokenized
-from dpokit.errors import UserError
 from dpokit.losses import LossSpec
+from dpokit.policies.base import Policy
 from dpokit.policies import reference as ref_lib
-from dpokit.policies.lm.load import apply_lora, disable_dropout, load_model
-from dpokit.policies.lm.logprobs import Options
 from dpokit.precision import resolve as resolve_precision
 from dpokit.train.batches import BatchStream, eval_batches, first_epoch_batches
 from dpokit.train.engines import Engine, prepare_reference, stand_ins
-
-
-def load_data(path: str, kind: str, tokenizer, cfg: RunConfig, name: str, log) -> list[TokenizedRecord]:
-    """Read, clean and tokenize one file through the data pipeline (or its cache), print what it
-    dropped or changed, and write the full report to ``OUTPUT/data_report_<name>.json``."""
-    out = Path(cfg.train.output)
-    cache_dir = (Path(cfg.data.cache_dir) if cfg.data.cache_dir else out / "data_cache") if cfg.data.cache else None
-    tokenized, lines, _ = load_tokenized(path, kind, tokenizer, cfg.data, cfg.data.max_length,
-                                         cfg.data.max_prompt_length, out / f"data_report_{name}.json", cache_dir)
-    for line in lines:
-        log(f"[data:{name}] {line}")
-    if not tokenized:
-        raise UserError("no usable records after tokenization and truncation", where=path)
-    return tokenized
-
-
-def build_policy(cfg: RunConfig):
-    """(policy, starting weights for a copied reference or None)."""
-    policy = load_model(cfg.model.path, cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
-    disable_dropout(policy)
-    if cfg.model.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
-        policy.config.use_cache = False
-    return policy
-
-
-def logprob_options(cfg: RunConfig) -> Options:
-    """How the log-prob path lays out and chunks a batch; the policy and its reference share it."""
-    t = cfg.train
-    return Options(chunk=t.logprob_chunk, share_prompt=t.share_prompt, pack=t.pack)
 
 
 class PendingCache:
@@ -61,19 +28,18 @@ class PendingCache:
         self.model, self.digest = model, digest
 
 
-def build_reference(cfg: RunConfig, spec: LossSpec, policy, tokenizer, datasets: dict[str, list],
+def build_reference(cfg: RunConfig, spec: LossSpec, kind: Policy, policy, datasets: dict[str, list],
                     autocast, log, accelerator, engine: Engine | None = None):
     """The reference strategy the config asks for, built from the *starting* weights.
 
-    Must run before LoRA is applied and before a checkpoint is loaded into the policy.
-    Returns (reference or None, policy possibly wrapped with LoRA). A copied reference's model is
+    Must run before adapters are applied and before a checkpoint is loaded into the policy.
+    Returns (reference or None, the policy as it trains: with adapters where asked). A copied reference's model is
     placed or wrapped later, by ``finish_reference``, once the policy is prepared.
     """
     strategy = cfg.train.ref if spec.needs_reference else "none"
     ref_model = None
     if cfg.model.ref_path is not None and strategy in ("copy", "precomputed"):
-        ref_model = load_model(cfg.model.ref_path, cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle)
-        disable_dropout(ref_model)
+        ref_model = kind.load(cfg.model.ref_path)
     if strategy == "copy" and ref_model is None:
         ref_model = copy.deepcopy(policy)
     reference = None
@@ -82,22 +48,17 @@ def build_reference(cfg: RunConfig, spec: LossSpec, policy, tokenizer, datasets:
         if engine is not None and engine.sharded:
             reference = PendingCache(ref_model, ref_lib.model_hash(source))
         else:
-            reference = _cached(cfg, source, tokenizer, datasets, autocast, log, accelerator)
+            reference = _cached(cfg, kind, source, datasets, autocast, log, accelerator)
         ref_model = None  # freed: training holds one model
-    if cfg.lora.enabled:
-        # A policy loaded from an adapter folder arrives merged (``load_model``), so this fresh adapter
-        # starts at exactly the starting policy, and "adapter disabled" (the adapter reference) is that
-        # policy, not the bare base the loaded adapter was trained on.
-        torch.manual_seed(cfg.train.seed)
-        policy = apply_lora(policy, cfg.lora, base=cfg.model.path)
+    policy = kind.trainable(policy)
     if strategy == "copy":
-        reference = ref_lib.CopyReference(ref_model, autocast, logprob_options(cfg))
+        reference = ref_lib.CopyReference(ref_model, kind, autocast)
     elif strategy == "adapter":
-        reference = ref_lib.AdapterReference(lambda: policy, autocast, logprob_options(cfg))
+        reference = ref_lib.AdapterReference(lambda: policy, kind, autocast)
     return reference, policy
 
 
-def finish_reference(cfg: RunConfig, engine: Engine, reference, policy, tokenizer, datasets: dict[str, list],
+def finish_reference(cfg: RunConfig, engine: Engine, kind: Policy, reference, policy, datasets: dict[str, list],
                      autocast, log):
     """After ``accelerator.prepare``: the copied reference placed or wrapped as the policy is, and
     a pending cache computed through the wrapped model (the prepared policy still holds the
@@ -106,11 +67,11 @@ def finish_reference(cfg: RunConfig, engine: Engine, reference, policy, tokenize
         reference.model = prepare_reference(engine, reference.model)
     elif isinstance(reference, PendingCache):
         model = policy if reference.model is None else prepare_reference(engine, reference.model)
-        reference = _cached(cfg, model, tokenizer, datasets, autocast, log, engine.accelerator, reference.digest)
+        reference = _cached(cfg, kind, model, datasets, autocast, log, engine.accelerator, reference.digest)
     return reference
 
 
-def _cached(cfg: RunConfig, model, tokenizer, datasets: dict[str, list], autocast, log, accelerator,
+def _cached(cfg: RunConfig, kind: Policy, model, datasets: dict[str, list], autocast, log, accelerator,
             digest: str | None = None):
     """Reference log-probs for every record of every dataset, from disk or computed now; on
     several processes each computes its own training (or evaluation) batches and the shares are
@@ -124,7 +85,7 @@ def _cached(cfg: RunConfig, model, tokenizer, datasets: dict[str, list], autocas
         digest = ref_lib.model_hash(model)
         model.to(accelerator.device)
     for name, records in datasets.items():
-        path = folder / f"{ref_lib.cache_key(digest, tokenizer, records, settings)}.safetensors"
+        path = folder / f"{ref_lib.cache_key(digest, kind.fingerprint(records), settings)}.safetensors"
         if not path.is_file():
             batches, start = _precompute_batches(cfg, name, len(records), accelerator), time.perf_counter()
             # Counted before any forward pass: under a sharding engine each one is a collective, and
@@ -132,10 +93,8 @@ def _cached(cfg: RunConfig, model, tokenizer, datasets: dict[str, list], autocas
             extra = stand_ins(batches, accelerator)
             with tqdm(total=sum(map(len, batches)), desc=f"reference log-probs ({name})", leave=False,
                       disable=not (cfg.train.progress and accelerator.is_main_process)) as bar:
-                share = ref_lib.compute_reference_logps(model, records, batches, tokenizer.pad_token_id,
-                                                        autocast, bar, logprob_options(cfg))
-            ref_lib.compute_reference_logps(model, records, extra, tokenizer.pad_token_id, autocast,
-                                            options=logprob_options(cfg))
+                share = ref_lib.compute_reference_logps(kind, model, records, batches, autocast, bar)
+            ref_lib.compute_reference_logps(kind, model, records, extra, autocast)
             shares = _gather(share, accelerator)  # a collective: every process takes part
             if accelerator.is_main_process:
                 merged = {i: v for s in shares for i, v in s.items()}
@@ -153,7 +112,7 @@ def reference_settings(cfg: RunConfig, accelerator) -> dict:
     values bit for bit: the kernels (device, torch, precision, distributed engine) and the batches
     they are computed in (rounding depends on a batch's layout), which training then runs again."""
     t = cfg.train
-    return {"dtype": resolve_precision(t.dtype, accelerator.device.type).name, "batch_size": t.batch_size,
+    return {"policy": cfg.model.policy, "dtype": resolve_precision(t.dtype, accelerator.device.type).name, "batch_size": t.batch_size,
             "grad_accum": t.grad_accum, "seed": t.seed, "processes": accelerator.num_processes,
             "share_prompt": t.share_prompt, "pack": t.pack, "logprob_chunk": t.logprob_chunk,
             "device": accelerator.device.type, "torch": torch.__version__, "engine": str(accelerator.distributed_type)}

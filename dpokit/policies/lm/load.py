@@ -164,6 +164,10 @@ def apply_lora(model, cfg: LoraConfig, base: str | None = None):
     return model
 
 
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
 def disable_dropout(model) -> None:
     """Dropout off everywhere, so policy and reference passes over the same tokens agree."""
     for module in model.modules():
