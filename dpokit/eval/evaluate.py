@@ -25,7 +25,6 @@ from dpokit.data import encode_prompt, iter_json_objects, read_records, tokenize
 from dpokit.data.readers import text_field
 from dpokit.data.tokenize import collate
 from dpokit.errors import UserError
-from dpokit.eval.generate import sample
 from dpokit.eval.judges import both_orders, load_judge, score_outcome
 from dpokit.losses import get_loss
 from dpokit.policies.lm.load import disable_dropout, load_model, load_tokenizer
@@ -132,8 +131,8 @@ def sample_answers(cfg: EvalConfig, model, tokenizer, prompt_ids: list[list[int]
     """One answer per prompt (token ids) under the evaluation's sampling settings; every model
     compared on the same prompts draws with the same seed."""
     with autocast():
-        return sample(model, tokenizer, prompt_ids, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                      cfg.batch_size, cfg.seed)
+        return CausalLM(tokenizer).sample(model, prompt_ids, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                                          cfg.batch_size, cfg.seed)
 
 
 def decode(tokenizer, answers: list[list[int]]) -> list[str]:

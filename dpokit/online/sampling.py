@@ -160,7 +160,7 @@ def _hf_generate(cfg, policy: str, prompt_ids: list[list[int]], seed: int, tempe
     import torch
     from accelerate import Accelerator
 
-    from dpokit.eval.generate import sample
+    from dpokit.policies.lm.generate import sample
     from dpokit.policies.lm.load import disable_dropout, load_model, load_tokenizer
     from dpokit.precision import resolve
 

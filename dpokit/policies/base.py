@@ -69,6 +69,9 @@ class Policy(Protocol):
     def adapters_off(self, module: torch.nn.Module) -> contextlib.AbstractContextManager:
         """``module`` with its adapters switched off (the adapter reference strategy)."""
 
+    # Optional, for kinds that generate (the LM; evaluation and online rounds sample through it):
+    # def sample(self, module, prompt_ids, max_new_tokens, temperature, top_p, batch_size, seed) -> list[list[int]]
+
     def checks(self, spec) -> list[tuple[bool, str, str]]:
         """Settings this kind cannot honour with the loss ``spec`` (a ``losses.LossSpec``):
         (bad, field, message), as ``RunConfig.validate`` gives them."""

@@ -21,6 +21,7 @@ from dpokit.data.cache import load_tokenized, tokenizer_hash
 from dpokit.data.kinds import response_names
 from dpokit.errors import UserError
 from dpokit.logps import Logps
+from dpokit.policies.lm.generate import sample
 from dpokit.policies.lm.load import apply_lora, disable_dropout, is_peft, load_model, load_tokenizer
 from dpokit.policies.lm.logprobs import FAST, Options, completion_log_probs, completion_logps, logps_from_log_probs
 from dpokit.store.atomic import atomic_folder
@@ -88,6 +89,11 @@ class CausalLM:
             return replace(logps_from_log_probs(dist, batch, group), dist=dist)
         ref_dist = reference.dist if reference is not None else None
         return completion_logps(module, batch, group, ref_dist, self.options)
+
+    def sample(self, module, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float, top_p: float,
+               batch_size: int, seed: int) -> list[list[int]]:
+        """One answer (token ids) per prompt, batched with a KV cache; it ends at EOS unless cut."""
+        return sample(module, self.tokenizer, prompt_ids, max_new_tokens, temperature, top_p, batch_size, seed)
 
     def real_tokens(self, batch: dict, group: int, input_kind: str) -> int:
         return real_tokens(input_kind, batch, group)
