@@ -1,6 +1,6 @@
 """Online rounds against one offline round on the same pair budget, over seeds (a script, not a test).
 
-The arms (tests/online_evidence.py): ``online`` (R rounds of P prompts, each sampled from the
+The arms (tests/helpers/evidence.py): ``online`` (R rounds of P prompts, each sampled from the
 current policy, reference fixed), ``online-sdpo`` (reference = each round's starting policy),
 ``offline`` (one round sampled from the initial model, cut to the online arm's pair count),
 ``offline-long`` (the same pairs, R times the epochs) and ``offline-rounds`` (R rounds that each
@@ -8,12 +8,12 @@ sample the initial model: the control). All share the judge, K, loss, optimizer 
 and seed, and are evaluated against the initial model on the same held-out prompts. docs/online.md
 has the results.
 
-Tiny random model (a new one per seed), judge ``online_judges:count_k``:
+Tiny random model (a new one per seed), judge ``helpers.judges:count_k``:
 
     PYTHONPATH=.:tests python benchmarks/online_vs_offline.py --seeds 0-9 \
         --arms online,online-sdpo,offline,offline-long,offline-rounds
 
-The embedded SmolLM2-135M-Instruct with the judge ``online_judges:count_exclamations``, one seed
+The embedded SmolLM2-135M-Instruct with the judge ``helpers.judges:count_exclamations``, one seed
 (about 10 minutes on 2 CPU cores):
 
     OMP_NUM_THREADS=1 PYTHONPATH=.:tests python benchmarks/online_vs_offline.py --preset smollm2 --seeds 0
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from dpokit.policies.lm.load import BUILTIN_SMOLLM2, embedded_smollm2
 from dpokit.policies.lm.tiny import write_tiny_model
-from online_evidence import ARMS, Budget, run_arms, summary
+from helpers.evidence import ARMS, Budget, run_arms, summary
 
 TOPICS = ("the moon", "honey bees", "volcanoes", "the Roman empire", "rainbows", "coffee", "penguins", "the ocean",
           "bicycles", "chess", "the human heart", "thunderstorms", "pyramids", "tea", "elephants", "the internet",
@@ -49,7 +49,7 @@ TOPICS = ("the moon", "honey bees", "volcanoes", "the Roman empire", "rainbows",
 PRESETS = {
     "tiny": Budget(),
     # Exclamations are rare in SmolLM2's answers about everyday topics, and every further one counts.
-    "smollm2": Budget(judge="online_judges:count_exclamations", rounds=3, prompts_per_round=8, samples=8,
+    "smollm2": Budget(judge="helpers.judges:count_exclamations", rounds=3, prompts_per_round=8, samples=8,
                       max_new_tokens=32, beta=0.1, lr=2e-5, epochs=2, batch_size=4, eval_prompts=32,
                       max_length=128, max_prompt_length=64),
 }

@@ -19,8 +19,8 @@ from dpokit.online import OnlineConfig
 from dpokit.online.sampling import (_hf_generate, cached_check, check_backend, choose_backend, compare_generators,
                                     plain_folder, sample_answers)
 from dpokit.train import train
-from online_util import tiny_settings
-from util import config, tiny_model_dir, write_pairs
+from helpers.online import tiny_settings
+from helpers import config, tiny_model_dir, write_pairs
 
 
 def test_explicit_choices_and_why_auto_falls_back():

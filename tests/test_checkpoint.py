@@ -25,7 +25,7 @@ from dpokit.policies.lm.policy import save_model
 from dpokit.train.checkpoint import (TrainState, latest_checkpoint, load_checkpoint, prune_checkpoints,
                                      save_checkpoint)
 from dpokit.train.optim import build_optimizer, build_scheduler
-from util import config, final_weights, metrics, tiny_model_dir, write_pairs
+from helpers import config, final_weights, metrics, tiny_model_dir, write_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 

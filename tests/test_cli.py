@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dpokit.cli import main
-from util import tiny_model_dir, write_pairs
+from helpers import tiny_model_dir, write_pairs
 
 TASK = Path(__file__).resolve().parents[1] / "dpokit" / "tasks" / "reviews_data"
 

@@ -15,7 +15,7 @@ from dpokit.data import (Pair, SFTExample, TokenizedRecord, collate, encode, ite
                          parse_sft, read_records, tokenize_records)
 from dpokit.errors import UserError
 from dpokit.policies.lm.tiny import CHATML
-from data_util import assistant, user
+from helpers.data import assistant, user
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 

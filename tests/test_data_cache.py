@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from data_util import assistant, jsonl, options, user
+from helpers.data import assistant, jsonl, options, user
 from dpokit.data import Pair, tokenize_records
 from dpokit.data.cache import load_tokenized
 from dpokit.train import train
-from util import config, tiny_model_dir
+from helpers import config, tiny_model_dir
 
 SMOLLM2 = Path(os.environ.get("DPOKIT_CACHE", Path.home() / ".cache" / "dpokit")) / "models" / "smollm2-135m-instruct"
 

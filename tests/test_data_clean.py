@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from data_util import OFF, jsonl, run
+from helpers.data import OFF, jsonl, run
 from dpokit.data import DataReport
 from dpokit.errors import UserError
 

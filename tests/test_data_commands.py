@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from data_util import jsonl, run
+from helpers.data import jsonl, run
 from dpokit.cli import main
 from dpokit.config import DataConfig
 from dpokit.data import read_records
 from dpokit.errors import UserError
 from dpokit.data.commands import report_paths
-from util import tiny_model_dir
+from helpers import tiny_model_dir
 
 GOOD = {"prompt": "P", "chosen": " a", "rejected": " b"}
 RATED = [{"prompt": f"Q{i}", "responses": ["ok", "best", "worst"], "scores": [5, 9, 1]} for i in range(3)]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from data_util import OFF, assistant, jsonl, run, user
+from helpers.data import OFF, assistant, jsonl, run, user
 from dpokit.data import Pair, RankedList, SFTExample, Unpaired
 from dpokit.data.formats import HH_DIVERGED
 from dpokit.errors import UserError

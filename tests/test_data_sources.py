@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from data_util import jsonl, options, run
+from helpers.data import jsonl, options, run
 from dpokit.data import iter_records, iter_rows
 from dpokit.errors import UserError
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from util import final_weights, metrics, tiny_model_dir, write_pairs
+from helpers import final_weights, metrics, tiny_model_dir, write_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from test_distributed import free_port, without_cpu_setting
-from util import final_weights, metrics, tiny_model_dir, write_pairs
+from helpers import final_weights, metrics, tiny_model_dir, write_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",

@@ -16,7 +16,7 @@ from dpokit.policies.lm.layout import padded_plan, shared_plan
 from dpokit.policies.lm.logprobs import Options, completion_logps, plan
 from dpokit.losses import LossContext, get_loss
 from dpokit.policies.lm.tiny import tiny_model
-from data_util import assistant, user
+from helpers.data import assistant, user
 
 PLAIN = Options(chunk=0, share_prompt=False, pack=False)
 

@@ -27,7 +27,7 @@ from dpokit.train import train
 from dpokit.train.checkpoint import TrainState
 from dpokit.train.guards import Action, Guard
 from dpokit.train.optim import lr_factor
-from util import config, final_weights, metrics, tiny_model_dir, write_pairs
+from helpers import config, final_weights, metrics, tiny_model_dir, write_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAP = {"calls": 0, "nan": set(), "signal": {}}

@@ -42,18 +42,18 @@ def models(tmp_path_factory):
 
 
 def test_specs():
-    assert parse_spec("online_judges:count_e") == ("fn", "online_judges:count_e")
-    assert parse_spec("fn:online_judges:count_e") == ("fn", "online_judges:count_e")
+    assert parse_spec("helpers.judges:count_e") == ("fn", "helpers.judges:count_e")
+    assert parse_spec("fn:helpers.judges:count_e") == ("fn", "helpers.judges:count_e")
     assert parse_spec("rm:/m") == ("rm", "/m") and parse_spec("llm:/m") == ("llm", "/m")
     assert parse_spec("self") == ("self", "")
     with pytest.raises(UserError, match="after 'rm:'"):
         parse_spec("rm:")
     # both spellings of a function judge are one judge, with one cache identity
-    assert FunctionJudge("online_judges:count_e").identity == load_judge("fn:online_judges:count_e").identity
+    assert FunctionJudge("helpers.judges:count_e").identity == load_judge("fn:helpers.judges:count_e").identity
 
 
 def test_function_judge_failures_are_none(tmp_path):
-    judge = load_judge("online_judges:broken")
+    judge = load_judge("helpers.judges:broken")
     assert judge.score("p", ["a", "ab", "abc"]) == [1.0, None, None]  # NaN and a string are failures
     cache = JudgeCache(tmp_path / "c.json")
     cached = CachedJudge(judge, cache)
@@ -65,7 +65,7 @@ def test_function_judge_failures_are_none(tmp_path):
 def test_a_raising_function_is_a_counted_failure(tmp_path):
     """An exception inside a function judge fails that judgement only, in online rounds (through
     the cache) as in eval; the first error is kept for the report."""
-    judge = load_judge("online_judges:raises_on_p1")
+    judge = load_judge("helpers.judges:raises_on_p1")
     assert judge.score("P0", ["e", "ee"]) == [1.0, 2.0] and judge.first_error is None
     cached = CachedJudge(judge, JudgeCache(tmp_path / "c.json"))
     assert candidate_scores(cached, "P1", ["e", "ee"]) == [None, None] and cached.failed == 2
@@ -79,14 +79,14 @@ def test_eval_leaves_out_and_reports_prompts_the_judge_raised_on(models, tmp_pat
     prompts.write_text("".join(json.dumps({"prompt": f"P{i}"}) + "\n" for i in range(4)))
     common = ["eval", "--model", str(models["llm"]), "--ref-model", str(models["llm2"]), "--prompts", str(prompts),
               "--max-new-tokens", "3", "--output", str(tmp_path / "eval")]
-    assert main(common + ["--judge", "online_judges:raises_on_p1"]) == 0
+    assert main(common + ["--judge", "helpers.judges:raises_on_p1"]) == 0
     out = capsys.readouterr().out
     assert "judge failures: 1 of 4 prompts, left out of the win rate; the first error: ValueError: cannot judge P1" in out
     report = json.loads((tmp_path / "eval" / "eval_report.json").read_text())
     assert report["judge_failures"] == 1 and report["wins"] + report["ties"] + report["losses"] == 3
     samples = [json.loads(x) for x in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
     assert [s["judge"] is None for s in samples] == [False, True, False, False]
-    assert main(common + ["--judge", "online_judges:always_raises"]) == 2
+    assert main(common + ["--judge", "helpers.judges:always_raises"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the judge failed on every prompt" in err
     assert "the first error: ZeroDivisionError: division by zero" in err
@@ -178,7 +178,7 @@ def test_llm_rubric_file_changes_identity_and_errors(models, tmp_path):
     with pytest.raises(UserError, match="not found"):
         OnlineSettings(prompts="p", judge=f"rm:{tmp_path / 'nothing'}").judge_checks()
     with pytest.raises(UserError, match="online.judge_mode"):
-        OnlineSettings(prompts="p", judge="online_judges:count_e", judge_mode="pairwise").judge_checks()
+        OnlineSettings(prompts="p", judge="helpers.judges:count_e", judge_mode="pairwise").judge_checks()
     with pytest.raises(UserError, match="online.judge_rubric"):
         OnlineSettings(prompts="p", judge=f"rm:{models['rm1']}", judge_rubric=str(rubric)).judge_checks()
 
@@ -203,8 +203,8 @@ def test_self_judge_is_the_rounds_policy_with_its_own_cache_entries(models, tmp_
 
 def test_self_rewarding_online_rounds(tmp_path):
     """``--judge self`` over two rounds: round 2 is judged by round 1's policy, under another identity."""
-    from data_util import read_jsonl
-    from online_util import tiny_online
+    from helpers.data import read_jsonl
+    from helpers.online import tiny_online
 
     out = tmp_path / "self"
     result = tiny_online(tmp_path, out, online__judge="self", online__rounds=2, online__samples_per_prompt=3,
@@ -223,7 +223,7 @@ def test_eval_with_model_judges(models, tmp_path):
     evaluated) scoring 1–10; and an LLM judge passed in, pairwise, asked in both orders."""
     from dpokit.config import EvalConfig
     from dpokit.eval import evaluate_models
-    from online_util import write_prompts
+    from helpers.online import write_prompts
 
     prompts = write_prompts(tmp_path / "p.jsonl", 3)
     base = {"model": str(models["llm"]), "ref_model": str(models["llm2"]), "prompts": str(prompts),
@@ -240,11 +240,11 @@ def test_eval_with_model_judges(models, tmp_path):
 
 
 def test_failed_judgements_are_left_out_and_reported(tmp_path):
-    from data_util import read_jsonl
-    from online_util import tiny_online
+    from helpers.data import read_jsonl
+    from helpers.online import tiny_online
 
     out = tmp_path / "fail"
-    entry = tiny_online(tmp_path, out, online__judge="online_judges:count_e_or_nan", online__pairing="all").rounds[0]
+    entry = tiny_online(tmp_path, out, online__judge="helpers.judges:count_e_or_nan", online__pairing="all").rounds[0]
     cands = read_jsonl(out / "round-1" / "candidates.jsonl")
     failed = sum(s is None for c in cands for s in c["scores"])
     assert entry["judge_failures"] == failed > 0

@@ -16,7 +16,7 @@ import torch
 
 from dpokit.store.atomic import TEST_PAUSE, verify
 from dpokit.train import train
-from util import config, final_weights, metrics, tiny_model_dir, write_pairs
+from helpers import config, final_weights, metrics, tiny_model_dir, write_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 6

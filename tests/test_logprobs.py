@@ -7,7 +7,7 @@ import torch
 
 from dpokit.data import Pair, collate, tokenize_records
 from dpokit.policies.lm.logprobs import _accepts_logits_to_keep, completion_logps
-from data_util import assistant, user
+from helpers.data import assistant, user
 
 
 RECORDS = [

@@ -11,13 +11,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import preference_task as task
+import helpers.task as task
 from dpokit.data import collate, read_records, tokenize_records
 from dpokit.losses import all_losses, get_loss
 from dpokit.train import train
 from dpokit.policies.lm.policy import CausalLM
 from dpokit.train.objective import forward_loss
-from util import config, final_weights, metrics, tiny_model_dir
+from helpers import config, final_weights, metrics, tiny_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,8 @@ from dpokit.policies.lm.load import load_model, load_tokenizer, resolve_model_pa
 from dpokit.train.objective import make_batch
 from dpokit.policies.lm.policy import CausalLM
 from dpokit.train.setup import build_reference
-from online_util import tiny_online, write_prompts
-from util import config, metrics, tiny_model_dir, write_pairs
+from helpers.online import tiny_online, write_prompts
+from helpers import config, metrics, tiny_model_dir, write_pairs
 
 STEP = ["--max-steps", "2", "--batch-size", "4", "--lr", "1e-2", "--max-length", "64", "--max-prompt-length", "32",
         "--no-progress"]
@@ -40,7 +40,7 @@ def dpo(model, data: Path, out: Path, *extra) -> int:
 
 def evaluate(model, ref, prompts: Path, out: Path) -> int:
     return main(["eval", "--model", str(model), "--ref-model", str(ref), "--prompts", str(prompts),
-                 "--judge", "online_judges:count_e", "--max-new-tokens", "4", "--output", str(out)])
+                 "--judge", "helpers.judges:count_e", "--max-new-tokens", "4", "--output", str(out)])
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""``dpokit online`` on the tiny model with a programmatic judge (tests/online_judges.py): rounds,
+"""``dpokit online`` on the tiny model with a programmatic judge (tests/helpers/judges.py): rounds,
 files, report, pair and discard counts, the reference of each round, resuming, and bad input."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from dpokit.online import OnlineConfig, online
 from dpokit.online.judging import CandidateJudge
 from dpokit.online.pairs import Candidates, form_pairs, pair_indices
 from dpokit.store.versions import Registry
-from data_util import read_jsonl
-from online_util import online_settings, write_prompts
-from util import tiny_model_dir
+from helpers.data import read_jsonl
+from helpers.online import online_settings, write_prompts
+from helpers import tiny_model_dir
 
 TESTS = Path(__file__).resolve().parent
 
@@ -51,7 +51,7 @@ def fixed_run(files):
 def test_two_rounds_write_models_pairs_report_and_plot(fixed_run, files):
     report = json.loads((fixed_run / "online_report.json").read_text())
     assert [e["round"] for e in report["rounds"]] == [1, 2]
-    assert report["settings"]["online"]["judge"] == "online_judges:count_e"
+    assert report["settings"]["online"]["judge"] == "helpers.judges:count_e"
     assert (fixed_run / "reward_vs_kl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for e in report["rounds"]:
         rdir = fixed_run / f"round-{e['round']}"
@@ -119,7 +119,7 @@ def test_cli_round_reference_all_pairs_pairwise_judge_and_registry(files):
     out, registry = tmp / "round-ref", tmp / "registry"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
     args = ["--model", str(model), "--prompts", str(prompts), "--eval-prompts", str(held), "--judge",
-            "online_judges:prefer_more_e", "--rounds", "2", "--samples-per-prompt", "3", "--pairing", "all",
+            "helpers.judges:prefer_more_e", "--rounds", "2", "--samples-per-prompt", "3", "--pairing", "all",
             "--min-margin", "0.2", "--ref-update", "round", "--max-new-tokens", "10", "--lr", "1e-3",
             "--batch-size", "4", "--ref", "copy", "--max-length", "48", "--max-prompt-length", "24",
             "--no-progress", "--output", str(out), "--registry", str(registry), "--eval-num-prompts", "4"]
@@ -147,7 +147,7 @@ def test_cli_bad_input_exits_2(files):
     env = {**os.environ, "PYTHONPATH": str(TESTS.parent)}
     for extra, expect in ((["--samples-per-prompt", "1"], "online.samples_per_prompt"),
                           (["--temperature", "0"], "online.temperature"), (["--judge", "nope"], "package.module:function")):
-        args = ["--model", str(model), "--prompts", str(prompts), "--judge", "online_judges:count_e",
+        args = ["--model", str(model), "--prompts", str(prompts), "--judge", "helpers.judges:count_e",
                 "--output", str(tmp / "bad"), *extra]
         r = subprocess.run([sys.executable, "-m", "dpokit.cli", "online", *args], capture_output=True, text=True,
                            env=env, timeout=300)
@@ -184,13 +184,13 @@ def test_pairing_rules_and_counts():
 
 
 def test_pairwise_judge_is_asked_both_orders_and_cached(tmp_path):
-    biased = CandidateJudge("online_judges:always_first", tmp_path / "a.json")
+    biased = CandidateJudge("helpers.judges:always_first", tmp_path / "a.json")
     assert biased.scores("p", ["e", "ee", "x"]) == [0.5, 0.5, 0.5]  # pure position bias cancels out
-    judge = CandidateJudge("online_judges:prefer_more_e", tmp_path / "b.json")
+    judge = CandidateJudge("helpers.judges:prefer_more_e", tmp_path / "b.json")
     assert judge.scores("p", ["e", "ee", "x"]) == [0.5, 1.0, 0.0]
     assert judge.cache.misses == 6
     judge.cache.save()
-    again = CandidateJudge("online_judges:prefer_more_e", tmp_path / "b.json")
+    again = CandidateJudge("helpers.judges:prefer_more_e", tmp_path / "b.json")
     assert again.scores("p", ["e", "ee", "x"]) == [0.5, 1.0, 0.0] and again.cache.hits == 6
 
 

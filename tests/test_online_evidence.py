@@ -1,7 +1,7 @@
 """Evidence for online rounds: on the tiny model, with a rule the initial model rarely satisfies and
-a graded judge (``online_judges:count_k``), 3 online rounds of 8 prompts reach a higher judge win
+a graded judge (``helpers.judges:count_k``), 3 online rounds of 8 prompts reach a higher judge win
 rate over the initial model than one offline round on the same number of pairs sampled from the
-initial model, with the same epochs and hyperparameters (tests/online_evidence.py lists what the
+initial model, with the same epochs and hyperparameters (tests/helpers/evidence.py lists what the
 arms share).
 
 Why online should win here: the initial model's answers hold about 0.2 ``k`` each, so its pairs
@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from dpokit.policies.lm.tiny import write_tiny_model
-from online_evidence import Budget, run_arms, summary
+from helpers.evidence import Budget, run_arms, summary
 
 SEEDS = (0, 1, 2)
 MIN_MEAN_MARGIN = 0.1

@@ -14,8 +14,8 @@ from dpokit.config import load_config
 from dpokit.errors import UserError
 from dpokit.online import OnlineConfig
 from dpokit.online.pairs import Candidates, form_pairs, list_indices
-from data_util import read_jsonl
-from online_util import tiny_online, tiny_settings
+from helpers.data import read_jsonl
+from helpers.online import tiny_online, tiny_settings
 
 TESTS = Path(__file__).resolve().parent
 
@@ -49,7 +49,7 @@ def test_listwise_loss_needs_lists_and_lists_need_a_listwise_loss(tmp_path):
 
 def test_cli_config_errors_exit_2(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
-    base = ["--model", str(tmp_path), "--prompts", str(tmp_path / "p.jsonl"), "--judge", "online_judges:count_e",
+    base = ["--model", str(tmp_path), "--prompts", str(tmp_path / "p.jsonl"), "--judge", "helpers.judges:count_e",
             "--output", str(tmp_path / "out")]
     cases = ((["--loss", "plackett_luce"], "online.pairing"), (["--backend", "vllm"], "online.backend"),
              (["--judge-mode", "pairwise"], "online.judge_mode"))

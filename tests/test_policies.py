@@ -21,7 +21,7 @@ from dpokit.policies import build_policy_kind
 from dpokit.policies.scorer import ScorerModel, features, write_scorer
 from dpokit.train import train
 from dpokit.train.checkpoint import read_weights
-from util import metrics
+from helpers import metrics
 
 TOPICS = {"sports": ["football", "tennis", "cycling", "rowing"], "cooking": ["baking", "grilling", "pasta", "curry"],
           "music": ["jazz", "piano", "opera", "violin"], "travel": ["hiking", "beaches", "museums", "trains"]}

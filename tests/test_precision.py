@@ -17,7 +17,7 @@ from dpokit.precision import native_on_cpu, resolve
 from dpokit.train import train
 from dpokit.policies.lm.policy import real_tokens
 from dpokit.train.optim import LossScaling
-from util import config, metrics, tiny_model_dir, write_pairs
+from helpers import config, metrics, tiny_model_dir, write_pairs
 
 
 @pytest.fixture

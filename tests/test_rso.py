@@ -16,8 +16,8 @@ from dpokit.online import OnlineConfig
 from dpokit.online.loop import rso_select
 from dpokit.online.pairs import Candidates
 from dpokit.online.rso import rejection_sample, successive_probabilities
-from data_util import read_jsonl
-from online_util import tiny_online
+from helpers.data import read_jsonl
+from helpers.online import tiny_online
 
 REWARDS = [0.0, 0.5, 1.0, 2.0, 3.0]
 RUNS = 20_000
@@ -76,7 +76,7 @@ def test_rso_select_skips_unusable_answers_and_counts():
 
 
 def test_rso_config_checks(tmp_path):
-    base = {"online.prompts": "p.jsonl", "online.judge": "online_judges:count_e", "model.path": "m",
+    base = {"online.prompts": "p.jsonl", "online.judge": "helpers.judges:count_e", "model.path": "m",
             "train.output": str(tmp_path), "online.sampling": "rso"}
     for override, field in (({"online.rso_beta": 0.0}, "online.rso_beta"),
                             ({"online.rso_accept": 4}, "online.rso_accept"),

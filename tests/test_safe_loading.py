@@ -21,7 +21,7 @@ from dpokit.cli import main
 from dpokit.config import load_config
 from dpokit.errors import UserError
 from dpokit.policies.lm.load import load_model
-from util import tiny_model_dir, write_pairs
+from helpers import tiny_model_dir, write_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from data_util import OFF, run
+from helpers.data import OFF, run
 from dpokit.data.clean import TEMPLATE_TOKENS
 from dpokit.data.formats import HH_DIVERGED
 from dpokit.train import train
-from util import config, metrics, tiny_model_dir
+from helpers import config, metrics, tiny_model_dir
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 HH = SHARED / "hh-harmless-base-test.jsonl.gz"

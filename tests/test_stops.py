@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import online_judges
+import helpers.judges
 from dpokit.errors import Stopped, stops_raise
-from online_util import tiny_online
+from helpers.online import tiny_online
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,16 +80,16 @@ def test_online_stopped_in_training_resumes_from_its_checkpoint(tmp_path):
 
 def test_online_stopped_while_judging_keeps_the_judgements_made(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    monkeypatch.setattr(online_judges, "_calls", 0)
+    monkeypatch.setattr(helpers.judges, "_calls", 0)
     monkeypatch.setenv("STOP_JUDGE_AT", "7")
     with pytest.raises(Stopped), stops_raise("continue"):
-        tiny_online(tmp_path, out, online__rounds=2, online__judge="online_judges:count_e_then_stop")
+        tiny_online(tmp_path, out, online__rounds=2, online__judge="helpers.judges:count_e_then_stop")
     # the judge is asked once per prompt for its distinct answers: the first prompt's were kept,
     # the second's (asked when the stop came) were not
     kept = len(json.loads((out / "judge_cache.json").read_text()))
     assert 0 < kept < 7 and not (out / "round-1" / "sampling.json").exists()
     monkeypatch.delenv("STOP_JUDGE_AT")
-    finish_online(tmp_path, out, online__judge="online_judges:count_e_then_stop")
+    finish_online(tmp_path, out, online__judge="helpers.judges:count_e_then_stop")
     sampling = json.loads((out / "round-1" / "sampling.json").read_text())
     assert sampling["judge"]["cache_hits"] >= kept  # the same answers are sampled again, their scores read back
 
@@ -101,12 +101,12 @@ def cli(*args: str, env: dict | None = None) -> subprocess.Popen:
 
 
 def test_eval_stopped_inside_judging_exits_143_with_one_line(tmp_path):
-    from online_util import write_prompts
-    from util import tiny_model_dir
+    from helpers.online import write_prompts
+    from helpers import tiny_model_dir
 
     model, prompts = tiny_model_dir(tmp_path), write_prompts(tmp_path / "p.jsonl", 4)
     args = ("eval", "--model", str(model), "--ref-model", str(model), "--prompts", str(prompts),
-            "--judge", "online_judges:count_e_then_stop", "--max-new-tokens", "6", "--output", str(tmp_path / "ev"))
+            "--judge", "helpers.judges:count_e_then_stop", "--max-new-tokens", "6", "--output", str(tmp_path / "ev"))
     proc = cli(*args, env={"STOP_JUDGE_AT": "3"})
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err

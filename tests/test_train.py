@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from dpokit.train import train
 from dpokit.train.optim import lr_factor
-from util import config, final_weights, metrics, tiny_model_dir, write_pairs
+from helpers import config, final_weights, metrics, tiny_model_dir, write_pairs
 
 
 @pytest.fixture(scope="module")

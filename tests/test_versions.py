@@ -14,7 +14,7 @@ from dpokit.config import EvalConfig, RunConfig, load_config
 from dpokit.online.config import OnlineConfig
 from dpokit.train import train
 from dpokit.store.versions import Registry
-from util import config, tiny_model_dir, write_pairs
+from helpers import config, tiny_model_dir, write_pairs
 
 TASK = Path(__file__).resolve().parents[1] / "dpokit" / "tasks" / "reviews_data"
 

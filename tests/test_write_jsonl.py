@@ -10,7 +10,7 @@ import pytest
 
 from dpokit.store.atomic import write_jsonl
 from dpokit.errors import UserError
-from data_util import read_jsonl
+from helpers.data import read_jsonl
 
 ROWS = [{"prompt": "Héllo", "chosen": "a\nb"}, {"prompt": [{"role": "user", "content": "x"}], "n": 2}]
 

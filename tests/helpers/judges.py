@@ -1,4 +1,4 @@
-"""Programmatic judges for the online tests, importable as ``online_judges:NAME`` (tests/ on the path).
+"""Programmatic judges for the online tests, importable as ``helpers.judges:NAME`` (tests/ on the path).
 
 The rules are ones the tiny random model can learn from its own samples within a few steps,
 e.g. answers with more of the letter ``e`` are better. Sampled answers from the random model are

@@ -1,5 +1,5 @@
 """A tiny online run for the tests of RSO sampling and list pairing: the tiny random model, a few
-prompts, the judge "more letters e is better" (tests/online_judges.py), one short round."""
+prompts, the judge "more letters e is better" (tests/helpers/judges.py), one short round."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 from dpokit.config import load_config
 from dpokit.online import OnlineConfig, online
-from online_evidence import numbered_prompts
-from online_evidence import write_prompts as write_texts
-from util import tiny_model_dir
+from helpers.evidence import numbered_prompts
+from helpers.evidence import write_prompts as write_texts
+from helpers import tiny_model_dir
 
 
 def write_prompts(path: Path, n: int, start: int = 0) -> Path:
@@ -31,7 +31,7 @@ def tiny_settings(tmp: Path, out: Path, **extra) -> dict:
 def online_settings(model: Path, out: Path, prompts: Path, held: Path, **extra) -> dict:
     """Settings of a short online run on the tiny model; ``extra`` overrides (``a__b`` for ``a.b``)."""
     base = {"model.path": str(model), "train.output": str(out), "online.prompts": str(prompts),
-            "online.eval_prompts": str(held), "online.judge": "online_judges:count_e", "online.rounds": 2,
+            "online.eval_prompts": str(held), "online.judge": "helpers.judges:count_e", "online.rounds": 2,
             "online.samples_per_prompt": 4, "online.max_new_tokens": 10, "online.generation_batch_size": 32,
             "train.lr": 1e-3, "train.batch_size": 4, "train.progress": False, "train.ref": "copy",
             "data.max_length": 48, "data.max_prompt_length": 24}

@@ -39,7 +39,7 @@ ARMS = ("online", "online-sdpo", "offline", "offline-long", "offline-rounds")
 class Budget:
     """What every arm shares. The defaults are the tiny-model setting of the test."""
 
-    judge: str = "online_judges:count_k"
+    judge: str = "helpers.judges:count_k"
     rounds: int = 3
     prompts_per_round: int = 8
     samples: int = 8
