@@ -1,6 +1,6 @@
 """Data pipeline figures (a script that prints them, not a test):
 
-1. read + clean + tokenize of 100,000 generated pairs (what a trainer's ``load_data`` does,
+1. read + clean + tokenize of 100,000 generated pairs (what a trainer's data loading does,
    without the cache), in pairs per second and CPU time per pair, for plain-text pairs and
    for chat-message pairs rendered with the chat template, with the SmolLM2 tokenizer when it
    has been converted (``dpokit quickstart`` does it), else the tiny tokenizer shipped with

@@ -79,10 +79,10 @@ def main() -> None:
             "batch_size": args.batch_size, "max_length": args.max_length, "dtype": args.dtype,
             "dpokit": {"train.dtype": args.dtype}}
     if args.compile:
-        import dpokit.train.setup as setup
+        import dpokit.policies.lm.policy as lm_policy
 
-        load = setup.load_model
-        setup.load_model = lambda *a, **k: _compiled(load(*a, **k))
+        load = lm_policy.load_model  # what the LM policy kind loads with
+        lm_policy.load_model = lambda *a, **k: _compiled(load(*a, **k))
 
     saved, state, clock = SavedTensors(), {"step": 0, "profiler": None}, bench.StepClock()
 
