@@ -143,3 +143,11 @@ def test_the_command_line_trains_a_scorer(task):
     bad = subprocess.run([sys.executable, "-m", "dpokit.cli", *args[:-2], "--output", str(out / "b"), "--loss", "kto"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "loss.name" in bad.stderr
+
+
+def test_online_rounds_refuse_a_policy_that_cannot_sample(tmp_path):
+    from dpokit.online.config import OnlineConfig
+    from helpers.online import tiny_settings
+
+    with pytest.raises(UserError, match="only causal_lm"):
+        load_config(None, tiny_settings(tmp_path, tmp_path / "out", model__policy="linear_scorer"), root=OnlineConfig)

@@ -147,6 +147,9 @@ class OnlineConfig(RunConfig):
         if self.train.resume:
             raise UserError("an online run resumes by itself when rerun; drop --resume", where="config",
                             field="train.resume")
+        if self.model.policy != "causal_lm":
+            raise UserError("online rounds sample answers from the policy, which only causal_lm does", where="config",
+                            field="model.policy")
         first = self.round_config(1, self.model.path, self.model.ref_path, "(round pairs)", self.train.output)
         self._kind_checks(first)
         from dpokit.online.sampling import check_backend
