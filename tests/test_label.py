@@ -22,7 +22,7 @@ from dpokit.cli import main
 from dpokit.config import DataConfig
 from dpokit.data import DataReport, read_records
 from dpokit.data.votes import pair_id
-from dpokit.label import Session, read_candidates, start
+from dpokit.label import Session, read_candidates, start, swapped
 from helpers import config, tiny_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +134,7 @@ def test_a_labelling_session_with_an_undo_and_a_killed_server(page, tmp_path):
                        "response_a": r["policy"], "response_b": r["reference"],
                        "votes": [expected_vote(choice, a_is_policy)], "shown": "ab" if a_is_policy else "ba",
                        "annotator": "alice"}
-        assert s["id"] == row["id"]
+        assert s["id"] == row["id"] and (not a_is_policy) == swapped(3, row["id"])  # the order --seed 3 gives
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prefs.jsonl", "prefs.jsonl.lock", "samples.jsonl"]
 
     # the data pipeline reads the file as votes: a and b votes are pairs, tie and both bad are ties
@@ -186,7 +186,7 @@ def test_text_from_the_data_stays_text(page, tmp_path):
     try:
         page.goto(server.url)
         page.wait_for_selector("body[data-candidate]", state="attached")
-        assert page.text_content("#prompt pre") == PAYLOAD
+        assert page.text_content("#prompt pre") == PAYLOAD and page.is_visible("#prompt pre")
         assert {page.text_content("#answer-a pre"), page.text_content("#answer-b pre")} == {ANSWER, "</script>"}
         assert page.evaluate("window.__injected") is None
         assert page.locator("#bold").count() == 0 and page.locator("img").count() == 0
@@ -332,6 +332,4 @@ def test_merge_votes_of_two_annotators_and_their_kappa(tmp_path, capsys):
 
 
 def alice_swapped(session: Session, cand) -> bool:
-    from dpokit.label import swapped
-
     return swapped(session.seed, cand.id)

@@ -59,6 +59,7 @@ class Session:
         self._lock_file = _hold_lock(self.out)
         self.lines: list[str] = []  # the file's lines, in order
         self.judged: list[str] = []  # candidate ids, in the same order
+        self.done: set[str] = set()
         self._read_back(log)
 
     def _read_back(self, log) -> None:
@@ -92,19 +93,19 @@ class Session:
         if cid not in self.by_id:
             raise UserError("no candidate with this id in the candidates file (is --out from another file?)",
                             where, "id")
-        if cid in self.judged:
+        if cid in self.done:
             raise UserError("a second judgement of the same candidate", where, "id")
         votes = row.get("votes")
         if not (isinstance(votes, list) and len(votes) == 1 and str(votes[0]).lower() in VOTE_WORDS):
             raise UserError("must be a list of one vote (a, b, tie, tie (bothbad))", where, "votes")
         self.judged.append(cid)
+        self.done.add(cid)
 
     # ------------------------------------------------------------------ the state the page shows
 
     def current(self) -> Candidate | None:
         """The first candidate without a judgement."""
-        done = set(self.judged)
-        return next((c for c in self.candidates if c.id not in done), None)
+        return next((c for c in self.candidates if c.id not in self.done), None)
 
     def state(self) -> dict:
         cand = self.current()
@@ -133,6 +134,7 @@ class Session:
             self._append(line)
             self.lines.append(line)
             self.judged.append(cid)
+            self.done.add(cid)
             return True
 
     def undo(self, cid: str) -> bool:
@@ -143,6 +145,7 @@ class Session:
             rest = self.lines[:-1]
             write_text_atomic(self.out, "".join(line + "\n" for line in rest))
             self.lines, self.judged = rest, self.judged[:-1]
+            self.done.discard(cid)
             return True
 
     def _append(self, line: str) -> None:
