@@ -23,6 +23,7 @@ from typing import Any
 from dpokit.data.fields import list_field, present, text_field, text_value
 from dpokit.data.formats import FORMATS, TEXT_KEYS, Context, detect
 from dpokit.data.records import Pair, Text
+from dpokit.data.report import DataReport
 from dpokit.data.sources import iter_rows
 from dpokit.data.votes import pair_id
 from dpokit.errors import UserError
@@ -90,7 +91,7 @@ def _read(row: dict, kind: str, where: str) -> tuple[Text, Text, Text]:
         key = next((k for k in LIST_KEYS if present(row, k)), LIST_KEYS[0])
         return (text_field(row, "prompt", where), *_two_of_list(row, where, key))
     fmt = detect(row)
-    pair = FORMATS[fmt](row, Context(None), where)[0]  # the pair parsers need no options
+    pair = FORMATS[fmt](row, Context(None, DataReport()), where)[0]  # the pair parsers need no options
     if not isinstance(pair, Pair):
         raise UserError("needs two answers (chosen and rejected)", where, "rejected")
     return pair.prompt, pair.chosen, pair.rejected

@@ -102,11 +102,11 @@ class Handler(BaseHTTPRequestHandler):
             return None
         if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
             return None
-        length = int(self.headers.get("Content-Length") or 0)
-        if not 0 < length <= MAX_BODY:
+        length = self.headers.get("Content-Length", "")
+        if not length.isdigit() or not 0 < int(length) <= MAX_BODY:
             return None
         try:
-            body = json.loads(self.rfile.read(length))
+            body = json.loads(self.rfile.read(int(length)))
         except ValueError:
             return None
         return body if isinstance(body, dict) and isinstance(body.get("id"), str) else None
