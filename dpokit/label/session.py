@@ -60,7 +60,11 @@ class Session:
         self.lines: list[str] = []  # the file's lines, in order
         self.judged: list[str] = []  # candidate ids, in the same order
         self.done: set[str] = set()
-        self._read_back(log)
+        try:
+            self._read_back(log)
+        except BaseException:  # a refused file: let go of the lock (the caller may try again in-process)
+            self.close()
+            raise
 
     def _read_back(self, log) -> None:
         if not self.out.exists():
