@@ -1,4 +1,4 @@
-"""Command line: ``dpokit sft|dpo|online|eval|versions|data|quickstart|losses``. Each subcommand builds a
+"""Command line: ``dpokit sft|dpo|online|eval|versions|data|label|quickstart|losses``. Each subcommand builds a
 config and calls the library; a user error ends with one message and exit code 2, never a traceback."""
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="runs/quickstart", help="run folder")
     sub.add_parser("losses", help="list the registered losses")
     _add_data_parser(sub)
+    _add_label_parser(sub)
     return parser
 
 
@@ -92,6 +93,22 @@ def _add_data_parser(sub) -> None:
                                            "lengths (stats) and whose special tokens count as leaks")
         p.add_argument("--config", help="a run's YAML file; its data section sets the options")
         add_flags(p, DATA_FLAG_SET, DataCommandConfig)
+    p = commands.add_parser("merge-votes", help="several annotators' votes files on the same candidates -> one "
+                                                "votes file (all votes per candidate) and their agreement")
+    p.add_argument("inputs", nargs="+", help="votes files (dpokit label --out files, or any votes format file)")
+    p.add_argument("-o", "--output", required=True, help="the merged .jsonl file to write")
+
+
+def _add_label_parser(sub) -> None:
+    p = sub.add_parser("label", help="a local page where people judge pairs of answers (docs/labelling.md)")
+    p.add_argument("--data", required=True, help="candidates: a prompt and two answers per record (votes, pairs, "
+                                                 "a list of responses, dpokit eval samples, dpokit online candidates)")
+    p.add_argument("--out", required=True, help="the votes file the judgements are appended to (resumed if it exists)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (another than loopback opens the "
+                                                      "page to the network)")
+    p.add_argument("--port", type=int, default=8765, help="port to listen on; 0 picks a free one (the URL is printed)")
+    p.add_argument("--annotator", help="the name recorded with each judgement (default: the user's login name)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the order the two answers are shown in")
 
 
 def run_train(ns: argparse.Namespace) -> int:
@@ -174,9 +191,17 @@ def run_losses(ns: argparse.Namespace) -> int:
     return 0
 
 
+def run_label(ns: argparse.Namespace) -> int:
+    from dpokit.label import serve
+
+    return serve(ns.data, ns.out, ns.host, ns.port, ns.annotator, ns.seed)
+
+
 def run_data(ns: argparse.Namespace) -> int:
     from dpokit.data import commands
 
+    if ns.data_command == "merge-votes":
+        return commands.merge_votes(ns.inputs, ns.output)
     options = load_config(ns.config, overrides(ns, DATA_FLAG_SET), root=DataCommandConfig).data
     tokenizer = None
     if ns.tokenizer:
@@ -196,11 +221,12 @@ STOP_HINTS = {
               "command to continue",
     "quickstart": "finished stages and training checkpoints are kept; run the same command to continue",
     "eval": "an evaluation keeps nothing until it is complete; run the same command to evaluate again",
+    "label": "every judgement made is saved; run the same command to continue",
 }
 """What a stop outside a training step leaves, by command (sft and dpo stop after a step, see run_train)."""
 
 COMMANDS = {"sft": run_train, "dpo": run_train, "online": run_online, "eval": run_eval, "versions": run_versions,
-            "data": run_data, "quickstart": run_quickstart, "losses": run_losses}
+            "data": run_data, "label": run_label, "quickstart": run_quickstart, "losses": run_losses}
 
 
 def _close_progress_bars() -> None:

@@ -54,6 +54,7 @@ FORBIDDEN = [
     (("dpokit.train",), ("dpokit.eval", "dpokit.online", "dpokit.cli", "dpokit.quickstart")),
     (("dpokit.eval",), ("dpokit.online", "dpokit.cli", "dpokit.quickstart", "dpokit.train.loop")),
     (("dpokit.online",), ("dpokit.cli", "dpokit.quickstart")),
+    (("dpokit.label",), ("dpokit.losses", "dpokit.policies", *ABOVE_POLICIES)),  # reads files of eval, online
 ]
 
 

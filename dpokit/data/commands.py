@@ -173,3 +173,35 @@ def convert(path: str, output: str, kind: str, options, special_tokens: Iterable
     if not report.records_out:
         raise UserError("no records left: see the report", where=str(path))
     return 0
+
+
+# --------------------------------------------------------------------------- merge-votes
+
+def merge_votes(inputs: list[str], output: str, out: Callable[[str], None] = print) -> int:
+    """Several annotators' votes files -> one votes file with every vote per candidate, and the
+    annotators' agreement (Fleiss' kappa over a, b and tie, as ``stats`` reports it)."""
+    from dpokit.data.votes import agreement, merge
+
+    output_path = Path(output)
+    if not output_path.parent.is_dir():
+        raise UserError("the output folder does not exist", where=str(output_path.parent))
+    merged = merge(inputs)
+    if not merged:
+        raise UserError("no votes in the input files", where=", ".join(inputs))
+    write_jsonl(output_path, (item.row() for item in merged.values()))
+    summary = agreement(merged).summary()
+    by_count = Counter(len(item.votes) for item in merged.values())
+    annotators = Counter(a for item in merged.values() for a in item.annotators if a is not None)
+    out(f"{len(inputs)} files -> {len(merged)} candidates, {summary['votes']} votes; candidates by number of votes: "
+        + ", ".join(f"{k} with {n}" for n, k in sorted(by_count.items())))
+    if annotators:
+        out("votes by annotator: " + ", ".join(f"{a} {n}" for a, n in sorted(annotators.items())))
+    if "observed" in summary:
+        kappa = summary["fleiss_kappa"]
+        out(f"agreement over {summary['items_with_2+_votes']} candidates with 2+ votes: {summary['observed']:.1%} of "
+            f"annotator pairs agree, Fleiss' kappa {'undefined (one choice only)' if kappa is None else kappa}, "
+            f"{summary['unanimous']:.1%} unanimous")
+    else:
+        out("agreement: no candidate has two votes")
+    out(f"wrote {output_path}")
+    return 0
