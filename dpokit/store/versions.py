@@ -29,7 +29,6 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dpokit.config.flags import RENAMED_FIELDS
 from dpokit.errors import UserError
 from dpokit.store.atomic import folder_digest, verify, write_text_atomic
 
@@ -239,6 +238,8 @@ def rollback(registry: Registry) -> str:
 
 
 def diff_versions(registry: Registry, a: str, b: str) -> str:
+    from dpokit.config.flags import RENAMED_FIELDS  # at call time: the config package reads this module
+
     ra, rb = registry.require().get(a), registry.get(b)
     ma, mb = metrics_of(ra), metrics_of(rb)
     lines = [f"{'metric':34s}{a:>12s}{b:>12s}{'change':>12s}"]
