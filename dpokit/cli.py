@@ -1,4 +1,4 @@
-"""Command line: ``dpokit sft|dpo|online|eval|versions|data|quickstart|losses``. Each subcommand builds a
+"""Command line: ``dpokit sft|dpo|online|eval|versions|data|quickstart|losses|report``. Each subcommand builds a
 config and calls the library; a user error ends with one message and exit code 2, never a traceback."""
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="runs/quickstart", help="run folder")
     sub.add_parser("losses", help="list the registered losses")
     _add_data_parser(sub)
+    _add_report_parser(sub)
     return parser
 
 
@@ -92,6 +93,18 @@ def _add_data_parser(sub) -> None:
                                            "lengths (stats) and whose special tokens count as leaks")
         p.add_argument("--config", help="a run's YAML file; its data section sets the options")
         add_flags(p, DATA_FLAG_SET, DataCommandConfig)
+
+
+def _add_report_parser(sub) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML page of runs: curves, reward against KL, held-out "
+                                      "samples, data reports, configs, lineage, machine (docs/report.md)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                   help="a training run folder (metrics.jsonl), an online run folder or a quickstart folder")
+    p.add_argument("-o", "--output", default="report.html", help="the HTML file to write (default: report.html)")
+    p.add_argument("--eval", action="append", default=[], metavar="DIR",
+                   help="an evaluation folder (dpokit eval --output DIR) to show as well; repeatable")
+    p.add_argument("--registry", help="also plot and list every version of this registry that has an evaluation")
+    p.add_argument("--title", default="dpokit report", help="the page's title")
 
 
 def run_train(ns: argparse.Namespace) -> int:
@@ -191,6 +204,13 @@ def run_data(ns: argparse.Namespace) -> int:
     return commands.convert(ns.input, ns.output, ns.to, options, special)
 
 
+def run_report(ns: argparse.Namespace) -> int:
+    from dpokit.report import build_report
+
+    print(f"report: {build_report(ns.runs, ns.output, ns.eval, ns.registry, ns.title)}")
+    return 0
+
+
 STOP_HINTS = {
     "online": "finished rounds, sampled and judged answers and training checkpoints are kept; run the same "
               "command to continue",
@@ -200,7 +220,7 @@ STOP_HINTS = {
 """What a stop outside a training step leaves, by command (sft and dpo stop after a step, see run_train)."""
 
 COMMANDS = {"sft": run_train, "dpo": run_train, "online": run_online, "eval": run_eval, "versions": run_versions,
-            "data": run_data, "quickstart": run_quickstart, "losses": run_losses}
+            "data": run_data, "quickstart": run_quickstart, "losses": run_losses, "report": run_report}
 
 
 def _close_progress_bars() -> None:

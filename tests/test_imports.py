@@ -53,7 +53,11 @@ FORBIDDEN = [
     (("dpokit.policies.lm.logprobs", "dpokit.policies.lm.layout"), ("dpokit.policies.reference",)),
     (("dpokit.train",), ("dpokit.eval", "dpokit.online", "dpokit.cli", "dpokit.quickstart")),
     (("dpokit.eval",), ("dpokit.online", "dpokit.cli", "dpokit.quickstart", "dpokit.train.loop")),
-    (("dpokit.online",), ("dpokit.cli", "dpokit.quickstart")),
+    (("dpokit.online",), ("dpokit.cli", "dpokit.quickstart", "dpokit.report")),
+    # the report reads folders; it runs no model, so it never needs training, evaluation or the policies
+    (("dpokit.report",), ("dpokit.train", "dpokit.eval", "dpokit.policies", "dpokit.losses", "dpokit.cli",
+                          "dpokit.quickstart")),
+    (("dpokit.train", "dpokit.eval", "dpokit.store", "dpokit.data", "dpokit.config"), ("dpokit.report",)),
 ]
 
 
