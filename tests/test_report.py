@@ -248,3 +248,35 @@ def test_machine_json_keeps_an_earlier_machine_on_resume(tmp_path):
     second = json.loads((tmp_path / "machine.json").read_text())
     assert second["cpu"] == "CPU B" and second["threads"] == 8
     assert [e["cpu"] for e in second["earlier"]] == ["CPU A"] and second["earlier"][0]["started"] == first["started"]
+
+
+def test_a_run_named_like_markup_stays_text_in_tables_and_figures(runs, tmp_path, page):
+    """Folder names reach the page in headings, tables and the figures' legends (matplotlib's SVG text)."""
+    name = '<img src=x onerror="window.pwned=2">'
+    run = tmp_path / name
+    shutil.copytree(runs["b"], run, ignore=shutil.ignore_patterns("final", "data_cache", "eval"))
+    out = tmp_path / "r.html"
+    assert main(["report", str(runs["b"]), str(run), "-o", str(out)]) == 0
+    html = out.read_text(encoding="utf-8")
+    assert "<img" not in html and html.count("&lt;img src=x onerror=") >= 3  # runs list, table, legends
+    page.goto(out.as_uri())
+    assert page.evaluate("typeof window.pwned") == "undefined"
+    assert page.locator("#final th", has_text=name).count() == 1
+    assert page.locator("#curves svg text", has_text=name).count() >= 1
+
+
+def test_bad_samples_and_data_reports_are_named_by_file_and_line(runs, tmp_path, capsys):
+    evaluation = tmp_path / "eval"
+    shutil.copytree(runs["a"] / "eval", evaluation)
+    lines = (evaluation / "samples.jsonl").read_text().splitlines()
+    (evaluation / "samples.jsonl").write_text("\n".join([lines[0], "{not json", *lines[2:]]) + "\n")
+    assert main(["report", str(runs["b"]), "--eval", str(evaluation), "-o", str(tmp_path / "r.html")]) == 2
+    assert f"{evaluation / 'samples.jsonl'}:2: not valid JSON" in capsys.readouterr().err
+    run = tmp_path / "run"
+    shutil.copytree(runs["b"], run, ignore=shutil.ignore_patterns("final", "data_cache"))
+    text = (run / "data_report_train.json").read_text()
+    (run / "data_report_train.json").write_text(text.replace('"records_out"', 'records_out', 1))
+    assert main(["report", str(run), "-o", str(tmp_path / "r.html")]) == 2
+    line = text[:text.index('"records_out"')].count("\n") + 1
+    assert f"{run / 'data_report_train.json'}:{line}: not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()

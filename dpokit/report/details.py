@@ -188,7 +188,9 @@ def samples_table(ev: Evaluation) -> str:
 def evaluation_section(ev: Evaluation) -> str:
     rows = [[f"<td><code>{esc(k)}</code></td>", cell(v)] for k, v in _flatten(ev.report)]
     summary = table(["", ""], rows)
+    notes = "".join(f"<li>{esc(n)}</li>" for n in ev.notes)
     return (f"<h3>{esc(ev.name)}</h3><p class=\"muted\">{esc(ev.folder.resolve())}</p>"
+            f"{f'<ul>{notes}</ul>' if notes else ''}"
             f"<details open><summary>eval_report.json</summary>{summary}</details>"
             f"<h4>held-out samples ({len(ev.samples)})</h4>{samples_table(ev)}")
 

@@ -35,6 +35,7 @@ class Evaluation:
     folder: Path
     report: dict
     samples: list[dict]
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -73,15 +74,20 @@ class Inputs:
 
 # -- files ----------------------------------------------------------------------------------------
 
-def read_json(path: Path) -> dict:
+def read_text(path: Path) -> str:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UserError(f"cannot read: {exc.strerror}", where=str(path)) from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"not valid JSON: {exc.msg}", where=f"{path}:{exc.lineno}") from None
     except UnicodeDecodeError:
         raise UserError("not UTF-8 text", where=str(path)) from None
+
+
+def read_json(path: Path) -> dict:
+    try:
+        value = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"not valid JSON: {exc.msg}", where=f"{path}:{exc.lineno}") from None
     if not isinstance(value, dict):
         raise UserError(f"expected a JSON object, got {type(value).__name__}", where=str(path))
     return value
@@ -90,12 +96,7 @@ def read_json(path: Path) -> dict:
 def read_jsonl(path: Path, notes: list[str]) -> list[dict]:
     """Each line an object. A last line without its newline that does not parse is a write still
     going on or cut by a kill: it is left out with a note in ``notes``; any other bad line is an error."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"cannot read: {exc.strerror}", where=str(path)) from None
-    except UnicodeDecodeError:
-        raise UserError("not UTF-8 text", where=str(path)) from None
+    text = read_text(path)
     lines = text.split("\n")
     records = []
     for number, line in enumerate(lines, 1):
@@ -117,7 +118,7 @@ def read_jsonl(path: Path, notes: list[str]) -> list[dict]:
 def read_config(path: Path) -> tuple[str | None, dict]:
     if not path.is_file():
         return None, {}
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     try:
         value = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -132,7 +133,7 @@ def read_config(path: Path) -> tuple[str | None, dict]:
 def read_evaluation(folder: Path, name: str) -> Evaluation:
     notes: list[str] = []
     samples = read_jsonl(folder / SAMPLES, notes) if (folder / SAMPLES).is_file() else []
-    return Evaluation(name, folder, read_json(folder / EVAL_REPORT), samples)
+    return Evaluation(name, folder, read_json(folder / EVAL_REPORT), samples, notes)
 
 
 def evaluations_in(run: Path, name: str) -> list[Evaluation]:
