@@ -8,7 +8,7 @@ from dpokit.report.plots import curve, finite, reward_vs_kl, slug
 from dpokit.report.runs import Inputs, TrainingRun
 
 FIRST_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen",
-              "logps/rejected", "kl/approx")
+              "logps/rejected", "kl/approx", "logps/completion")
 """The metrics a reader looks at first, in this order; the others follow by name."""
 NOT_CURVES = {"step", "epoch"}
 GREY = 8
@@ -46,7 +46,7 @@ def curves_section(runs: list[TrainingRun], eval_keys: bool) -> str:
         lines = [line for line in lines if line[2]]
         figures.append(figure(curve(key, lines, f"curve-{slug(key)}-{eval_keys}")))
     first = len([k for k in keys if k.removeprefix("eval/") in FIRST_KEYS]) or len(keys)
-    more = (f'<details><summary>{len(keys) - first} more</summary><div class="grid">{"".join(figures[first:])}'
+    more = (f'<details><summary>{len(keys) - first} more metrics</summary><div class="grid">{"".join(figures[first:])}'
             "</div></details>" if len(keys) > first else "")
     title, what = (("Evaluation during training", "the metrics over the whole --eval-data file at each --eval-steps")
                    if eval_keys else ("Training curves", "each logged optimizer step (metrics.jsonl)"))
