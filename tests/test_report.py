@@ -133,6 +133,8 @@ def test_samples_table_escapes_the_payload(runs):
 def test_in_the_browser_no_script_from_data_runs_and_the_text_shows(runs, page):
     page.goto(runs["path"].as_uri())
     assert page.evaluate("typeof window.pwned") == "undefined"
+    # not only blocked by the page's policy: the payload made no element at all
+    assert page.evaluate("document.scripts.length") == 1 and page.locator("main img").count() == 0
     cell = page.locator(".samples td", has_text="<script>window.pwned = 1</script>")
     assert cell.count() == 1 and cell.first.is_visible()
     assert "</table> early" in cell.first.inner_text()
@@ -280,3 +282,13 @@ def test_bad_samples_and_data_reports_are_named_by_file_and_line(runs, tmp_path,
     line = text[:text.index('"records_out"')].count("\n") + 1
     assert f"{run / 'data_report_train.json'}:{line}: not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_the_page_fetches_nothing(runs, page):
+    requests = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(runs["path"].as_uri())
+    page.locator("#evaluations .samples input").first.fill("review")
+    assert requests == [runs["path"].as_uri()]  # the file itself, nothing else
+    html = runs["html"]
+    assert "<link" not in html and "@import" not in html and not re.search(r"""(?:src|href)=["'](?!#)""", html)
