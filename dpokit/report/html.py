@@ -21,7 +21,8 @@ body { margin:0; font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-s
 main { max-width:1200px; margin:0 auto; padding:12px 16px 48px; }
 h1 { font-size:1.5rem; margin:.4em 0; } h2 { font-size:1.2rem; margin:1.6em 0 .5em; border-bottom:1px solid var(--line); }
 h3 { font-size:1.05rem; margin:1.2em 0 .4em; overflow-wrap:anywhere; }
-p, li, dd, dt, td, th, summary, code { overflow-wrap:anywhere; }
+p, li, dd, dt, summary { overflow-wrap:anywhere; }
+td, th { overflow-wrap:break-word; }  /* not anywhere: a cell would shrink to one letter; the table scrolls instead */
 .muted { color:var(--muted); font-size:.9em; }
 .grid { display:grid; gap:12px; grid-template-columns:repeat(auto-fill, minmax(min(100%, 420px), 1fr)); }
 figure { margin:0; padding:6px; border:1px solid var(--line); border-radius:6px; background:#fff; }
