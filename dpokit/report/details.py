@@ -95,7 +95,8 @@ EXAMPLES = 3
 
 
 def data_report(name: str, report: dict) -> str:
-    head = definitions([(k, esc(report.get(k, "—"))) for k in ("input", "format", "kind", "rows_read", "records_out")])
+    head = definitions([(k, esc(report.get(k, "—")))
+                        for k in ("input", "format", "kind", "rows_read", "records_out")])
     examples: dict[tuple[str, str], list[str]] = {}
     for event in report.get("events") or []:
         if isinstance(event, dict):
@@ -116,8 +117,8 @@ def data_report(name: str, report: dict) -> str:
 
 
 def events(run: TrainingRun) -> str:
-    rows = [[cell(r.get("step")), cell(r.get("event")), cell({k: v for k, v in r.items() if k not in ("step", "event")})]
-            for r in run.metrics if "event" in r]
+    rows = [[cell(r.get("step")), cell(r.get("event")),
+             cell({k: v for k, v in r.items() if k not in ("step", "event")})] for r in run.metrics if "event" in r]
     return f"<h4>events</h4>{table(['step', 'event', 'details'], rows)}" if rows else ""
 
 
@@ -182,7 +183,8 @@ def samples_table(ev: Evaluation) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in ["#", *labels])
     return (f'<div class="samples"><div class="controls"><input type="search" placeholder="search the samples" '
             f'aria-label="search the samples">{pick}<span class="count muted"></span></div>'
-            f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div></div>')
+            f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+            "</div>")
 
 
 def evaluation_section(ev: Evaluation) -> str:

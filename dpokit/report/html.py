@@ -19,7 +19,8 @@ STYLE = """
 body { margin:0; font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif; color:var(--fg);
        background:var(--bg); }
 main { max-width:1200px; margin:0 auto; padding:12px 16px 48px; }
-h1 { font-size:1.5rem; margin:.4em 0; } h2 { font-size:1.2rem; margin:1.6em 0 .5em; border-bottom:1px solid var(--line); }
+h1 { font-size:1.5rem; margin:.4em 0; }
+h2 { font-size:1.2rem; margin:1.6em 0 .5em; border-bottom:1px solid var(--line); }
 h3 { font-size:1.05rem; margin:1.2em 0 .4em; overflow-wrap:anywhere; }
 p, li, dd, dt, summary { overflow-wrap:anywhere; }
 td, th { overflow-wrap:break-word; }  /* not anywhere: a cell would shrink to one letter; the table scrolls instead */
