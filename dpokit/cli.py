@@ -1,4 +1,4 @@
-"""Command line: ``dpokit sft|dpo|online|eval|versions|data|label|quickstart|losses``. Each subcommand builds a
+"""Command line: ``dpokit sft|dpo|online|eval|versions|data|label|quickstart|losses|report``. Each subcommand builds a
 config and calls the library; a user error ends with one message and exit code 2, never a traceback."""
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("losses", help="list the registered losses")
     _add_data_parser(sub)
     _add_label_parser(sub)
+    _add_report_parser(sub)
     return parser
 
 
@@ -109,6 +110,18 @@ def _add_label_parser(sub) -> None:
     p.add_argument("--port", type=int, default=8765, help="port to listen on; 0 picks a free one (the URL is printed)")
     p.add_argument("--annotator", help="the name recorded with each judgement (default: the user's login name)")
     p.add_argument("--seed", type=int, default=0, help="seed of the order the two answers are shown in")
+
+
+def _add_report_parser(sub) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML page of runs: curves, reward against KL, held-out "
+                                      "samples, data reports, configs, lineage, machine (docs/report.md)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                   help="a training run folder (metrics.jsonl), an online run folder or a quickstart folder")
+    p.add_argument("-o", "--output", default="report.html", help="the HTML file to write (default: report.html)")
+    p.add_argument("--eval", action="append", default=[], metavar="DIR",
+                   help="an evaluation folder (dpokit eval --output DIR) to show as well; repeatable")
+    p.add_argument("--registry", help="also plot and list every version of this registry that has an evaluation")
+    p.add_argument("--title", default="dpokit report", help="the page's title")
 
 
 def run_train(ns: argparse.Namespace) -> int:
@@ -216,6 +229,13 @@ def run_data(ns: argparse.Namespace) -> int:
     return commands.convert(ns.input, ns.output, ns.to, options, special)
 
 
+def run_report(ns: argparse.Namespace) -> int:
+    from dpokit.report import build_report
+
+    print(f"report: {build_report(ns.runs, ns.output, ns.eval, ns.registry, ns.title)}")
+    return 0
+
+
 STOP_HINTS = {
     "online": "finished rounds, sampled and judged answers and training checkpoints are kept; run the same "
               "command to continue",
@@ -226,7 +246,8 @@ STOP_HINTS = {
 """What a stop outside a training step leaves, by command (sft and dpo stop after a step, see run_train)."""
 
 COMMANDS = {"sft": run_train, "dpo": run_train, "online": run_online, "eval": run_eval, "versions": run_versions,
-            "data": run_data, "label": run_label, "quickstart": run_quickstart, "losses": run_losses}
+            "data": run_data, "label": run_label, "quickstart": run_quickstart, "losses": run_losses,
+            "report": run_report}
 
 
 def _close_progress_bars() -> None:

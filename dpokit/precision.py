@@ -63,6 +63,20 @@ def cpu_info() -> dict:
     return {**_cpu(), "threads": torch.get_num_threads()}
 
 
+def machine_info(device: torch.device, precision: Precision, processes: int = 1) -> dict:
+    """The machine a run ran on, as ``machine.json`` records it: the CPU (``cpu_info``), the device
+    and, on a GPU, its name and compute capability, the precision picked, processes, Python."""
+    info = {**cpu_info(), "device": str(device), "processes": processes, "precision": precision.name,
+            "precision_reason": precision.reason, "python": platform.python_version(),
+            "platform": platform.platform(), "host": platform.node()}
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        info["gpu"] = torch.cuda.get_device_name(index)
+        info["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(index)))
+        info["cuda"] = torch.version.cuda
+    return info
+
+
 @functools.cache
 def _cpu() -> dict:
     caps = torch.cpu.get_capabilities()

@@ -177,3 +177,9 @@ def test_quickstart_tiny(tmp_path, capsys):
         assert 0 <= r["win_rate"] <= 1 and r["wins"] + r["ties"] + r["losses"] == 64
         assert r["win_rate_ci95"][0] <= r["win_rate"] <= r["win_rate_ci95"][1]
     assert (tmp_path / "qs" / "dpo" / "final" / "model.safetensors").is_file()
+    # the report of a quickstart folder: both stages as runs, the comparison of the three models
+    assert main(["report", str(tmp_path / "qs"), "-o", str(tmp_path / "qs.html")]) == 0
+    html = (tmp_path / "qs.html").read_text()
+    assert '<a href="#run-0">qs/sft</a>' in html and '<a href="#run-1">qs/dpo</a>' in html
+    assert ">qs/eval: dpo_vs_sft<" in html and "<h4>held-out samples (64)</h4>" in html
+    assert f'<td class="num">{report["dpo_vs_sft"]["kl_sampled"]:.6g}</td>' in html

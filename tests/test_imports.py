@@ -55,6 +55,11 @@ FORBIDDEN = [
     (("dpokit.eval",), ("dpokit.online", "dpokit.cli", "dpokit.quickstart", "dpokit.train.loop")),
     (("dpokit.online",), ("dpokit.cli", "dpokit.quickstart")),
     (("dpokit.label",), ("dpokit.losses", "dpokit.policies", *ABOVE_POLICIES)),  # reads files of eval, online
+    (("dpokit.online",), ("dpokit.cli", "dpokit.quickstart", "dpokit.report")),
+    # the report reads folders; it runs no model, so it never needs training, evaluation or the policies
+    (("dpokit.report",), ("dpokit.train", "dpokit.eval", "dpokit.policies", "dpokit.losses", "dpokit.cli",
+                          "dpokit.quickstart")),
+    (("dpokit.train", "dpokit.eval", "dpokit.store", "dpokit.data", "dpokit.config"), ("dpokit.report",)),
 ]
 
 

@@ -116,7 +116,8 @@ def evaluate_models(cfg: EvalConfig, policy=None, reference=None, tokenizer=None
     if cfg.pairs:
         report.update(pair_metrics(cfg, policy, reference, tokenizer, autocast, accelerator))
     if cfg.output:
-        write_report(Path(cfg.output), report, prompts, {**texts, "judge": judged})
+        scored = {f"score_{name}": values for name, values in scores.items()}  # a pointwise judge's scores
+        write_report(Path(cfg.output), report, prompts, {**texts, "judge": judged, **scored})
     return report
 
 
@@ -177,7 +178,8 @@ def pair_metrics(cfg: EvalConfig, policy, reference, tokenizer, autocast, accele
 
 
 def write_report(folder: Path, report: dict, prompts, columns: dict[str, list]) -> None:
-    """``samples.jsonl`` (each prompt with one value per column: answers, the judge's outcome),
+    """``samples.jsonl`` (each prompt with one value per column: answers, the judge's outcome
+    P(policy beats reference) and, from a judge that scores answers, each answer's score),
     then ``eval_report.json``, each written whole or not at all."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps({"source": where, "prompt": prompt_text(p), **{k: v[i] for k, v in columns.items()}},

@@ -23,7 +23,7 @@ from dpokit.errors import Stopped
 from dpokit.losses import LossSpec, get_loss
 from dpokit.policies import build_policy_kind
 from dpokit.policies.base import Policy, response_count
-from dpokit.precision import resolve as resolve_precision
+from dpokit.precision import machine_info, resolve as resolve_precision
 from dpokit.store.atomic import verify
 from dpokit.train import engines
 from dpokit.train.batches import BatchStream
@@ -34,7 +34,7 @@ from dpokit.train.metrics import MetricsLog, MetricSums, batch_metrics
 from dpokit.train.objective import dataset_metrics, forward_loss, make_batch, unit_count
 from dpokit.train.optim import LossScaling, build_optimizer, build_scheduler
 from dpokit.train.register import register_run
-from dpokit.train.setup import build_reference, finish_reference
+from dpokit.train.setup import build_reference, finish_reference, record_machine
 from dpokit.train.signals import StopRequest, stop_on_signals
 
 
@@ -154,6 +154,8 @@ def _start(cfg: RunConfig, log) -> Run:
     precision = resolve_precision(t.dtype, accelerator.device.type)
     log(f"[precision] {precision.name}: {precision.reason}")
     engines.check_precision(engine, precision)
+    if main:
+        record_machine(out, machine_info(accelerator.device, precision, accelerator.num_processes))
     autocast, scaling = precision.autocast(accelerator.device), LossScaling(precision.scaler(accelerator.device))
     set_seed(t.seed)
 

@@ -133,3 +133,27 @@ def _gather(share: dict, accelerator) -> list[dict]:
     from accelerate.utils import gather_object
 
     return gather_object([share])
+
+
+MACHINE = "machine.json"
+"""The run folder's record of the machine it ran on (read by ``dpokit report``)."""
+
+
+def record_machine(out: Path, info: dict) -> None:
+    """Write ``out/machine.json``; a resumed run on another machine keeps the earlier ones under
+    ``earlier``, since its figures then come from more than one machine."""
+    import json
+
+    from dpokit.store.atomic import write_text_atomic
+    from dpokit.store.versions import utc_now
+
+    path, earlier = out / MACHINE, []
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        earlier = previous.pop("earlier", [])
+        if {k: v for k, v in previous.items() if k != "started"} != info:
+            earlier = [previous, *earlier]
+    except (OSError, ValueError):
+        pass  # the first start, or a file a crash left damaged: this start's record replaces it
+    record = {"started": utc_now(), **info, **({"earlier": earlier} if earlier else {})}
+    write_text_atomic(path, json.dumps(record, indent=1))
