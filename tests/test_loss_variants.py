@@ -144,7 +144,7 @@ def naive_graph(name: str, tokens, mask, ref, c) -> torch.Tensor:
         return -torch.log(S(b * a - delta)) - torch.log(1 - S(b * d - delta))
     if name in ("aot", "aot_unpaired"):
         top, bottom = (s[0] - s[1], rs[0] - rs[1]) if name == "aot" else (a, d)
-        order = lambda v: torch.tensor(sorted(range(len(v)), key=lambda i: v[i].item()))  # noqa: E731
+        order = lambda v: torch.tensor(sorted(range(len(v)), key=lambda i: v[i].item()))
         delta = top[order(top)] - bottom[order(bottom)]
         e = c.label_smoothing
         return -(1 - e) * torch.log(S(b * delta)) - e * torch.log(S(-b * delta))
@@ -214,6 +214,18 @@ def test_limits_and_equivalences(name, kw, other, other_kw, scale):
     torch.testing.assert_close(ours, scale * theirs, atol=1e-12, rtol=1e-10)
     torch.testing.assert_close(grad, scale * grad_other, atol=1e-12, rtol=1e-10)
     assert ours.abs().sum() > 0
+
+
+def test_discopop_with_a_small_tau_is_dpo_below_zero_and_exponential_above():
+    """τ → 0 makes the blend a step at βu = 0: the logistic loss (DPO) for βu < 0 and the
+    exponential loss (GPO's ``exponential``) for βu > 0 (here |βu| ≥ 0.5 and τ = 0.001, so the
+    other part's weight is below e^−500)."""
+    u = torch.tensor([-30.0, -5.0, 5.0, 12.0], dtype=torch.float64)
+    pol = Logps(torch.stack([u, torch.zeros(4, dtype=torch.float64)]).unsqueeze(-1), torch.ones(2, 4, 1, dtype=torch.bool))
+    ref = Logps(torch.zeros(2, 4, 1, dtype=torch.float64), torch.ones(2, 4, 1, dtype=torch.bool))
+    out = run("discopop", pol, ref, discopop_tau=1e-3).losses
+    torch.testing.assert_close(out[:2], run("sigmoid", pol, ref).losses[:2], atol=1e-12, rtol=0)
+    torch.testing.assert_close(out[2:], run("gpo", pol, ref, gpo_fn="exponential").losses[2:], atol=1e-12, rtol=0)
 
 
 def test_aot_on_a_batch_already_in_order_is_dpo():

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from dpokit.logps import Logps
-from dpokit.losses.base import BETA, LABEL_SMOOTHING, LossContext, LossOutput, log_ratios, register, reward_metrics, \
-    sigmoid_xent
+from dpokit.losses.base import (BETA, LABEL_SMOOTHING, LossContext, LossOutput, log_ratios, register, reward_metrics,
+                                sigmoid_xent)
 
 
 def _sorted_loss(top: Tensor, bottom: Tensor, cfg) -> Tensor:
