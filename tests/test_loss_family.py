@@ -396,7 +396,8 @@ def test_bad_combinations_are_config_errors(text, message):
 def test_registry_declares_every_loss_of_the_family():
     names = set(all_losses())
     assert {"sigmoid", "cdpo", "robust", "ipo", "hinge", "rso", "dpop", "beta_dpo", "rdpo", "tdpo", "nll", "simpo",
-            "cpo", "orpo", "kto", "plackett_luce", "lipo", "softmax_dpo", "sft"} <= names
+            "cpo", "orpo", "kto", "plackett_luce", "lipo", "softmax_dpo", "sft", "gpo", "exo_pair", "nca_pair",
+            "bco_pair", "sppo_hard", "apo_zero", "apo_down", "discopop", "aot", "aot_unpaired"} <= names
     for spec in all_losses().values():
         assert spec.fn.__doc__ and "Worked example" in spec.fn.__doc__ or spec.name == "sft", spec.name
     assert not get_loss("simpo").needs_reference and get_loss("kto").input_kind == "unpaired"

@@ -19,7 +19,7 @@ class LossConfig:
     beta: float | None = None
     """β: the strength of the pull towards the reference (smaller moves further); default 0.1, SimPO 2.0."""
     label_smoothing: float | None = None
-    """ε, the assumed rate of flipped labels (cdpo, robust, sigmoid): 0 ≤ ε < 0.5; default 0, cdpo/robust 0.1."""
+    """ε, the assumed rate of flipped labels (aot, aot_unpaired, cdpo, robust, sigmoid): 0 ≤ ε < 0.5; default 0, cdpo/robust 0.1."""
     ipo_average: bool = True
     """IPO: compare per-token mean log-probs (true) or summed log-probs as in the paper (false)."""
     hinge_margin: float = 1.0
@@ -52,6 +52,12 @@ class LossConfig:
     """kto: λ_D, the weight of desirable examples."""
     kto_undesirable_weight: float = 1.0
     """kto: λ_U, the weight of undesirable examples."""
+    exo_epsilon: float = 1e-3
+    """exo_pair: ε, the smoothing of the target label (1 − ε, ε) the policy's pair distribution is fitted to; 0 < ε < 0.5."""
+    discopop_tau: float = 0.05
+    """discopop: temperature τ of the blend σ(βu/τ) between its logistic and exponential parts."""
+    gpo_fn: Literal["logistic", "hinge", "squared", "exponential", "truncated_quadratic", "savage"] = "logistic"
+    """gpo: the convex function f in f(β·u)."""
 
     def resolve_defaults(self, spec_defaults: tuple[tuple[str, float], ...]) -> None:
         """Fill empty fields with the loss's own defaults, then with those of the parameters several

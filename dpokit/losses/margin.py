@@ -7,7 +7,7 @@ import torch
 from torch.nn.functional import logsigmoid
 
 from dpokit.logps import Logps
-from dpokit.losses.base import BETA, LossContext, LossOutput, Param, register, reward_metrics
+from dpokit.losses.base import BETA, LossContext, LossOutput, Param, log_ratios, register, reward_metrics
 
 
 @register("ipo", needs_reference=True, input_kind="pair", params=(BETA, Param("ipo_average")))
@@ -60,3 +60,41 @@ def rso(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) ->
     z = r[0] - r[1]
     losses = torch.clamp(1 - z, min=0) if cfg.rso_norm == "hinge" else -logsigmoid(z)
     return LossOutput(losses, reward_metrics(r[0], r[1]))
+
+
+def _gpo_convex(name: str, x: torch.Tensor) -> torch.Tensor:
+    """The convex functions f of GPO, each decreasing through f'(0) < 0 (so the chosen answer is preferred)."""
+    if name == "logistic":
+        return -logsigmoid(x)  # log(1 + e^−x)
+    if name == "hinge":
+        return torch.clamp(1 - x, min=0)
+    if name == "squared":
+        return (x - 1) ** 2
+    if name == "exponential":
+        return torch.exp(-x)
+    if name == "truncated_quadratic":
+        return torch.clamp(1 - x, min=0) ** 2
+    if name == "savage":
+        return torch.sigmoid(-x) ** 2  # 1 / (1 + e^x)²
+    raise ValueError(f"unknown gpo_fn {name!r}")
+
+
+@register("gpo", needs_reference=True, input_kind="pair", params=(BETA, Param("gpo_fn")))
+def gpo(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
+    """GPO: a convex function f of the scaled margin, L = f(β·u), f = ``gpo_fn``.
+
+    (Tang et al. 2024, "Generalized preference optimization: a unified approach to offline
+    alignment", §2: offline losses E[f(β·ρ_θ)] with ρ_θ = u.) f is one of logistic
+    log(1 + e^−x) (DPO), hinge max(0, 1 − x) (SLiC), squared (x − 1)² (IPO), exponential e^−x,
+    truncated_quadratic max(0, 1 − x)², savage 1/(1 + e^x)². Default logistic.
+    How they meet the other losses here (summed log-probs throughout):
+      logistic at β            = ``sigmoid`` at β;
+      hinge at β = 1/δ         = ``hinge`` with margin δ, divided by δ (equal at β = δ = 1);
+      squared at β             = β²·``ipo`` at β/2 with ``ipo_average`` false (equal at β = 1, IPO β = 0.5).
+    Rewards are β·(log ratio).
+    Worked example: β = 0.1, u = 5 (x = 0.5): logistic 0.474077, hinge 0.5, squared 0.25,
+    exponential 0.606531, truncated_quadratic 0.25, savage σ(−0.5)² = 0.377541² = 0.142537.
+    """
+    r = log_ratios(policy, reference)
+    losses = _gpo_convex(cfg.gpo_fn, cfg.beta * (r[0] - r[1]))
+    return LossOutput(losses, reward_metrics(cfg.beta * r[0], cfg.beta * r[1]))
