@@ -1,5 +1,6 @@
-"""Command line: ``dpokit sft|dpo|online|eval|versions|data|label|quickstart|losses|report``. Each subcommand builds a
-config and calls the library; a user error ends with one message and exit code 2, never a traceback."""
+"""Command line: ``dpokit sft|dpo|online|eval|versions|data|label|report|quickstart|losses``. Each
+subcommand builds a config and calls the library; a user error ends with one message and exit code 2,
+never a traceback."""
 
 from __future__ import annotations
 
