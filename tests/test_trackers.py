@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sqlite3
 import struct
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,24 +26,23 @@ STEPS = 4
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """``dpokit dpo --report-to <all installed>``: 4 steps, eval every 2, in its own process so the
-    trackers' process-wide state (W&B's service, MLflow's URI, trackio's folder) is its own."""
+    """``dpokit dpo --report-to <all installed>``: 4 steps, eval every 2, through the CLI."""
     if not INSTALLED:
         pytest.skip('no tracker installed (pip install "dpokit[trackers]")')
+    if "trackio" in sys.modules:
+        pytest.skip("trackio was imported before: its folder ($TRACKIO_DIR) is read at import")
     tmp = tmp_path_factory.mktemp("trackers")
     model, data = tiny_model_dir(tmp), write_pairs(tmp / "pairs.jsonl", n=12)
     out = tmp / "run"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "TRACKIO_DIR": str(tmp / "trackio"),
-           "WANDB_SILENT": "true"}
-    for key in ("WANDB_MODE", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
-        env.pop(key, None)
-    argv = ["dpo", "--model", str(model), "--data", str(data), "--eval-data", str(data), "--output", str(out),
-            "--max-steps", str(STEPS), "--eval-steps", "2", "--batch-size", "4", "--lr", "1e-3", "--no-progress",
-            "--max-length", "64", "--max-prompt-length", "32", "--registry", "", "--run-name", "tiny-dpo",
-            "--report-to", ",".join(INSTALLED)]
-    done = subprocess.run([sys.executable, "-m", "dpokit.cli", *argv], capture_output=True, text=True, env=env,
-                          timeout=600, cwd=tmp)
-    assert done.returncode == 0, done.stderr[-3000:]
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TRACKIO_DIR", str(tmp / "trackio"))
+        env.setenv("WANDB_SILENT", "true")
+        for key in ("WANDB_MODE", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+            env.delenv(key, raising=False)
+        assert main(["dpo", "--model", str(model), "--data", str(data), "--eval-data", str(data), "--output",
+                     str(out), "--max-steps", str(STEPS), "--eval-steps", "2", "--batch-size", "4", "--lr", "1e-3",
+                     "--no-progress", "--max-length", "64", "--max-prompt-length", "32", "--registry", "",
+                     "--run-name", "tiny-dpo", "--report-to", ",".join(INSTALLED)]) in (0, None)
     return tmp, out
 
 
@@ -220,3 +217,40 @@ def test_a_run_name_must_be_a_plain_name(tmp_path, name):
 
     with pytest.raises(UserError, match="train.run_name"):
         config(tmp_path / "m", write_pairs(tmp_path / "p.jsonl", n=2), tmp_path / "o", train__run_name=name)
+
+
+@pytest.mark.skipif(not {"tensorboard", "mlflow"} <= set(INSTALLED), reason="tensorboard or mlflow is not installed")
+def test_an_online_run_reports_each_round_beside_its_training_runs(tmp_path, monkeypatch):
+    """Two rounds: the online run's own tracker run holds each round's report figures at step = the
+    round, and each round's training run reports beside it (MLflow: as its child)."""
+    from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from helpers.online import tiny_online
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "online"
+    tiny_online(tmp_path, out, online__rounds=2, train__report_to="tensorboard,mlflow", train__run_name="loop")
+    report = json.loads((out / "online_report.json").read_text())["rounds"]
+    boards = out / "trackers" / "tensorboard"
+    assert sorted(p.name for p in boards.iterdir()) == ["loop", "loop-round-1", "loop-round-2"]
+    events = EventAccumulator(str(boards / "loop" / "dpokit"), size_guidance={"scalars": 0})
+    events.Reload()
+    for key in ("win_rate", "kl_sampled", "pairs", "mean_length", "train_steps"):
+        assert [(e.step, e.value) for e in events.Scalars(key)] == [
+            (r["round"], pytest.approx(r[key], rel=1e-6)) for r in report], key
+    lows = [e.value for e in events.Scalars("win_rate_ci95/low")]
+    assert lows == [pytest.approx(r["win_rate_ci95"][0], rel=1e-6) for r in report]
+
+    client = MlflowClient(f"sqlite:///{out / 'trackers' / 'mlflow.db'}")
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("dpokit").experiment_id])}
+    assert sorted(runs) == ["loop", "loop-round-1", "loop-round-2"]
+    parent = runs["loop"].info.run_id
+    for r in (1, 2):
+        child = runs[f"loop-round-{r}"]
+        assert child.data.tags["mlflow.parentRunId"] == parent
+        losses = [(m.step, m.value) for m in client.get_metric_history(child.info.run_id, "loss")]
+        assert losses == [(m["step"], pytest.approx(m["loss"], rel=1e-6))
+                          for m in metrics(out / f"round-{r}") if "loss" in m]
+    assert [(m.step, m.value) for m in client.get_metric_history(parent, "win_rate")] == [
+        (r["round"], pytest.approx(r["win_rate"], rel=1e-6)) for r in report]

@@ -82,11 +82,27 @@ def _mlflow_settings(folder: Path, name: str) -> dict:
             "nested_run": mlflow.active_run() is not None}
 
 
+def reporter(t: TrainConfig, config: dict):
+    """An ``Accelerator`` that only reports (an online run's figures per round, its rounds' training
+    runs reporting beside it), started; None for ``none``."""
+    if not tracker_names(t.report_to):
+        return None
+    from accelerate import Accelerator
+
+    from dpokit.train import engines
+
+    engines.cpu_processes_without_gpus()  # before the process's first Accelerator
+    accelerator = Accelerator(**accelerator_kwargs(t))
+    start(accelerator, t, config)
+    return accelerator
+
+
 def log(accelerator, record: dict, step: int) -> None:
     """The numbers of a metrics.jsonl record (all but its ``step``) at ``step``."""
     values = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
-    if values and accelerator.trackers:
-        accelerator.log(values, step=step)
+    if values and accelerator is not None and accelerator.trackers:
+        # MLflow writes from its own thread (flushed when the run ends), not in the step's time
+        accelerator.log(values, step=step, log_kwargs={"mlflow": {"synchronous": False}})
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -104,6 +120,8 @@ def flatten(d: dict, prefix: str = "") -> dict:
 def finish(accelerator) -> None:
     """End the trackers' runs (what ``Accelerator.end_training`` does before it also destroys the
     process group, which an online run's next round and a quickstart's next stage still use)."""
+    if accelerator is None:
+        return
     for tracker in accelerator.trackers:
         tracker.finish()
     accelerator.trackers.clear()
