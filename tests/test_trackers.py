@@ -5,6 +5,7 @@ steps and the run's config. Bad names and missing packages are one-line errors."
 from __future__ import annotations
 
 import json
+import re
 import math
 import sqlite3
 import struct
@@ -254,3 +255,16 @@ def test_an_online_run_reports_each_round_beside_its_training_runs(tmp_path, mon
                           for m in metrics(out / f"round-{r}") if "loss" in m]
     assert [(m.step, m.value) for m in client.get_metric_history(parent, "win_rate")] == [
         (r["round"], pytest.approx(r["win_rate"], rel=1e-6)) for r in report]
+
+
+def test_the_extras_install_what_each_tracker_imports():
+    """``dpokit[trackers]`` has a package for every module the registry checks, and the test extra
+    has all of them, so CI runs the tests above rather than skipping them."""
+    import tomllib
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())[
+        "project"]["optional-dependencies"]
+    names = {re.split(r"[<>=!,\[ ]", req)[0].lower() for req in extras["trackers"]}
+    distribution = {"mlflow": "mlflow-skinny"}  # the module mlflow comes in the lighter distribution
+    assert {distribution.get(m, m) for modules in TRACKERS.values() for m in modules} == names
+    assert set(extras["trackers"]) <= set(extras["test"])
