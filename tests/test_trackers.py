@@ -209,7 +209,16 @@ def test_a_missing_tracker_package_names_the_extra(tmp_path, capsys, monkeypatch
                  "--report-to", "tensorboard,wandb"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "train.report_to" in err, err
-    assert 'wandb needs wandb, which is not installed: pip install "dpokit[trackers]"' in err
+    assert 'wandb is not installed: pip install "dpokit[trackers]"' in err
+
+
+@pytest.mark.skipif("mlflow" not in INSTALLED, reason="mlflow is not installed")
+def test_a_missing_helper_package_is_named(tmp_path, monkeypatch):
+    from dpokit.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "alembic", None)
+    with pytest.raises(UserError, match=r"mlflow needs alembic \(not installed\): pip install \"dpokit\[trackers\]\""):
+        config(tmp_path / "m", write_pairs(tmp_path / "p.jsonl", n=2), tmp_path / "o", train__report_to="mlflow")
 
 
 @pytest.mark.parametrize("name", ["a/b", "..", " "])

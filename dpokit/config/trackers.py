@@ -36,7 +36,8 @@ def report_to_problem(report_to: str) -> str | None:
             return f"unknown tracker {name!r}; known: {', '.join(TRACKERS)} (comma-separated), or none"
         missing = [m for m in TRACKERS[name] if not _installed(m)]
         if missing:
-            return f"{name} needs {', '.join(missing)}, which is not installed: {EXTRA}"
+            what = "is not installed" if missing == [name] else f"needs {', '.join(missing)} (not installed)"
+            return f"{name} {what}: {EXTRA}"
     return None
 
 
