@@ -8,7 +8,8 @@ Every tracker writes on this machine and needs no account or network (docs/track
   ``WANDB_MODE`` says otherwise.
 - MLflow: the SQLite store ``TRACKERS/mlflow.db`` (artifacts in ``TRACKERS/mlflow-artifacts``),
   unless ``MLFLOW_TRACKING_URI`` names another; a run started while another is active (an online
-  run's rounds) is its child.
+  run's rounds) is its child. Its usage telemetry is off unless ``MLFLOW_DISABLE_TELEMETRY`` says
+  otherwise.
 - trackio: its own local database (``$TRACKIO_DIR``, by default ``~/.cache/huggingface/trackio``).
 
 ``TRACKERS`` is ``train.trackers_dir`` (default ``OUTPUT/trackers``); the project (W&B, trackio) and
@@ -74,6 +75,8 @@ def start(accelerator, t: TrainConfig, config: dict, first_step: int = 1) -> Non
 
 
 def _mlflow_settings(folder: Path, name: str) -> dict:
+    # MLflow 3 sends usage telemetry from the moment it is imported, unless told not to
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
     if not os.environ.get("MLFLOW_TRACKING_URI"):
