@@ -15,6 +15,7 @@ from dpokit.config.guard import GuardConfig
 from dpokit.config.loss import LossConfig
 from dpokit.config.model import LoraConfig, ModelConfig, fold_bf16
 from dpokit.config.train import TrainConfig
+from dpokit.config.trackers import report_to_problem
 from dpokit.errors import UserError
 
 
@@ -63,6 +64,10 @@ class RunConfig:
             *self.guard.checks(bool(d.eval), spec.needs_reference and t.ref != "none", t.save_steps),
             (bool(t.registry) and Path(t.registry).is_file(), "train.registry",
              "is a file; give a folder"),
+            (bool(problem := report_to_problem(t.report_to)), "train.report_to", problem),
+            (t.run_name is not None and (not t.run_name.strip() or "/" in t.run_name or "\\" in t.run_name
+                                         or t.run_name in (".", "..")), "train.run_name",
+             "must be a plain name (it names the run's TensorBoard folder): no slashes, not empty"),
             (spec.needs_reference and t.ref == "none", "train.ref",
              f"loss '{spec.name}' needs a reference; use copy, adapter or precomputed"),
             (t.ref == "adapter" and not self.lora.enabled, "train.ref",

@@ -62,6 +62,14 @@ class TrainConfig:
     """Continue from the newest checkpoint in ``output``."""
     progress: bool = True
     """Show a live progress bar."""
+    report_to: str = "none"
+    """Live experiment trackers, comma-separated: tensorboard, wandb, mlflow, trackio, or none. They
+    get every metric of metrics.jsonl at its step and the config; all write locally (docs/trackers.md)."""
+    run_name: str | None = None
+    """The run's name in the trackers (default: the name of the ``output`` folder)."""
+    trackers_dir: str | None = None
+    """Where TensorBoard, W&B (offline) and MLflow write (default ``OUTPUT/trackers``; an online run's
+    rounds share the run's)."""
     ref_cache_dir: str | None = None
     """Where precomputed reference log-probs live (default ``OUTPUT/reflogps``); point several runs
     at one folder to share them."""

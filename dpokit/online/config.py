@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from dpokit.config import RunConfig
@@ -177,6 +178,10 @@ class OnlineConfig(RunConfig):
         cfg.model.path, cfg.model.ref_path = model, ref
         # lists are written as rated records: prompt, completions best first, scores
         cfg.data.train, cfg.train.output = pairs, output
+        # the rounds report beside the online run: in its trackers folder, named after it
+        t = self.train
+        cfg.train.trackers_dir = t.trackers_dir or str(Path(t.output) / "trackers")
+        cfg.train.run_name = f"{t.run_name or Path(t.output).resolve().name}-round-{round_no}"
         cfg.data.format = "rated" if self.online.pairing == "list" else "pairs"
         try:
             return cfg.validate()

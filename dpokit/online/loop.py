@@ -31,12 +31,13 @@ from dpokit.eval.evaluate import prompt_text, read_prompts
 from dpokit.online.config import OnlineConfig
 from dpokit.online.judging import RunJudges, candidate_scores, release
 from dpokit.online.pairs import Candidates, form_pairs
-from dpokit.online.report import read_rounds, write_rounds
+from dpokit.online.report import read_rounds, round_figures, write_rounds
 from dpokit.online.rso import rejection_sample
 from dpokit.store.atomic import folder_digest, verify, write_jsonl, write_text_atomic
+from dpokit.train import trackers
 from dpokit.train.checkpoint import checkpoints
 
-IGNORED_ON_RERUN = {"online.rounds", "train.progress"}
+IGNORED_ON_RERUN = {"online.rounds", "train.progress", "train.report_to", "train.run_name", "train.trackers_dir"}
 
 
 @dataclass
@@ -60,10 +61,17 @@ def online(cfg: OnlineConfig, log=print) -> OnlineResult:
     judge = RunJudges(cfg.online, cfg.model.path, out / "judge_cache.json", cfg.model.trust_remote_code,
                       cfg.model.allow_pickle, cfg.train.dtype)
     rounds = _finished_rounds(out, read_rounds(out), log)
-    for r in range(len(rounds) + 1, cfg.online.rounds + 1):
-        log(f"[online] round {r}/{cfg.online.rounds}")
-        rounds.append(run_round(cfg, r, prompts, judge, log))
-        write_rounds(out, rounds, settings)
+    reporter = trackers.reporter(cfg.train, settings)  # each round's figures at step = the round
+    try:
+        for entry in rounds:  # a rerun's tracker run starts with the rounds finished before
+            trackers.log(reporter, round_figures(entry), entry["round"])
+        for r in range(len(rounds) + 1, cfg.online.rounds + 1):
+            log(f"[online] round {r}/{cfg.online.rounds}")
+            rounds.append(run_round(cfg, r, prompts, judge, log))
+            write_rounds(out, rounds, settings)
+            trackers.log(reporter, round_figures(rounds[-1]), r)
+    finally:
+        trackers.finish(reporter)
     if not rounds:
         raise UserError("no round finished", where=str(out))
     return OnlineResult(out, Path(rounds[-1]["model"]), rounds)

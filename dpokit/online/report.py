@@ -23,6 +23,20 @@ def write_rounds(out: Path, rounds: list[dict], settings: dict) -> None:
     plot_reward_vs_kl(rounds, out / PLOT)
 
 
+def round_figures(entry: dict) -> dict[str, float]:
+    """The numbers of a round's report entry, as the trackers get them at step = the round: its
+    counts and evaluation, the win rate's interval as ``win_rate_ci95/low`` and ``/high``."""
+    figures: dict[str, float] = {}
+    for key, value in entry.items():
+        if isinstance(value, bool) or key == "round":
+            continue
+        if isinstance(value, (int, float)):
+            figures[key] = value
+        elif key == "win_rate_ci95":
+            figures["win_rate_ci95/low"], figures["win_rate_ci95/high"] = value
+    return figures
+
+
 def reward_of(entry: dict) -> tuple[float, str]:
     """The y value of a round: the judge's mean score of the policy's answers when the judge scores
     answers, otherwise its win rate over the initial model."""

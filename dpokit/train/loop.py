@@ -25,7 +25,7 @@ from dpokit.policies import build_policy_kind
 from dpokit.policies.base import Policy, response_count
 from dpokit.precision import machine_info, resolve as resolve_precision
 from dpokit.store.atomic import verify
-from dpokit.train import engines
+from dpokit.train import engines, trackers
 from dpokit.train.batches import BatchStream
 from dpokit.train.checkpoint import (TrainState, checkpoints, latest_checkpoint, load_checkpoint, remove_partial_writes,
                                      save_checkpoint)
@@ -91,6 +91,7 @@ def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
         if stop.requested(run.accelerator):  # SIGTERM / SIGINT: keep what the finished steps did, then stop
             saved = _save(run)
             run.bar.close()
+            trackers.finish(run.accelerator)
             run.log(f"[stop] {stop.name} at step {run.state.step}: saved {saved}; continue with --resume")
             return TrainResult(run.out, None, run.state.step, run.last, run.eval_metrics, stop.name, saved)
         step = _backward(run)
@@ -141,7 +142,7 @@ def _start(cfg: RunConfig, log) -> Run:
     t, spec = cfg.train, get_loss(cfg.loss.name)
     out = Path(t.output)
     engines.cpu_processes_without_gpus()
-    accelerator = Accelerator()
+    accelerator = Accelerator(**trackers.accelerator_kwargs(t))  # log_with: train.report_to
     engine = engines.resolve(accelerator, cfg)  # DDP (or one process), FSDP2, or DeepSpeed ZeRO-2/3
     main = accelerator.is_main_process
     log = log if main else (lambda *_: None)
@@ -186,6 +187,7 @@ def _start(cfg: RunConfig, log) -> Run:
         scaling.load_state_dict(state.loss_scale)
         log(f"[resume] from {ckpt} at step {state.step}")
     metrics_log = MetricsLog(out / "metrics.jsonl", state.step if t.resume else None, enabled=main)
+    trackers.start(accelerator, t, cfg.to_dict(), first_step=state.step + 1)
     policy.train()
     bar = tqdm(total=total, initial=state.step, desc=f"{spec.name}", disable=not (t.progress and main))
     return Run(cfg, spec, log, accelerator, engine, autocast, scaling, kind, datasets, policy, reference,
@@ -280,6 +282,7 @@ def _at_intervals(run: Run, window: LogWindow) -> None:
         evals = {f"eval/{k}": v for k, v in run.eval_metrics.items()}
         run.metrics_log.write({"step": state.step, **evals})
         fresh.update(evals)
+    trackers.log(acc, fresh, state.step)
     if run.guard.check_metrics(fresh) is Action.ROLLBACK:
         _roll_back(run, window)
     elif t.save_steps and state.step % t.save_steps == 0 and state.step < run.total:
@@ -303,6 +306,7 @@ def _finish(run: Run) -> TrainResult:
     if run.accelerator.is_main_process:
         run.kind.save(engines.unwrap(run.engine, run.policy), final, weights)
         register_run(run.cfg, result, run.kind, run.datasets, run.log)  # a new version in train.registry, when set
+    trackers.finish(run.accelerator)
     run.accelerator.wait_for_everyone()
     return result
 
