@@ -1,0 +1,222 @@
+"""``dpokit sweep`` on a real Optuna study: the space checked against the config fields, trials
+that are real training runs on the tiny model, the outputs read back from disk, a sweep killed
+with SIGKILL mid-trial that a rerun finishes with no trial lost or run twice, pruning of an
+absurd learning rate, and a constrained multi-objective study with a programmatic judge."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+optuna = pytest.importorskip("optuna")  # the test extra installs it; dpokit[sweep] for users
+
+from dpokit.cli import main  # noqa: E402
+from dpokit.config import load_config  # noqa: E402
+from dpokit.errors import UserError  # noqa: E402
+from dpokit.sweep import SweepSettings, open_study, read_space, sweep  # noqa: E402
+from helpers import tiny_model_dir, write_pairs  # noqa: E402
+
+SPACE = "loss.beta: {low: 0.05, high: 0.5, log: true}\ntrain.lr: {low: 1.0e-4, high: 1.0e+3, log: true}\n"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A folder with the tiny model, train/held-out pairs, a 4-step base config evaluated at steps
+    2 and 4, a space over β and the learning rate, and short evaluation settings."""
+    root = tmp_path_factory.mktemp("sweep")
+    model = tiny_model_dir(root)
+    write_pairs(root / "train.jsonl", 16)
+    write_pairs(root / "heldout.jsonl", 8, seed=1)
+    cfg = {"model": {"path": str(model)},
+           "data": {"train": str(root / "train.jsonl"), "eval": str(root / "heldout.jsonl"), "max_length": 64,
+                    "max_prompt_length": 32},
+           "train": {"max_steps": 4, "eval_steps": 2, "batch_size": 4, "lr": 1e-3, "progress": False,
+                     "ref_cache_dir": str(root / "refcache")}}
+    (root / "base.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    (root / "space.yaml").write_text(SPACE, encoding="utf-8")
+    (root / "eval.yaml").write_text("max_new_tokens: 8\nnum_prompts: 4\nbatch_size: 4\n", encoding="utf-8")
+    return root
+
+
+def _args(base: Path, out: Path, *extra: str) -> list[str]:
+    return ["sweep", "--config", str(base / "base.yaml"), "--space", str(base / "space.yaml"), "--output", str(out),
+            "--eval-config", str(base / "eval.yaml"), *extra]
+
+
+def _study(out: Path):
+    return optuna.load_study(study_name=out.name, storage=f"sqlite:///{out / 'study.db'}")
+
+
+def _csv(out: Path) -> list[dict]:
+    with (out / "trials.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train.lrr: {low: 0.1, high: 1.0}\n", r"space.yaml:1: field 'train.lrr': unknown config field"),
+    ("loss.beta: {low: 0.1, high: 1.0}\ntrain.batch_size: {choices: [4, eight]}\n",
+     r"space.yaml:2: field 'train.batch_size': must be int; got str 'eight'"),
+    ("loss.name: {low: 1, high: 3}\n", r"space.yaml:1: field 'loss.name': is not a number; give choices"),
+    ("train.lr: {low: 0.1, high: 0.01}\n", r"space.yaml:1: field 'train.lr': low must be below high"),
+    ("train.lr: {low: 0, high: 1.0, log: true}\n", r"field 'train.lr': a log range needs low > 0"),
+    ("train.epochs: {low: 1.5, high: 3}\n", r"field 'train.epochs': must be int; got float 1.5"),
+    ("train.lr: [0.1, 0.2]\n", r"field 'train.lr': must be a mapping with low/high"),
+])
+def test_a_bad_space_is_one_line_naming_the_file_line_and_field(tmp_path, text, message):
+    path = tmp_path / "space.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UserError, match=message) as info:
+        read_space(path)
+    assert "\n" not in str(info.value)
+
+
+def test_the_grid_sampler_needs_points_for_a_float_range(tmp_path, base, capsys):
+    path = tmp_path / "space.yaml"
+    path.write_text("train.lr: {low: 1.0e-4, high: 1.0e-2, log: true}\ntrain.epochs: {low: 1, high: 3}\n")
+    with pytest.raises(UserError, match=r"space.yaml:1: field 'train.lr': the grid sampler needs grid"):
+        read_space(path, grid=True)
+    path.write_text("train.lr: {low: 1.0e-4, high: 1.0e-2, grid: [1.0e-4, 1.0e-3]}\ntrain.epochs: {low: 1, high: 3}\n")
+    assert [p.values for p in read_space(path, grid=True)] == [(1e-4, 1e-3), (1, 2, 3)]
+    # through the command: exit 2 and one line, before any trial runs
+    args = ["sweep", "--config", str(base / "base.yaml"), "--space", str(path), "--trials", "2",
+            "--objective", "accuracy", "--sampler", "grid", "--output", str(tmp_path / "out")]
+    path.write_text("train.lr: {low: 1.0e-4, high: 1.0e-2}\n")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "space.yaml:1: field 'train.lr': the grid sampler needs grid" in err
+    assert not (tmp_path / "out" / "trial-0").exists()
+
+
+def test_a_missing_optuna_names_the_extra(monkeypatch):
+    from dpokit.sweep.study import optuna as load_optuna
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # what an environment without it imports
+    with pytest.raises(UserError, match=r'pip install "dpokit\[sweep\]"'):
+        load_optuna()
+
+
+def test_a_random_sweep_writes_the_study_table_best_config_and_plot(base, tmp_path, capsys):
+    out = tmp_path / "random"
+    assert main(_args(base, out, "--trials", "4", "--objective", "accuracy", "--sampler", "random",
+                      "--keep", "best")) == 0
+    printed = capsys.readouterr().out
+    study = _study(out)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 4 and sorted(t.number for t in done) == [0, 1, 2, 3]
+    table = _csv(out)
+    for t, row in zip(study.trials, table):  # the table is the study, trial by trial
+        assert int(row["trial"]) == t.number and row["state"] == "COMPLETE"
+        assert float(row["train.lr"]) == t.params["train.lr"] and float(row["accuracy"]) == t.value
+        assert float(row["kl"]) == t.user_attrs["kl"] and float(row["seconds"]) > 0
+        # the objective is the run's own last held-out accuracy, as metrics.jsonl logged it
+        assert t.value == t.user_attrs["eval_metrics"]["rewards/accuracies"]
+    best = max(done, key=lambda t: (t.value, -t.user_attrs["kl"], -t.number))
+    assert f"trial {best.number} " in printed and "accuracy" in printed.splitlines()[0] + printed
+    cfg = load_config(out / "best.yaml")  # what `dpokit dpo --config best.yaml` loads
+    assert cfg.train.lr == best.params["train.lr"] and cfg.loss.beta == best.params["loss.beta"]
+    assert cfg.train.output == str(out / "best-run") and cfg.train.max_steps == 4
+    assert (out / "reward_kl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --keep best: only the best trial's folder is left, with its final model
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(("trial-", ".deleting"))) == [
+        f"trial-{best.number}"]
+    assert (out / f"trial-{best.number}" / "final" / "model.safetensors").is_file()
+
+
+def _running(out: Path) -> bool:
+    """A trial of the study is past training start-up (its metrics file exists) and still running."""
+    if not (out / "study.db").is_file():
+        return False
+    try:
+        trials = _study(out).get_trials(deepcopy=False)
+    except Exception:  # the database is being created
+        return False
+    return any(t.state.name == "RUNNING" and (out / f"trial-{t.number}" / "metrics.jsonl").is_file() for t in trials)
+
+
+def test_a_sweep_killed_mid_trial_resumes_with_no_trial_lost_or_run_twice(base, tmp_path):
+    out = tmp_path / "resume"
+    assert main(_args(base, out, "--trials", "2", "--objective", "accuracy", "--sampler", "random")) == 0
+    slow = base / "slow.yaml"  # the same runs with a pause in each checkpoint write, so a kill lands mid-trial
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "DPOKIT_TEST_WRITE_PAUSE": "30"}
+    cfg = yaml.safe_load((base / "base.yaml").read_text())
+    cfg["train"]["save_steps"] = 2
+    slow.write_text(yaml.safe_dump(cfg))
+    args = _args(base, out, "--trials", "4", "--objective", "accuracy", "--sampler", "random")
+    args[args.index("--config") + 1] = str(slow)
+    proc = subprocess.Popen([sys.executable, "-m", "dpokit.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 60
+    while not _running(out) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed = [t for t in _study(out).trials if t.state.name == "RUNNING"]
+    assert [t.number for t in killed] == [2]
+    # a plain rerun with the original config (the killed trial's folder restarts from nothing)
+    assert main(args[:args.index("--config") + 1] + [str(base / "base.yaml")] + args[args.index("--config") + 2:]) == 0
+    trials = _study(out).trials
+    states = {t.number: t.state.name for t in trials}
+    assert states == {0: "COMPLETE", 1: "COMPLETE", 2: "FAIL", 3: "COMPLETE", 4: "COMPLETE"}
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    params = [tuple(sorted(t.params.items())) for t in done]
+    assert len(set(params)) == 4  # no setting ran twice ...
+    assert tuple(sorted(trials[2].params.items())) in params  # ... and the killed one was not lost
+    assert trials[3].system_attrs.get("failed_trial") == 2  # it is Optuna's retry of trial 2
+    assert [int(r["trial"]) for r in _csv(out) if r["state"] == "COMPLETE"] == [0, 1, 3, 4]
+
+
+def test_an_absurd_learning_rate_is_pruned(base, tmp_path):
+    """Two sound trials, then lr = 1000: its held-out accuracy at step 2 falls below theirs (the
+    policy collapses to a uniform distribution), so the median pruner stops it there."""
+    out = tmp_path / "prune"
+    s = SweepSettings(str(base / "base.yaml"), str(base / "space.yaml"), str(out), 3, ["accuracy"], "random",
+                      eval_config=str(base / "eval.yaml"), prune_startup_trials=2)
+    study = open_study(s, read_space(s.space))
+    for lr in (1e-3, 2e-3, 1e3):
+        study.enqueue_trial({"train.lr": lr, "loss.beta": 0.1})
+    sweep(s, log=lambda *_: None)
+    trials = _study(out).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
+    bad = trials[2]
+    assert bad.params["train.lr"] == 1e3 and bad.user_attrs["pruned_at"] == 2
+    assert bad.intermediate_values[2] < min(t.intermediate_values[2] for t in trials[:2])
+    assert not (out / "trial-2" / "final").exists()  # stopped there: no final model
+    steps = [line for line in (out / "trial-2" / "metrics.jsonl").read_text().splitlines() if '"eval/' in line]
+    assert len(steps) == 1  # one evaluation, at step 2, and no more training
+    row = [r for r in _csv(out) if r["trial"] == "2"][0]
+    assert row["state"] == "PRUNED" and row["accuracy"] == "" and row["pruned_at"] == "2"
+
+
+def test_a_constrained_multi_objective_grid_sweep_with_a_judge(base, tmp_path):
+    """Win rate under a programmatic judge and the sampled KL, on a 3-point grid of the learning
+    rate, with a KL bound: the Pareto front and the feasibility read back match the table."""
+    space = tmp_path / "grid.yaml"
+    space.write_text("train.lr: {low: 1.0e-4, high: 1.0e-1, log: true, grid: [1.0e-4, 1.0e-2, 1.0e-1]}\n")
+    out = tmp_path / "grid"
+    args = ["sweep", "--config", str(base / "base.yaml"), "--space", str(space), "--output", str(out),
+            "--eval-config", str(base / "eval.yaml"), "--trials", "3", "--sampler", "grid",
+            "--objective", "win_rate", "--objective", "kl", "--judge", "helpers.judges:count_e", "--max-kl", "50"]
+    assert main(args) == 0
+    study = _study(out)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert sorted(t.params["train.lr"] for t in study.trials) == [1e-4, 1e-2, 1e-1]
+    rows = _csv(out)
+    for t, row in zip(study.trials, rows):
+        report = yaml.safe_load((out / f"trial-{t.number}" / "eval" / "eval_report.json").read_text())
+        assert t.values == [report["win_rate"], report["kl_sampled"]] == [float(row["win_rate"]), float(row["kl"])]
+        assert row["feasible"] == str(report["kl_sampled"] <= 50)
+    feasible = [(float(r["win_rate"]), float(r["kl"]), int(r["trial"])) for r in rows if r["feasible"] == "True"]
+    front = sorted(n for w, k, n in feasible
+                   if not any(w2 >= w and k2 <= k and (w2 > w or k2 < k) for w2, k2, _ in feasible))
+    best = load_config(out / "best.yaml")
+    assert best.train.lr in {study.trials[n].params["train.lr"] for n in front}
+    assert (out / "reward_kl.png").is_file()
