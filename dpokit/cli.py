@@ -81,7 +81,8 @@ def _add_sweep_parser(sub) -> None:
     p.add_argument("--prune-startup-trials", type=int, default=4, help="finished trials before any is pruned")
     p.add_argument("--heartbeat", type=int, default=10,
                    help="seconds between a running trial's heartbeats; one silent for 3 of them counts as dead")
-    p.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+    p.add_argument("--seed", type=int, default=int(os.environ.get("SLURM_ARRAY_TASK_ID") or 0),
+                   help="the sampler's seed (default 0; in a Slurm job array, the array index)")
 
 
 def _add_versions_parser(sub) -> None:
