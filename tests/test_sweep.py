@@ -95,6 +95,15 @@ def test_the_grid_sampler_needs_points_for_a_float_range(tmp_path, base, capsys)
     assert not (tmp_path / "out" / "trial-0").exists()
 
 
+def test_a_bound_the_config_refuses_names_the_space_file(tmp_path, base, capsys):
+    path = tmp_path / "space.yaml"
+    path.write_text("loss.beta: {choices: [0.1, 0.2]}\ntrain.batch_size: {low: 0, high: 8}\n")
+    assert main(["sweep", "--config", str(base / "base.yaml"), "--space", str(path), "--trials", "2",
+                 "--objective", "accuracy", "--output", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (f"dpokit: error: {path}:2: field 'train.batch_size': 0 is refused by the "
+                                       "config: must be ≥ 1\n")
+
+
 def test_a_missing_optuna_names_the_extra(monkeypatch):
     from dpokit.sweep.study import optuna as load_optuna
 

@@ -44,6 +44,13 @@ class Param:
     step: float | int | None = None
     values: tuple = ()
     """The choices, or the grid points of a range."""
+    where: str = ""
+    """``space.yaml:LINE``, for messages."""
+
+    @property
+    def extremes(self) -> tuple:
+        """The values that bound what a trial may get: each choice or grid point, or both ends."""
+        return self.values if self.values else (self.low, self.high)
 
     def suggest(self, trial) -> Any:
         """The trial's value, drawn by Optuna's sampler."""
@@ -105,7 +112,7 @@ def _param(name: str, spec: Any, where: str, grid: bool) -> Param:
         values = tuple(coerce(v, tp, where, name) for v in spec["choices"])
         if len(set(map(repr, values))) < len(values):
             raise UserError("choices repeat a value", where, name)
-        return Param(name, "choice", values=values)
+        return Param(name, "choice", values=values, where=where)
     if tp not in (int, float):
         raise UserError(f"is not a number; give choices: [...] of its values, not a range", where, name)
     if "low" not in spec or "high" not in spec:
@@ -122,7 +129,7 @@ def _param(name: str, spec: Any, where: str, grid: bool) -> Param:
     points = _grid(spec, tp, low, high, step, where, name) if grid or "grid" in spec else ()
     if grid and not points:
         raise UserError("the grid sampler needs grid: [values], or a step, for a float range", where, name)
-    return Param(name, tp.__name__, low, high, log, step, points)
+    return Param(name, tp.__name__, low, high, log, step, points, where)
 
 
 def _grid(spec: dict, tp: type, low, high, step, where: str, name: str) -> tuple:
@@ -139,6 +146,21 @@ def _grid(spec: dict, tp: type, low, high, step, where: str, name: str) -> tuple
     if count > GRID_LIMIT:
         raise UserError(f"expands to {count} grid points (more than {GRID_LIMIT}); give grid: [values]", where, name)
     return tuple(tp(low + i * (step or 1)) for i in range(count))
+
+
+def check_against(params: list[Param], config: str) -> None:
+    """Each bound of each parameter in the base config passes the config's own checks (a range of
+    learning rates that reaches 0 is refused here, naming the space file, not in trial 7)."""
+    from dpokit.config import load_config
+
+    for p in params:
+        for value in p.extremes:
+            try:
+                load_config(config, {p.name: value})
+            except UserError as exc:
+                if exc.field != p.name:
+                    raise
+                raise UserError(f"{value!r} is refused by the config: {exc.detail}", p.where, p.name) from None
 
 
 def grid_space(params: list[Param]) -> dict[str, list]:

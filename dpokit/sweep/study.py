@@ -21,7 +21,7 @@ from typing import Any
 from dpokit.config import load_config
 from dpokit.errors import Stopped, UserError
 from dpokit.sweep import objectives as objs
-from dpokit.sweep.space import Param, describe, grid_space, read_space
+from dpokit.sweep.space import Param, check_against, describe, grid_space, read_space
 
 SAMPLERS = ("tpe", "random", "grid")
 FINISHED = ("COMPLETE", "PRUNED")
@@ -100,7 +100,9 @@ def check(s: SweepSettings) -> list[Param]:
                         where=s.config, field="data.eval")
     if objs.needs_judge(goals) and not s.eval_overrides.get("judge"):
         raise UserError("this objective needs a judge (--judge package.module:function)", where="--objective")
-    return read_space(s.space, grid=s.sampler == "grid")
+    params = read_space(s.space, grid=s.sampler == "grid")
+    check_against(params, s.config)
+    return params
 
 
 def open_study(s: SweepSettings, params: list[Param], worker: int = 0):

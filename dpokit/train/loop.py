@@ -59,7 +59,8 @@ ends the run there, with no final model (a hyper-parameter search pruning a tria
 
 def train(cfg: RunConfig, log=print, on_eval: EvalCallback | None = None) -> TrainResult:
     """Train as ``cfg`` says. SIGTERM or SIGINT ends the run after the current optimizer step with
-    a checkpoint saved (``TrainResult.stopped_by``); ``--resume`` continues it exactly."""
+    a checkpoint saved (``TrainResult.stopped_by``); ``--resume`` continues it exactly. ``on_eval``
+    sees each held-out evaluation and may end the run there (``EvalCallback``)."""
     with stop_on_signals() as stop:
         return _train(_pin_versions(cfg), log, stop, on_eval)
 
