@@ -105,7 +105,7 @@ def test_a_bound_the_config_refuses_names_the_space_file(tmp_path, base, capsys)
 
 
 def test_a_missing_optuna_names_the_extra(monkeypatch):
-    from dpokit.sweep.study import optuna as load_optuna
+    from dpokit.sweep.study import load_optuna
 
     monkeypatch.setitem(sys.modules, "optuna", None)  # what an environment without it imports
     with pytest.raises(UserError, match=r'pip install "dpokit\[sweep\]"'):

@@ -62,7 +62,7 @@ class SweepSettings:
         return self.study_name or Path(self.output).resolve().name
 
 
-def optuna():
+def load_optuna():
     """Optuna, or a one-line error naming the extra that installs it."""
     try:
         import optuna as module
@@ -78,7 +78,7 @@ def optuna():
 
 def _retry():
     """Optuna's callback that queues a dead trial's values again as a new trial (renamed in Optuna 4.9)."""
-    storages = optuna().storages
+    storages = load_optuna().storages
     retry = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
     return retry(max_retry=MAX_RETRY)
 
@@ -107,7 +107,7 @@ def check(s: SweepSettings) -> list[Param]:
 
 def open_study(s: SweepSettings, params: list[Param], worker: int = 0):
     """The study in its storage, created on the first run, checked against the settings on a rerun."""
-    op = optuna()
+    op = load_optuna()
     Path(s.output).mkdir(parents=True, exist_ok=True)
     storage = op.storages.RDBStorage(
         s.storage_url, engine_kwargs={"connect_args": {"timeout": 60}} if s.storage_url.startswith("sqlite") else None,
@@ -132,7 +132,7 @@ def open_study(s: SweepSettings, params: list[Param], worker: int = 0):
 
 
 def _sampler(s: SweepSettings, params: list[Param], seed: int):
-    op = optuna()
+    op = load_optuna()
     if s.sampler == "grid":
         return op.samplers.GridSampler(grid_space(params), seed=seed)
     if s.sampler == "random":
@@ -149,7 +149,7 @@ def _constraint(trial) -> list[float]:
 def fail_dead_trials(study) -> list[int]:
     """Trials RUNNING under a process of this machine that no longer exists: FAIL, values queued
     again. (Other machines' trials are left to the heartbeat.) The numbers failed."""
-    op = optuna()
+    op = load_optuna()
     host, failed = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(op.trial.TrialState.RUNNING,)):
         owner = t.user_attrs.get("owner")
@@ -180,7 +180,7 @@ def finished(study) -> int:
 
 def trial_objective(s: SweepSettings, params: list[Param], log=print):
     """The function Optuna calls for each trial."""
-    op = optuna()
+    op = load_optuna()
     goals = objs.objectives(s.objectives)
     judged = objs.needs_judge(goals)
     watched, watch_dir = objs.pruning_metric(goals) if len(goals) == 1 else (None, None)
@@ -224,7 +224,7 @@ def trial_objective(s: SweepSettings, params: list[Param], log=print):
 def run_trials(s: SweepSettings, params: list[Param], count: int, log=print, worker: int = 0) -> None:
     """Run up to ``count`` trials in this process, stopping early once the study holds ``s.trials``
     finished ones (other processes may be running trials of it too)."""
-    op = optuna()
+    op = load_optuna()
     study = open_study(s, params, worker)
     stop_at = op.study.MaxTrialsCallback(s.trials, states=tuple(getattr(op.trial.TrialState, n) for n in FINISHED))
     study.optimize(trial_objective(s, params, log), n_trials=count, callbacks=[stop_at])
