@@ -222,3 +222,16 @@ def test_a_constrained_multi_objective_grid_sweep_with_a_judge(base, tmp_path):
     best = load_config(out / "best.yaml")
     assert best.train.lr in {study.trials[n].params["train.lr"] for n in front}
     assert (out / "reward_kl.png").is_file()
+
+
+def test_jobs_run_trials_in_separate_processes_on_one_storage(base, tmp_path):
+    out = tmp_path / "jobs"
+    assert main(_args(base, out, "--trials", "2", "--objective", "eval_loss", "--sampler", "random",
+                      "--jobs", "2")) == 0
+    trials = _study(out).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    owners = {t.user_attrs["owner"][1] for t in trials}
+    assert len(owners) == 2 and os.getpid() not in owners  # two worker processes, neither this one
+    assert trials[0].params != trials[1].params
+    for t in trials:  # the objective is each run's own final held-out loss
+        assert t.value == t.user_attrs["eval_metrics"]["loss"] and (out / f"trial-{t.number}" / "final").is_dir()
