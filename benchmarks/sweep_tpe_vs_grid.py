@@ -28,7 +28,7 @@ from dpokit.policies.lm.tiny import write_tiny_model
 from dpokit.sweep import SweepSettings, sweep
 
 E_WORDS = "three trees seem green here we see keen geese sleep free".split()
-PLAIN = "a cup of hot cocoa on a cold day, with a spoon, at noon".replace(",", "").split()
+PLAIN = "a cup of hot cocoa on a cold day with a spoon at noon".split()
 GRID = {"loss.beta": [0.03, 0.1, 0.3], "train.lr": [1e-4, 1e-3, 1e-2, 3e-2]}
 
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-optuna = pytest.importorskip("optuna")  # the test extra installs it; dpokit[sweep] for users
+from dpokit.cli import main
+from dpokit.config import load_config
+from dpokit.errors import UserError
+from dpokit.sweep import SweepSettings, open_study, read_space, sweep
+from helpers import tiny_model_dir, write_pairs
 
-from dpokit.cli import main  # noqa: E402
-from dpokit.config import load_config  # noqa: E402
-from dpokit.errors import UserError  # noqa: E402
-from dpokit.sweep import SweepSettings, open_study, read_space, sweep  # noqa: E402
-from helpers import tiny_model_dir, write_pairs  # noqa: E402
+optuna = pytest.importorskip("optuna")  # the test extra installs it; dpokit[sweep] for users
 
 SPACE = "loss.beta: {low: 0.05, high: 0.5, log: true}\ntrain.lr: {low: 1.0e-4, high: 1.0e+3, log: true}\n"
 
@@ -118,7 +118,7 @@ def _running(out: Path) -> bool:
         return False
     try:
         trials = _study(out).get_trials(deepcopy=False)
-    except Exception:  # the database is being created
+    except (KeyError, optuna.exceptions.OptunaError, OSError):  # the study is being created
         return False
     return any(t.state.name == "RUNNING" and (out / f"trial-{t.number}" / "metrics.jsonl").is_file() for t in trials)
 
@@ -194,7 +194,7 @@ def test_an_absurd_learning_rate_is_pruned(base, tmp_path):
     assert not (out / "trial-2" / "final").exists()  # stopped there: no final model
     steps = [line for line in (out / "trial-2" / "metrics.jsonl").read_text().splitlines() if '"eval/' in line]
     assert len(steps) == 1  # one evaluation, at step 2, and no more training
-    row = [r for r in _csv(out) if r["trial"] == "2"][0]
+    row = next(r for r in _csv(out) if r["trial"] == "2")
     assert row["state"] == "PRUNED" and row["accuracy"] == "" and row["pruned_at"] == "2"
 
 

@@ -48,11 +48,10 @@ def objectives(names: list[str]) -> list[Objective]:
     return [OBJECTIVES[n] for n in names]
 
 
-def pruning_metric(objs: list[Objective]) -> tuple[str, str]:
-    """(held-out metric, direction) that pruning watches in a single-objective study."""
-    (obj,) = objs
-    key = PRUNE_METRIC.get(obj.name, "rewards/accuracies")
-    return key, "minimize" if key == "loss" else "maximize"
+def pruning_metric(objs: list[Objective]) -> str | None:
+    """The held-out metric pruning watches: that of a single objective (its direction is the
+    study's), none in a multi-objective study, which Optuna does not prune."""
+    return PRUNE_METRIC.get(objs[0].name, "rewards/accuracies") if len(objs) == 1 else None
 
 
 def eval_config(path: str | None, given: dict, cfg: RunConfig, final: Path, output: Path) -> EvalConfig:

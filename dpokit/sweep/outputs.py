@@ -57,8 +57,7 @@ def format_table(table: list[dict]) -> str:
     columns = list(dict.fromkeys(k for row in table for k in row))
     cells = [[_cell(row.get(c)) for c in columns] for row in table]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    line = lambda values: "  ".join(v.rjust(w) for v, w in zip(values, widths))  # noqa: E731
-    return "\n".join([line(columns), *(line(r) for r in cells)])
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(values, widths)) for values in [columns, *cells])
 
 
 def _cell(value) -> str:

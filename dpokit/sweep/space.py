@@ -84,7 +84,7 @@ def read_space(path: str | Path, grid: bool = False) -> list[Param]:
         raise UserError("space file not found", where=str(path))
     text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.load(text, Loader=YAML_LOADER)  # noqa: S506 - a safe loader
+        data = yaml.load(text, Loader=YAML_LOADER)  # a SafeLoader
         lines = _lines(text)
     except yaml.YAMLError as exc:
         raise UserError(f"not valid YAML: {str(exc).splitlines()[0]}", where=str(path)) from None
@@ -114,7 +114,7 @@ def _param(name: str, spec: Any, where: str, grid: bool) -> Param:
             raise UserError("choices repeat a value", where, name)
         return Param(name, "choice", values=values, where=where)
     if tp not in (int, float):
-        raise UserError(f"is not a number; give choices: [...] of its values, not a range", where, name)
+        raise UserError("is not a number; give choices: [...] of its values, not a range", where, name)
     if "low" not in spec or "high" not in spec:
         raise UserError("a range needs low and high", where, name)
     low, high = (coerce(spec[k], tp, where, name) for k in ("low", "high"))

@@ -183,7 +183,7 @@ def trial_objective(s: SweepSettings, params: list[Param], log=print):
     op = load_optuna()
     goals = objs.objectives(s.objectives)
     judged = objs.needs_judge(goals)
-    watched, watch_dir = objs.pruning_metric(goals) if len(goals) == 1 else (None, None)
+    watched = objs.pruning_metric(goals)
 
     def run(trial) -> Any:
         from dpokit.train import train
