@@ -124,10 +124,11 @@ def _running(out: Path) -> bool:
 
 
 def test_a_sweep_killed_mid_trial_resumes_with_no_trial_lost_or_run_twice(base, tmp_path, capsys):
-    """Two random trials; a rerun asking for four killed with SIGKILL inside its first trial; the
-    same command again finishes the study, then writes the table, best.yaml and the plot."""
+    """Two TPE trials (with a KL bound, which TPE takes as a constraint); a rerun asking for four
+    killed with SIGKILL inside its first trial; the same command again finishes the study, then
+    writes the table, best.yaml and the plot."""
     out = tmp_path / "resume"
-    args = _args(base, out, "--trials", "2", "--objective", "accuracy", "--sampler", "random")
+    args = _args(base, out, "--trials", "2", "--objective", "accuracy", "--sampler", "tpe", "--max-kl", "1000")
     assert main(args) == 0
     args[args.index("--trials") + 1] = "4"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path),
@@ -152,6 +153,8 @@ def test_a_sweep_killed_mid_trial_resumes_with_no_trial_lost_or_run_twice(base, 
     assert len(set(params)) == 4  # no setting ran twice (a resumed seeded sampler must not repeat itself) ...
     assert tuple(sorted(trials[2].params.items())) == params[2]  # ... and the killed one was not lost:
     assert trials[3].system_attrs.get("failed_trial") == 2  # trial 3 is Optuna's retry of it
+    for t in done:  # the constraint Optuna's sampler recorded: KL less the bound, ≤ 0 where feasible
+        assert t.constraints == {"kl": t.user_attrs["kl"] - 1000}
     _check_outputs(out, done, printed)
 
 

@@ -95,7 +95,7 @@ def check(s: SweepSettings) -> list[Param]:
             raise UserError(msg, where=where)
     goals = objs.objectives(s.objectives)
     cfg = load_config(s.config)
-    if not cfg.data.eval and not s.eval_overrides.get("prompts"):
+    if not cfg.data.eval:  # the objectives, pruning and (by default) the KL prompts all read it
         raise UserError("a sweep measures every trial on held-out data: set data.eval in the base config",
                         where=s.config, field="data.eval")
     if objs.needs_judge(goals) and not s.eval_overrides.get("judge"):
@@ -137,13 +137,8 @@ def _sampler(s: SweepSettings, params: list[Param], seed: int):
         return op.samplers.GridSampler(grid_space(params), seed=seed)
     if s.sampler == "random":
         return op.samplers.RandomSampler(seed=seed)
-    constraints = _constraint if s.max_kl is not None else None
-    return op.samplers.TPESampler(seed=seed, constraints_func=constraints, n_startup_trials=min(10, s.trials // 3 or 1))
-
-
-def _constraint(trial) -> list[float]:
-    """≤ 0 where feasible: the trial's sampled KL less the bound (Optuna's constraints_func)."""
-    return [trial.user_attrs.get("constraint", float("inf"))]
+    # TPE steers away from the trials whose constraint (trial.set_constraint, below) is above 0
+    return op.samplers.TPESampler(seed=seed, n_startup_trials=min(10, s.trials // 3 or 1))
 
 
 def fail_dead_trials(study) -> list[int]:
@@ -213,8 +208,8 @@ def trial_objective(s: SweepSettings, params: list[Param], log=print):
         trial.set_user_attr("seconds", time.perf_counter() - start)
         trial.set_user_attr("kl", report_["kl_sampled"])
         trial.set_user_attr("eval_metrics", result.eval_metrics)
-        if s.max_kl is not None:
-            trial.set_user_attr("constraint", report_["kl_sampled"] - s.max_kl)
+        if s.max_kl is not None:  # feasible where ≤ 0; samplers that take constraints read it
+            trial.set_constraint("kl", report_["kl_sampled"] - s.max_kl)
         got = objs.values(goals, result.eval_metrics, report_)
         return got[0] if len(got) == 1 else got
 
