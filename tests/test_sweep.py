@@ -20,6 +20,7 @@ from dpokit.cli import main
 from dpokit.config import load_config
 from dpokit.errors import UserError
 from dpokit.sweep import SweepSettings, open_study, read_space, sweep
+from dpokit.sweep.study import fail_dead_trials
 from helpers import tiny_model_dir, write_pairs
 
 optuna = pytest.importorskip("optuna")  # the test extra installs it; dpokit[sweep] for users
@@ -238,3 +239,23 @@ def test_jobs_run_trials_in_separate_processes_on_one_storage(base, tmp_path):
     assert trials[0].params != trials[1].params
     for t in trials:  # the objective is each run's own final held-out loss
         assert t.value == t.user_attrs["eval_metrics"]["loss"] and (out / f"trial-{t.number}" / "final").is_dir()
+
+
+def test_a_trial_of_another_machine_that_went_silent_is_failed_and_run_again(base, tmp_path):
+    """A RUNNING trial owned by another host is left alone while its heartbeat is fresh, and once
+    it is older than the grace period (3 heartbeats) Optuna fails it and queues its values again."""
+    out = tmp_path / "stale"
+    s = SweepSettings(str(base / "base.yaml"), str(base / "space.yaml"), str(out), 1, ["eval_loss"], "random",
+                      eval_config=str(base / "eval.yaml"), heartbeat=1)
+    params = read_space(s.space)
+    study = open_study(s, params)
+    with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna's note that ask() itself sends no heartbeat
+        lost = study.ask({p.name: optuna.distributions.FloatDistribution(p.low, p.high, log=True) for p in params})
+    lost.set_user_attr("owner", ["a-node-that-died", 1])
+    study._storage.record_heartbeat(lost._trial_id)
+    assert not fail_dead_trials(study)  # not this machine's: the heartbeat decides
+    time.sleep(3.5)
+    sweep(s, log=lambda *_: None)
+    trials = _study(out).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[1].params == lost.params and trials[1].system_attrs["failed_trial"] == 0
