@@ -77,10 +77,8 @@ def load_optuna():
 
 
 def _retry():
-    """Optuna's callback that queues a dead trial's values again as a new trial (renamed in Optuna 4.9)."""
-    storages = load_optuna().storages
-    retry = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
-    return retry(max_retry=MAX_RETRY)
+    """Optuna's callback that queues a dead trial's values again as a new trial."""
+    return load_optuna().storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
 
 
 def check(s: SweepSettings) -> list[Param]:
@@ -121,9 +119,10 @@ def open_study(s: SweepSettings, params: list[Param], worker: int = 0):
     # holds (a rerun) and by the worker (--jobs), or a resumed or parallel sweep repeats settings.
     study.sampler = _sampler(s, params, s.seed + len(study.get_trials(deepcopy=False)) + 7919 * worker)
     recorded = {"objectives": s.objectives, "space": describe(params), "sampler": s.sampler, "max_kl": s.max_kl}
+    saved = study.user_attrs
     for key, value in recorded.items():
-        before = study.user_attrs.get(key)
-        if before is None:
+        before = saved.get(key)
+        if key not in saved:
             study.set_user_attr(key, value)
         elif before != value:
             raise UserError(f"study {s.name!r} was run with other {key} ({before}); give another --study-name "
