@@ -1,6 +1,6 @@
-"""Command line: ``dpokit sft|dpo|online|eval|versions|data|label|report|quickstart|losses``. Each
-subcommand builds a config and calls the library; a user error ends with one message and exit code 2,
-never a traceback."""
+"""Command line: ``dpokit sft|dpo|online|sweep|eval|versions|data|label|report|quickstart|losses``.
+Each subcommand builds a config and calls the library; a user error ends with one message and exit
+code 2, never a traceback."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML file with model/lora/data/loss/train sections; flags override it")
         add_flags(p, TRAIN_FLAG_SET, RunConfig)
     _add_online_parser(sub)
+    _add_sweep_parser(sub)
     p = sub.add_parser("eval", help="win rate under a judge and sampled KL of a policy against a reference")
     p.add_argument("--config", help="YAML file with EvalConfig keys; flags override it")
     add_flags(p, EVAL_FLAG_SET, EvalConfig)
@@ -57,6 +58,34 @@ def _add_online_parser(sub) -> None:
     p = sub.add_parser("online", help="rounds of sampling, judging, pairing and training (docs/online.md)")
     p.add_argument("--config", help="YAML file with model/lora/data/loss/train/online sections; flags override it")
     add_flags(p, ONLINE_FLAG_SET, OnlineConfig)
+
+
+def _add_sweep_parser(sub) -> None:
+    from dpokit.sweep.objectives import OBJECTIVES
+
+    p = sub.add_parser("sweep", help="hyper-parameter search over training runs on an Optuna study (docs/sweep.md)")
+    p.add_argument("--config", required=True, help="the base run config (YAML, with data.eval): what every trial trains")
+    p.add_argument("--space", required=True, help="YAML: config fields (train.lr, loss.beta, ...) and their ranges or choices")
+    p.add_argument("--trials", type=int, required=True, help="finished trials the study should hold (a rerun continues)")
+    p.add_argument("--objective", action="append", required=True, choices=tuple(OBJECTIVES),
+                   help="what to optimize; give it twice or more for a multi-objective study and its Pareto front")
+    p.add_argument("--output", required=True, help="sweep folder: trial-N/, study.db, trials.csv, best.yaml, reward_kl.png")
+    p.add_argument("--sampler", choices=("tpe", "random", "grid"), default="tpe", help="Optuna's sampler")
+    p.add_argument("--storage", help="any SQLAlchemy URL of the study (default sqlite:///OUTPUT/study.db)")
+    p.add_argument("--study-name", help="the study's name in the storage (default: the output folder's name)")
+    p.add_argument("--jobs", type=int, default=1, help="trials run at once, each in its own process, on one storage")
+    p.add_argument("--keep", choices=("best", "all"), default="all", help="keep every trial folder, or only the best")
+    p.add_argument("--max-kl", type=float, help="only trials whose sampled KL to the starting model is at most this count")
+    p.add_argument("--eval-config", help="YAML of dpokit eval settings for measuring trials (max_new_tokens, ...)")
+    p.add_argument("--judge", help="package.module:function (or rm:/llm: PATH) for win_rate and judge_score")
+    p.add_argument("--prompts", help="held-out prompts for the judge and the KL (default: the base's data.eval)")
+    p.add_argument("--prune", action=argparse.BooleanOptionalAction, default=True,
+                   help="stop trials whose held-out metric is below the median at an evaluation step (Optuna's MedianPruner)")
+    p.add_argument("--prune-startup-trials", type=int, default=4, help="finished trials before any is pruned")
+    p.add_argument("--heartbeat", type=int, default=10,
+                   help="seconds between a running trial's heartbeats; one silent for 3 of them counts as dead")
+    p.add_argument("--seed", type=int, default=int(os.environ.get("SLURM_ARRAY_TASK_ID") or 0),
+                   help="the sampler's seed (default 0; in a Slurm job array, the array index)")
 
 
 def _add_versions_parser(sub) -> None:
@@ -174,6 +203,21 @@ def run_online(ns: argparse.Namespace) -> int:
     return 0
 
 
+def run_sweep(ns: argparse.Namespace) -> int:
+    from dpokit.sweep import SweepSettings, sweep
+
+    given = {k: v for k, v in (("judge", ns.judge), ("prompts", ns.prompts)) if v is not None}
+    summary = sweep(SweepSettings(
+        ns.config, ns.space, ns.output, ns.trials, ns.objective, ns.sampler, ns.storage, ns.study_name, ns.jobs,
+        ns.keep, ns.max_kl, ns.eval_config, given, ns.prune, ns.prune_startup_trials, ns.heartbeat, ns.seed))
+    print(f"trials: {summary['table']}")
+    if summary["best_yaml"]:
+        print(f"best config: {summary['best_yaml']} (dpokit dpo --config {summary['best_yaml']})")
+    if summary["plot"]:
+        print(f"reward-KL plot: {summary['plot']}")
+    return 0
+
+
 def run_versions(ns: argparse.Namespace) -> int:
     from dpokit.store import versions
 
@@ -243,12 +287,13 @@ STOP_HINTS = {
     "quickstart": "finished stages and training checkpoints are kept; run the same command to continue",
     "eval": "an evaluation keeps nothing until it is complete; run the same command to evaluate again",
     "label": "every judgement made is saved; run the same command to continue",
+    "sweep": "finished trials are in the study; run the same command to continue (the stopped trial runs again)",
 }
 """What a stop outside a training step leaves, by command (sft and dpo stop after a step, see run_train)."""
 
-COMMANDS = {"sft": run_train, "dpo": run_train, "online": run_online, "eval": run_eval, "versions": run_versions,
-            "data": run_data, "label": run_label, "quickstart": run_quickstart, "losses": run_losses,
-            "report": run_report}
+COMMANDS = {"sft": run_train, "dpo": run_train, "online": run_online, "sweep": run_sweep, "eval": run_eval,
+            "versions": run_versions, "data": run_data, "label": run_label, "quickstart": run_quickstart,
+            "losses": run_losses, "report": run_report}
 
 
 def _close_progress_bars() -> None:

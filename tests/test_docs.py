@@ -165,6 +165,10 @@ def _defaults() -> dict[str, set[str]]:
             for part in dotted.split("."):
                 value = getattr(value, part)
             out.setdefault("--" + flag.replace("_", "-"), set()).add(str(value))
+    sweep = _parser_for(build_parser(), ["sweep"])  # its own flags, not config fields: argparse's defaults
+    for action in sweep._actions:
+        for option in action.option_strings:
+            out.setdefault(option, set()).add(str(action.default))
     return out
 
 

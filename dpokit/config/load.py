@@ -105,3 +105,9 @@ def save_config(cfg: RunConfig, path: Path) -> None:
     data = cfg.to_dict()
     data["train"]["adam_betas"] = list(data["train"]["adam_betas"])
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+coerce = _coerce
+"""``_coerce`` for other readers of config values (a sweep's space file): the same types, the same messages."""
+YAML_LOADER = _Loader
+"""The YAML loader of config files, for other files read the same way."""

@@ -47,15 +47,22 @@ class TrainResult:
     last_metrics: dict
     eval_metrics: dict
     stopped_by: str | None = None
-    """``SIGTERM`` or ``SIGINT`` when a signal stopped the run after saving ``checkpoint``."""
+    """``SIGTERM`` or ``SIGINT`` when a signal stopped the run after saving ``checkpoint``;
+    ``on_eval`` when that callback asked to stop (nothing saved)."""
     checkpoint: Path | None = None
 
 
-def train(cfg: RunConfig, log=print) -> TrainResult:
+EvalCallback = Callable[[int, dict], "str | None"]
+"""Called after each evaluation on held-out data with (step, eval metrics); returning ``"stop"``
+ends the run there, with no final model (a hyper-parameter search pruning a trial)."""
+
+
+def train(cfg: RunConfig, log=print, on_eval: EvalCallback | None = None) -> TrainResult:
     """Train as ``cfg`` says. SIGTERM or SIGINT ends the run after the current optimizer step with
-    a checkpoint saved (``TrainResult.stopped_by``); ``--resume`` continues it exactly."""
+    a checkpoint saved (``TrainResult.stopped_by``); ``--resume`` continues it exactly. ``on_eval``
+    sees each held-out evaluation and may end the run there (``EvalCallback``)."""
     with stop_on_signals() as stop:
-        return _train(_pin_versions(cfg), log, stop)
+        return _train(_pin_versions(cfg), log, stop, on_eval)
 
 
 def train_within(cfg: RunConfig, what: str, log=print) -> TrainResult | None:
@@ -82,10 +89,11 @@ def _pin_versions(cfg: RunConfig) -> RunConfig:
     return replace(cfg, model=replace(m, path=pin_version(m.path), ref_path=pin_version(m.ref_path)))
 
 
-def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
+def _train(cfg: RunConfig, log, stop: StopRequest, on_eval: EvalCallback | None) -> TrainResult:
     """Steps 1-3 (data, models, resume) in ``_start``; 4-6 (backward, update, log/evaluate/save)
     for each optimizer step; 7 (the final model) in ``_finish``."""
     run = _start(cfg, log)
+    run.on_eval = on_eval
     window = LogWindow()
     while run.state.step < run.total:
         if stop.requested(run.accelerator):  # SIGTERM / SIGINT: keep what the finished steps did, then stop
@@ -97,6 +105,10 @@ def _train(cfg: RunConfig, log, stop: StopRequest) -> TrainResult:
         step = _backward(run)
         if _update(run, step, window):
             _at_intervals(run, window)
+        if run.halted:  # the evaluation callback asked to stop: no final model
+            run.bar.close()
+            trackers.finish(run.accelerator)
+            return TrainResult(run.out, None, run.state.step, run.last, run.eval_metrics, "on_eval")
     run.bar.close()
     return _finish(run)
 
@@ -128,6 +140,9 @@ class Run:
     bar: Any
     last: dict = field(default_factory=dict)
     eval_metrics: dict = field(default_factory=dict)
+    on_eval: EvalCallback | None = None
+    halted: bool = False
+    """Set when ``on_eval`` asked to stop."""
 
     @property
     def out(self) -> Path:
@@ -282,7 +297,11 @@ def _at_intervals(run: Run, window: LogWindow) -> None:
         evals = {f"eval/{k}": v for k, v in run.eval_metrics.items()}
         run.metrics_log.write({"step": state.step, **evals})
         fresh.update(evals)
+        if run.on_eval is not None and run.on_eval(state.step, run.eval_metrics) == "stop":
+            run.halted = True
     trackers.log(acc, fresh, state.step)
+    if run.halted:
+        return
     if run.guard.check_metrics(fresh) is Action.ROLLBACK:
         _roll_back(run, window)
     elif t.save_steps and state.step % t.save_steps == 0 and state.step < run.total:
