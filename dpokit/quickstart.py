@@ -121,11 +121,14 @@ def compare_stages(cfg: EvalConfig, paths: dict[str, str]) -> dict:
     models = {name: load_model(path).to(accelerator.device).eval() for name, path in paths.items()}
     prompts = read_prompts(cfg.prompts, cfg.num_prompts)
     prompt_ids = [encode_prompt(tokenizer, p, where)[-cfg.max_prompt_length:] for p, where in prompts]
-    answers = {name: sample_answers(cfg, m, tokenizer, prompt_ids, autocast) for name, m in models.items()}
+    sampled = {name: sample_answers(cfg, m, tokenizer, prompt_ids, autocast, with_logps=True)
+               for name, m in models.items()}
+    answers = {name: a for name, (a, _) in sampled.items()}
     texts = {name: decode(tokenizer, a) for name, a in answers.items()}
     judge, questions = load_judge(cfg.judge), [prompt_text(p) for p, _ in prompts]
     report: dict = {"prompts": len(prompts), "mean_length": {n: statistics.fmean(map(len, a)) for n, a in answers.items()}}
-    scored: dict[tuple[str, str], list[float]] = {}  # (model, whose samples): each scoring pass once
+    # (model, whose samples): each scoring pass once; a model's own samples were scored by sampling
+    scored: dict[tuple[str, str], list[float]] = {(name, name): lp for name, (_, lp) in sampled.items()}
 
     def logps(model: str, samples: str) -> list[float]:
         if (model, samples) not in scored:

@@ -151,3 +151,25 @@ def test_token_kl_matches_full_softmax(tiny_tokenizer):
     with torch.no_grad():
         direct = completion_logps(ref, batch, 2)
     torch.testing.assert_close(same.tokens, direct.tokens, atol=1e-5, rtol=0)
+
+
+def test_sampling_gives_each_answers_log_prob_as_a_scoring_pass_does(tiny_model, tiny_tokenizer):
+    """The sampled KL's log π(y|x) of a model's own samples comes from the logits generation
+    computed (left-padded, KV cache): equal to scoring the answers afresh, answers that stop at
+    EOS early included."""
+    import collections
+    import contextlib
+    import types
+
+    from dpokit.eval.evaluate import sequence_logps
+    from dpokit.policies.lm.generate import sample
+
+    prompts = [tiny_tokenizer.encode("review " * (1 + i % 5) + str(i)) for i in range(12)]
+    free = sample(tiny_model, tiny_tokenizer, prompts, 24, 1.0, 1.0, 5, 0)
+    common = collections.Counter(t for a in free for t in a).most_common(1)[0][0]
+    stops = types.SimpleNamespace(eos_token_id=common, pad_token_id=tiny_tokenizer.pad_token_id)  # an EOS seen often
+    answers, logps = sample(tiny_model, stops, prompts, 24, 1.0, 1.0, 5, 0, with_logps=True)
+    assert answers == sample(tiny_model, stops, prompts, 24, 1.0, 1.0, 5, 0)  # asking for log-probs changes nothing
+    assert len({len(a) for a in answers}) > 1 and any(a[-1] == common and len(a) < 24 for a in answers)
+    scored = sequence_logps(tiny_model, prompts, answers, tiny_tokenizer.pad_token_id, 5, contextlib.nullcontext)
+    assert logps == pytest.approx(scored, abs=1e-4)

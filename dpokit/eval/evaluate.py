@@ -94,8 +94,8 @@ def evaluate_models(cfg: EvalConfig, policy=None, reference=None, tokenizer=None
     if not prompts:
         raise UserError("no prompts", where=cfg.prompts)
     prompt_ids = [encode_prompt(tokenizer, p, where)[-cfg.max_prompt_length:] for p, where in prompts]
-    gen = {name: sample_answers(cfg, m, tokenizer, prompt_ids, autocast)
-           for name, m in (("policy", policy), ("reference", reference))}
+    policy_answers, policy_logps = sample_answers(cfg, policy, tokenizer, prompt_ids, autocast, with_logps=True)
+    gen = {"policy": policy_answers, "reference": sample_answers(cfg, reference, tokenizer, prompt_ids, autocast)}
     texts = {k: decode(tokenizer, v) for k, v in gen.items()}
     judged, scores = judge_answers(judge, [prompt_text(p) for p, _ in prompts], texts["policy"], texts["reference"])
     outcomes = [o for o in judged if o is not None]
@@ -106,7 +106,8 @@ def evaluate_models(cfg: EvalConfig, policy=None, reference=None, tokenizer=None
     report = {
         "prompts": len(prompts), **win_rate(outcomes, cfg.seed), "judge_failures": len(judged) - len(outcomes),
         **({"judge_first_error": first_error} if first_error else {}),
-        **sampled_kl(policy, reference, prompt_ids, gen["policy"], tokenizer.pad_token_id, cfg.batch_size, autocast),
+        **sampled_kl(policy, reference, prompt_ids, gen["policy"], tokenizer.pad_token_id, cfg.batch_size, autocast,
+                     policy_logps),
         "mean_length_policy": statistics.fmean(map(len, gen["policy"])),
         "mean_length_reference": statistics.fmean(map(len, gen["reference"])),
     }
@@ -128,12 +129,12 @@ def eval_autocast(cfg: EvalConfig, accelerator):
     return precision.autocast(accelerator.device)
 
 
-def sample_answers(cfg: EvalConfig, model, tokenizer, prompt_ids: list[list[int]], autocast) -> list[list[int]]:
+def sample_answers(cfg: EvalConfig, model, tokenizer, prompt_ids: list[list[int]], autocast, with_logps: bool = False):
     """One answer per prompt (token ids) under the evaluation's sampling settings; every model
-    compared on the same prompts draws with the same seed."""
+    compared on the same prompts draws with the same seed. ``with_logps``: (answers, their log π)."""
     with autocast():
         return CausalLM(tokenizer).sample(model, prompt_ids, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                                          cfg.batch_size, cfg.seed)
+                                          cfg.batch_size, cfg.seed, with_logps)
 
 
 def decode(tokenizer, answers: list[list[int]]) -> list[str]:
@@ -141,11 +142,13 @@ def decode(tokenizer, answers: list[list[int]]) -> list[str]:
 
 
 def sampled_kl(policy, reference, prompt_ids: list[list[int]], answers: list[list[int]], pad_id: int,
-               batch_size: int, autocast) -> dict:
+               batch_size: int, autocast, policy_logps: list[float] | None = None) -> dict:
     """KL(π‖π_ref) from the policy's own samples ``answers``: the mean of log π(y|x) − log π_ref(y|x),
-    with its standard error."""
-    return kl_from_logps(sequence_logps(policy, prompt_ids, answers, pad_id, batch_size, autocast),
-                         sequence_logps(reference, prompt_ids, answers, pad_id, batch_size, autocast))
+    with its standard error. ``policy_logps``: log π of the answers as sampling gave them, which
+    saves scoring them again with the policy."""
+    if policy_logps is None:
+        policy_logps = sequence_logps(policy, prompt_ids, answers, pad_id, batch_size, autocast)
+    return kl_from_logps(policy_logps, sequence_logps(reference, prompt_ids, answers, pad_id, batch_size, autocast))
 
 
 def kl_from_logps(policy: list[float], reference: list[float]) -> dict:

@@ -91,9 +91,11 @@ class CausalLM:
         return completion_logps(module, batch, group, ref_dist, self.options)
 
     def sample(self, module, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float, top_p: float,
-               batch_size: int, seed: int) -> list[list[int]]:
-        """One answer (token ids) per prompt, batched with a KV cache; it ends at EOS unless cut."""
-        return sample(module, self.tokenizer, prompt_ids, max_new_tokens, temperature, top_p, batch_size, seed)
+               batch_size: int, seed: int, with_logps: bool = False):
+        """One answer (token ids) per prompt, batched with a KV cache; it ends at EOS unless cut.
+        ``with_logps``: also each answer's log π under the sampling model (``generate.sample``)."""
+        return sample(module, self.tokenizer, prompt_ids, max_new_tokens, temperature, top_p, batch_size, seed,
+                      with_logps)
 
     def real_tokens(self, batch: dict, group: int, input_kind: str) -> int:
         return real_tokens(input_kind, batch, group)
