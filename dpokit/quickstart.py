@@ -114,7 +114,8 @@ def compare_stages(cfg: EvalConfig, paths: dict[str, str]) -> dict:
     the judge compares the answers of each pair in ``COMPARISONS``, and the sampled KL of each
     policy to each of its references is estimated on the policy's own samples. Reward accuracy on
     held-out pairs is that of DPO's implicit reward β·log π/π_SFT, the one it was trained on (SFT
-    has no preference objective to measure; skipping it saves four scoring passes)."""
+    has no preference objective to measure; skipping it saves four scoring passes). A model's log-probs
+    of its own samples come with the sampling, so three scoring passes remain."""
     accelerator = Accelerator()
     autocast = eval_autocast(cfg, accelerator)
     tokenizer = load_tokenizer(paths["base"])
