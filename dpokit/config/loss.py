@@ -58,6 +58,10 @@ class LossConfig:
     """discopop: temperature τ of the blend σ(βu/τ) between its logistic and exponential parts."""
     gpo_fn: Literal["logistic", "hinge", "squared", "exponential", "truncated_quadratic", "savage"] = "logistic"
     """gpo: the convex function f in f(β·u)."""
+    rk_nu: float = 2.0
+    """dpo_rk: Rao–Kupper's ν > 1; P(tie) = (ν − 1)/(ν + 1) when policy = reference (2: a third)."""
+    davidson_nu: float = 1.0
+    """dpo_davidson: Davidson's ν > 0; P(tie) = ν/(2 + ν) when policy = reference (1: a third)."""
 
     def resolve_defaults(self, spec_defaults: tuple[tuple[str, float], ...]) -> None:
         """Fill empty fields with the loss's own defaults, then with those of the parameters several
