@@ -58,6 +58,10 @@ class LossConfig:
     """discopop: temperature τ of the blend σ(βu/τ) between its logistic and exponential parts."""
     gpo_fn: Literal["logistic", "hinge", "squared", "exponential", "truncated_quadratic", "savage"] = "logistic"
     """gpo: the convex function f in f(β·u)."""
+    fdpo_divergence: Literal["reverse_kl", "forward_kl", "js", "alpha"] = "reverse_kl"
+    """fdpo: the f-divergence to the reference: reverse_kl (DPO), forward_kl, js (Jensen–Shannon), alpha."""
+    fdpo_alpha: float = 0.5
+    """fdpo with the alpha divergence: α in (0, 1] (→ 0 reverse KL, 1 forward KL)."""
     rk_nu: float = 2.0
     """dpo_rk: Rao–Kupper's ν > 1; P(tie) = (ν − 1)/(ν + 1) when policy = reference (2: a third)."""
     davidson_nu: float = 1.0

@@ -1,0 +1,128 @@
+"""f-DPO (ratios.py), WPO weighting (an option of sigmoid) and LD-DPO (ratios.py): the worked
+values of their docstrings, a naive implementation from the papers (Python floats for values,
+a separate float64 torch graph for gradients), the limits where they are DPO, and TRL's
+formulas where TRL has the option, re-derived from reading its ``DPOTrainer`` (the
+``f_divergence_type`` branches of its loss, ``use_weighting``, ``ld_alpha``) and written here
+in batch form over summed log-probs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dpokit.losses import LossContext, Logps, get_loss
+from test_loss_family import cfg, logps, one, random_pairs, sp
+
+
+def sig(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def run(name, pol, ref, **kw):
+    return get_loss(name).fn(pol, ref, cfg(name=name, **kw), LossContext())
+
+
+def values_and_grads(name, raw, mask, ref, **kw):
+    x = raw.detach().clone().requires_grad_(True)
+    out = get_loss(name).fn(Logps(x.masked_fill(~mask, 0.0), mask), ref, cfg(name=name, **kw), LossContext())
+    return out.losses.detach(), torch.autograd.grad(out.losses.sum(), x)[0]
+
+
+# ----------------------------------------------------------------------------- f-DPO
+
+DIVERGENCES = ["reverse_kl", "forward_kl", "js", "alpha"]
+
+
+@pytest.mark.parametrize("div,kw,expected", [("reverse_kl", {}, 0.598139), ("forward_kl", {}, 0.582517),
+                                             ("js", {}, 0.644397), ("alpha", {"fdpo_alpha": 0.5}, 0.594349)])
+def test_fdpo_docstring_values(div, kw, expected):
+    out = run("fdpo", logps(one(1.0, -1.0)), logps(one(0.0, 0.0)), fdpo_divergence=div, **kw)
+    assert out.losses.item() == pytest.approx(expected, abs=1e-6)
+    assert out.metrics["rewards/chosen"].item() == pytest.approx(0.1)
+
+
+def naive_f_prime(div: str, t: float, alpha: float) -> float:
+    """f'(t) of each f-divergence, constants included (they cancel in the difference)."""
+    if div == "reverse_kl":
+        return math.log(t) + 1
+    if div == "forward_kl":
+        return -1 / t
+    if div == "js":
+        return math.log(2 * t / (1 + t))
+    return (1 - t ** -alpha) / alpha
+
+
+def naive_graph_f_prime(div: str, t: torch.Tensor, alpha: float) -> torch.Tensor:
+    return {"reverse_kl": lambda: torch.log(t) + 1, "forward_kl": lambda: -1 / t,
+            "js": lambda: torch.log(2 * t / (1 + t)), "alpha": lambda: (1 - t ** -alpha) / alpha}[div]()
+
+
+@pytest.mark.parametrize("div", DIVERGENCES)
+def test_fdpo_matches_naive_values_and_gradients(div):
+    raw, mask, ref = random_pairs(seed=len(div), B=9)
+    kw = {"beta": 0.4, "label_smoothing": 0.1, "fdpo_alpha": 0.3}
+    ours, grad = values_and_grads("fdpo", raw, mask, ref, fdpo_divergence=div, **kw)
+    s, r = (raw * mask).sum(-1).detach().tolist(), ref.sum.tolist()
+    expected = []
+    for i in range(9):
+        z = 0.4 * (naive_f_prime(div, math.exp(s[0][i] - r[0][i]), 0.3) - naive_f_prime(div, math.exp(s[1][i] - r[1][i]), 0.3))
+        expected.append(0.9 * sp(z) + 0.1 * sp(-z))
+    torch.testing.assert_close(ours, torch.tensor(expected, dtype=torch.float64), atol=1e-9, rtol=1e-9)
+    x = raw.detach().clone().requires_grad_(True)
+    t = torch.exp((x * mask).sum(-1) - ref.tokens.sum(-1))
+    z = 0.4 * (naive_graph_f_prime(div, t[0], 0.3) - naive_graph_f_prime(div, t[1], 0.3))
+    naive = -0.9 * torch.log(torch.sigmoid(z)) - 0.1 * torch.log(torch.sigmoid(-z))
+    torch.testing.assert_close(grad, torch.autograd.grad(naive.sum(), x)[0], atol=1e-9, rtol=1e-7)
+    assert (grad[~mask] == 0).all() and grad[mask].abs().sum() > 0
+
+
+@pytest.mark.parametrize("kw,other,other_kw", [
+    ({"fdpo_divergence": "reverse_kl", "beta": 0.3, "label_smoothing": 0.2}, "sigmoid", {"beta": 0.3, "label_smoothing": 0.2}),
+    ({"fdpo_divergence": "alpha", "fdpo_alpha": 1.0}, "fdpo", {"fdpo_divergence": "forward_kl"}),
+])
+def test_fdpo_limits(kw, other, other_kw):
+    """Reverse KL is DPO (and cDPO with ε); the α-divergence at α = 1 is the forward KL."""
+    raw, mask, ref = random_pairs(seed=5, B=9)
+    a, ga = values_and_grads("fdpo", raw, mask, ref, **kw)
+    b, gb = values_and_grads(other, raw, mask, ref, **other_kw)
+    torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(ga, gb, atol=1e-12, rtol=1e-10)
+
+
+def test_fdpo_small_alpha_approaches_reverse_kl():
+    """(1 − t^{−α})/α → log t as α → 0: at α = 1e-6 the loss is DPO's to about 1e-6."""
+    raw, mask, ref = random_pairs(seed=6, B=9)
+    a, _ = values_and_grads("fdpo", raw, mask, ref, fdpo_divergence="alpha", fdpo_alpha=1e-6)
+    b, _ = values_and_grads("sigmoid", raw, mask, ref)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def trl_fdpo(div: str, pc, pr, rc, rr, beta: float, ls: float, alpha: float):
+    """TRL's logits for each f_divergence_type (its chosen/rejected log ratios cl, rl), then its
+    sigmoid loss with label smoothing."""
+    F = torch.nn.functional
+    cl, rl = pc - rc, pr - rr
+    logits = cl - rl
+    if div == "alpha":
+        logits = (torch.exp(-alpha * rl) - torch.exp(-alpha * cl)) / alpha
+    elif div == "js":
+        logits = logits - (F.softplus(cl) - F.softplus(rl))
+    return -(1 - ls) * F.logsigmoid(beta * logits) - ls * F.logsigmoid(-beta * logits)
+
+
+@pytest.mark.parametrize("div", ["reverse_kl", "js", "alpha"])
+def test_fdpo_same_value_as_trls_formula(div):
+    """TRL's three f-divergences (it has no forward KL apart from α = 1) on the same inputs."""
+    raw, mask, ref = random_pairs(seed=8, B=8)
+    pol = Logps(raw.detach().masked_fill(~mask, 0.0), mask)
+    ours = run("fdpo", pol, ref, fdpo_divergence=div, fdpo_alpha=0.7, beta=0.3, label_smoothing=0.2).losses
+    theirs = trl_fdpo(div, pol.sum[0], pol.sum[1], ref.sum[0], ref.sum[1], 0.3, 0.2, 0.7)
+    torch.testing.assert_close(ours, theirs, atol=1e-12, rtol=1e-10)
+
+
+def test_fdpo_forward_kl_stays_finite_on_very_unlikely_answers():
+    out = run("fdpo", logps(one(-2000.0, 0.0), requires_grad=True), logps(one(0.0, 0.0)),
+              fdpo_divergence="forward_kl")
+    assert torch.isfinite(out.losses).all()
