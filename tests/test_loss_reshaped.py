@@ -126,3 +126,51 @@ def test_fdpo_forward_kl_stays_finite_on_very_unlikely_answers():
     out = run("fdpo", logps(one(-2000.0, 0.0), requires_grad=True), logps(one(0.0, 0.0)),
               fdpo_divergence="forward_kl")
     assert torch.isfinite(out.losses).all()
+
+
+# ----------------------------------------------------------------------------- WPO weighting
+
+def test_wpo_docstring_value():
+    """β = 0.1, log π = (−1, −2) one token each, log π_ref = (−1.5, −1.5): w = e^−3."""
+    out = run("sigmoid", logps(one(-1.0, -2.0)), logps(one(-1.5, -1.5)), wpo=True)
+    assert out.losses.item() == pytest.approx(0.032083, abs=1e-6)
+    assert out.metrics["wpo/weight"].item() == pytest.approx(0.049787, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "cdpo"])
+def test_wpo_matches_naive_values_and_gradients(name):
+    """The weight from the policy's per-token log-probs (mean over each answer's tokens), not
+    differentiated: the gradient is the weight times DPO's."""
+    raw, mask, ref = random_pairs(seed=11, B=9)
+    ours, grad = values_and_grads(name, raw, mask, ref, wpo=True, beta=0.5)
+    eps = 0.1 if name == "cdpo" else 0.0
+    x, m = raw.detach().tolist(), mask.tolist()
+    s, r = (raw * mask).sum(-1).detach().tolist(), ref.sum.tolist()
+    expected = []
+    for i in range(9):
+        means = [sum(v for v, k in zip(x[g][i], m[g][i]) if k) / sum(m[g][i]) for g in (0, 1)]
+        z = 0.5 * ((s[0][i] - r[0][i]) - (s[1][i] - r[1][i]))
+        expected.append(math.exp(means[0]) * math.exp(means[1]) * ((1 - eps) * sp(z) + eps * sp(-z)))
+    torch.testing.assert_close(ours, torch.tensor(expected, dtype=torch.float64), atol=1e-9, rtol=1e-9)
+    y = raw.detach().clone().requires_grad_(True)
+    mm = mask.double()
+    sums = (y * mm).sum(-1)
+    w = torch.exp((sums / mm.sum(-1)).sum(0)).detach()
+    z = 0.5 * ((sums[0] - ref.tokens[0].sum(-1)) - (sums[1] - ref.tokens[1].sum(-1)))
+    naive = w * (-(1 - eps) * torch.log(torch.sigmoid(z)) - eps * torch.log(torch.sigmoid(-z)))
+    torch.testing.assert_close(grad, torch.autograd.grad(naive.sum(), y)[0], atol=1e-9, rtol=1e-7)
+
+
+def test_wpo_off_and_certain_answers_are_dpo():
+    """Without ``wpo`` nothing changes; with it, answers the policy is certain of (log-prob 0 at
+    every token) weigh 1, so the loss is DPO's; any other pair weighs less than 1."""
+    raw, mask, ref = random_pairs(seed=12, B=9)
+    dpo, gd = values_and_grads("sigmoid", raw, mask, ref)
+    torch.testing.assert_close(run("sigmoid", Logps(raw.detach().masked_fill(~mask, 0.0), mask), ref).losses, dpo)
+    weighted, _ = values_and_grads("sigmoid", raw, mask, ref, wpo=True)
+    assert (weighted < dpo).all()
+    zero = torch.zeros_like(raw)
+    a, ga = values_and_grads("sigmoid", zero, mask, ref, wpo=True)
+    b, gb = values_and_grads("sigmoid", zero, mask, ref)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    torch.testing.assert_close(ga, gb, atol=0, rtol=0)

@@ -20,6 +20,9 @@ class LossConfig:
     """β: the strength of the pull towards the reference (smaller moves further); default 0.1, SimPO 2.0."""
     label_smoothing: float | None = None
     """ε, the assumed rate of flipped labels (aot, aot_unpaired, cdpo, robust, sigmoid): 0 ≤ ε < 0.5; default 0, cdpo/robust 0.1."""
+    wpo: bool = False
+    """sigmoid, cdpo: weight each pair by sg[π(y_w|x)^{1/|y_w|}·π(y_l|x)^{1/|y_l|}], the policy's own
+    length-normalised probabilities of its answers (WPO)."""
     ipo_average: bool = True
     """IPO: compare per-token mean log-probs (true) or summed log-probs as in the paper (false)."""
     hinge_margin: float = 1.0
