@@ -174,3 +174,112 @@ def test_wpo_off_and_certain_answers_are_dpo():
     b, gb = values_and_grads("sigmoid", zero, mask, ref)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     torch.testing.assert_close(ga, gb, atol=0, rtol=0)
+
+
+# ----------------------------------------------------------------------------- LD-DPO
+
+def test_ld_dpo_docstring_value():
+    out = run("ld_dpo", logps([[[-1.0, -2.0, -3.0]], [[-1.0]]]), logps([[[0.0, 0.0, 0.0]], [[0.0]]]))
+    assert out.losses.item() == pytest.approx(0.825939, abs=1e-6)
+    assert out.metrics["rewards/chosen"].item() == pytest.approx(-0.35)
+
+
+def naive_ld(tokens: list[float], shared: int, alpha: float) -> float:
+    return sum(tokens[:shared]) + alpha * sum(tokens[shared:])
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.8])
+def test_ld_dpo_matches_naive_values_and_gradients(alpha):
+    raw, mask, ref = random_pairs(seed=int(alpha * 10) + 20, B=9)
+    ours, grad = values_and_grads("ld_dpo", raw, mask, ref, ld_alpha=alpha, beta=0.4, label_smoothing=0.1)
+    x, rt, n = raw.detach().tolist(), ref.tokens.tolist(), mask.sum(-1).tolist()
+    expected = []
+    for i in range(9):
+        shared = min(n[0][i], n[1][i])
+        u = [naive_ld(x[g][i][:n[g][i]], shared, alpha) - naive_ld(rt[g][i][:n[g][i]], shared, alpha) for g in (0, 1)]
+        z = 0.4 * (u[0] - u[1])
+        expected.append(0.9 * sp(z) + 0.1 * sp(-z))
+    torch.testing.assert_close(ours, torch.tensor(expected, dtype=torch.float64), atol=1e-9, rtol=1e-9)
+    # gradients: a separate graph that scales each token by 1 inside the shared length, α past it
+    y = raw.detach().clone().requires_grad_(True)
+    sh = mask.sum(-1).min(0).values
+    pos = torch.arange(raw.shape[-1]).expand_as(raw)  # random_pairs puts every answer at the row's start
+    scale = torch.where(pos < sh[None, :, None], 1.0, alpha) * mask
+    uu = ((y - ref.tokens) * scale).sum(-1)
+    zz = 0.4 * (uu[0] - uu[1])
+    naive = -0.9 * torch.log(torch.sigmoid(zz)) - 0.1 * torch.log(torch.sigmoid(-zz))
+    torch.testing.assert_close(grad, torch.autograd.grad(naive.sum(), y)[0], atol=1e-9, rtol=1e-7)
+    if alpha == 0.0:  # tokens past the shorter answer get no gradient at all
+        assert (grad[mask & (pos >= sh[None, :, None])] == 0).all()
+
+
+def test_ld_dpo_alpha_one_is_dpo_and_equal_lengths_are_dpo():
+    raw, mask, ref = random_pairs(seed=30, B=9)
+    a, ga = values_and_grads("ld_dpo", raw, mask, ref, ld_alpha=1.0, beta=0.3, label_smoothing=0.2)
+    b, gb = values_and_grads("sigmoid", raw, mask, ref, beta=0.3, label_smoothing=0.2)
+    torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(ga, gb, atol=1e-12, rtol=1e-10)
+    same = torch.ones_like(mask)  # both answers of every pair as long: nothing to damp, any α
+    ref_same = Logps(ref.tokens.masked_fill(~same, 0.0) + (~mask) * -0.5, same)
+    a, ga = values_and_grads("ld_dpo", raw, same, ref_same, ld_alpha=0.2)
+    b, gb = values_and_grads("sigmoid", raw, same, ref_same)
+    torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(ga, gb, atol=1e-12, rtol=1e-10)
+
+
+def test_ld_dpo_reads_positions_from_the_mask_not_the_row():
+    """The cached reference's rows start at the batch's first completion position, the policy's
+    elsewhere: the shared length is counted along each answer's own tokens."""
+    pol = logps([[[-1.0, -2.0, -3.0]], [[-1.0]]])
+    shifted = Logps(torch.cat([torch.zeros(2, 1, 2, dtype=torch.float64), pol.tokens], -1),
+                    torch.cat([torch.zeros(2, 1, 2, dtype=torch.bool), pol.mask], -1))
+    ref = logps([[[0.0, 0.0, 0.0]], [[0.0]]])
+    assert run("ld_dpo", shifted, ref).losses.item() == pytest.approx(run("ld_dpo", pol, ref).losses.item())
+
+
+def trl_ld(pc_tokens, pr_tokens, rc_tokens, rr_tokens, mask, beta, ls, alpha):
+    """TRL's ld_alpha: per answer, the log-prob of the first ℓ tokens (ℓ the shorter answer's
+    length) plus α times the rest, for policy and reference, then its sigmoid loss."""
+    F = torch.nn.functional
+    lengths = mask.sum(-1)  # (2, B)
+    shared = lengths.min(0).values
+    prefix = torch.arange(mask.shape[-1]).expand(mask.shape[1], -1) < shared[:, None]
+
+    def ld(tokens, m):
+        public = (tokens * (m & prefix)).sum(-1)
+        return public + alpha * ((tokens * m).sum(-1) - public)
+
+    logits = (ld(pc_tokens, mask[0]) - ld(rc_tokens, mask[0])) - (ld(pr_tokens, mask[1]) - ld(rr_tokens, mask[1]))
+    return -(1 - ls) * F.logsigmoid(beta * logits) - ls * F.logsigmoid(-beta * logits)
+
+
+def test_ld_dpo_same_value_as_trls_formula():
+    raw, mask, ref = random_pairs(seed=31, B=8)
+    pol = Logps(raw.detach().masked_fill(~mask, 0.0), mask)
+    ours = run("ld_dpo", pol, ref, ld_alpha=0.4, beta=0.3, label_smoothing=0.2).losses
+    theirs = trl_ld(pol.tokens[0], pol.tokens[1], ref.tokens[0], ref.tokens[1], mask, 0.3, 0.2, 0.4)
+    torch.testing.assert_close(ours, theirs, atol=1e-12, rtol=1e-10)
+
+
+# ----------------------------------------------------------------------------- flags
+
+@pytest.mark.parametrize("flags, field", [(["--loss", "fdpo", "--fdpo-alpha", "0"], "loss.fdpo_alpha"),
+                                          (["--loss", "fdpo", "--fdpo-divergence", "hellinger"], "--fdpo-divergence"),
+                                          (["--loss", "ld_dpo", "--ld-alpha", "1.5"], "loss.ld_alpha"),
+                                          (["--loss", "dpo_rk", "--rk-nu", "1"], "loss.rk_nu"),
+                                          (["--loss", "dpo_davidson", "--davidson-nu", "0"], "loss.davidson_nu")])
+def test_bad_values_of_the_new_flags_are_one_line_errors(tmp_path, capsys, flags, field):
+    from dpokit.cli import main
+
+    rc = main(["dpo", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.jsonl"),
+               "--output", str(tmp_path / "o"), *flags])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and field in err, err
+
+
+def test_the_new_flags_reach_the_config():
+    from dpokit.config import load_config
+
+    c = load_config(None, {"model.path": "m", "data.train": "d", "loss.name": "sigmoid", "loss.wpo": True,
+                           "loss.fdpo_divergence": "js", "loss.ld_alpha": 0.25})
+    assert (c.loss.wpo, c.loss.fdpo_divergence, c.loss.ld_alpha) == (True, "js", 0.25)

@@ -65,6 +65,8 @@ class LossConfig:
     """fdpo: the f-divergence to the reference: reverse_kl (DPO), forward_kl, js (Jensen–Shannon), alpha."""
     fdpo_alpha: float = 0.5
     """fdpo with the alpha divergence: α in (0, 1] (→ 0 reverse KL, 1 forward KL)."""
+    ld_alpha: float = 0.5
+    """ld_dpo: weight α in [0, 1] of the longer answer's tokens past the shorter one's length (1: DPO)."""
     rk_nu: float = 2.0
     """dpo_rk: Rao–Kupper's ν > 1; P(tie) = (ν − 1)/(ν + 1) when policy = reference (2: a third)."""
     davidson_nu: float = 1.0

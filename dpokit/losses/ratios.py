@@ -59,3 +59,31 @@ def fdpo(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -
     g = f_prime(cfg.fdpo_divergence, r, cfg.fdpo_alpha)
     losses = sigmoid_xent(cfg.beta * (g[0] - g[1]), 1.0 - cfg.label_smoothing)
     return LossOutput(losses, reward_metrics(cfg.beta * r[0], cfg.beta * r[1]))
+
+
+def desensitised(logps: Logps, alpha: float) -> Tensor:
+    """(G, B) log-probs with the tokens past the pair's shorter answer scaled by α:
+    Σ_{t ≤ ℓ} log π(y_t|·) + α·Σ_{t > ℓ} log π(y_t|·), ℓ = min(|y_w|, |y_l|) of each pair."""
+    position = logps.mask.cumsum(-1)  # 1, 2, ... at each answer's tokens, wherever they sit in the row
+    shared = logps.count.min(0).values  # (B,)
+    past = (position > shared[None, :, None]) & logps.mask
+    return logps.tokens.sum(-1) - (1 - alpha) * (logps.tokens * past).sum(-1)  # α in the tokens' own precision
+
+
+@register("ld_dpo", needs_reference=True, input_kind="pair",
+          params=(BETA, LABEL_SMOOTHING, Param("ld_alpha", allowed="[0, 1]")))
+def ld_dpo(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
+    """LD-DPO: DPO on log-probs in which the longer answer's excess tokens count α times.
+
+    L = −(1−ε)·log σ(β·û) − ε·log σ(−β·û), û = [log π̂(y_w) − log π̂_ref(y_w)] − [log π̂(y_l) − log π̂_ref(y_l)],
+    log π̂(y) = Σ_{t ≤ ℓ} log π(y_t|x, y_<t) + α·Σ_{t > ℓ} log π(y_t|x, y_<t), ℓ = min(|y_w|, |y_l|)
+    (Liu et al. 2024, "Length desensitization in direct preference optimization": the shared
+    length counts fully, the verbose rest is damped, for the policy and the reference alike.)
+    α = ``ld_alpha`` in [0, 1]: 1 is DPO, 0 compares only the first ℓ tokens of each answer.
+    Our default 0.5; the paper tunes α per model. Rewards are β times the desensitised ratios.
+    Worked example: β = 0.1, α = 0.5, chosen tokens (−1, −2, −3), rejected (−1), reference 0:
+    log π̂(y_w) = −1 + 0.5·(−5) = −3.5, û = −3.5 + 1 = −2.5, L = log(1 + e^0.25) = 0.825939.
+    """
+    r = desensitised(policy, cfg.ld_alpha) - desensitised(reference, cfg.ld_alpha)
+    losses = sigmoid_xent(cfg.beta * (r[0] - r[1]), 1.0 - cfg.label_smoothing)
+    return LossOutput(losses, reward_metrics(cfg.beta * r[0], cfg.beta * r[1]))
