@@ -67,7 +67,8 @@ def test_fdpo_matches_naive_values_and_gradients(div):
     s, r = (raw * mask).sum(-1).detach().tolist(), ref.sum.tolist()
     expected = []
     for i in range(9):
-        z = 0.4 * (naive_f_prime(div, math.exp(s[0][i] - r[0][i]), 0.3) - naive_f_prime(div, math.exp(s[1][i] - r[1][i]), 0.3))
+        t_w, t_l = math.exp(s[0][i] - r[0][i]), math.exp(s[1][i] - r[1][i])  # π/π_ref of each answer
+        z = 0.4 * (naive_f_prime(div, t_w, 0.3) - naive_f_prime(div, t_l, 0.3))
         expected.append(0.9 * sp(z) + 0.1 * sp(-z))
     torch.testing.assert_close(ours, torch.tensor(expected, dtype=torch.float64), atol=1e-9, rtol=1e-9)
     x = raw.detach().clone().requires_grad_(True)
@@ -79,7 +80,8 @@ def test_fdpo_matches_naive_values_and_gradients(div):
 
 
 @pytest.mark.parametrize("kw,other,other_kw", [
-    ({"fdpo_divergence": "reverse_kl", "beta": 0.3, "label_smoothing": 0.2}, "sigmoid", {"beta": 0.3, "label_smoothing": 0.2}),
+    ({"fdpo_divergence": "reverse_kl", "beta": 0.3, "label_smoothing": 0.2}, "sigmoid",
+     {"beta": 0.3, "label_smoothing": 0.2}),
     ({"fdpo_divergence": "alpha", "fdpo_alpha": 1.0}, "fdpo", {"fdpo_divergence": "forward_kl"}),
 ])
 def test_fdpo_limits(kw, other, other_kw):

@@ -183,3 +183,18 @@ def test_ties_survive_the_data_cache(tmp_path, tiny_tokenizer):
     (fresh, _, hit0), (cached, _, hit1) = runs
     assert (hit0, hit1) == (False, True)
     assert [r.tie for r in cached] == [r.tie for r in fresh] and sum(r.tie for r in fresh) >= 2
+
+
+def test_the_scorer_policy_carries_ties_too(tmp_path):
+    """The second policy kind (linear_scorer) builds its own batches: tied pairs are marked there too."""
+    from dpokit.config import load_config
+    from dpokit.policies.scorer import LinearScorer
+
+    path = task.write(tmp_path / "votes.jsonl", votes(12, seed=2, tie_every=4))
+    cfg = load_config(None, {"model.path": "m", "data.train": str(path), "data.ties": "keep", "loss.name": "dpo_rk",
+                             "train.output": str(tmp_path)})
+    scorer = LinearScorer(cfg, 64)
+    records = scorer.records(str(path), "pair", "train", log=lambda *_: None)
+    expected = [(int(r.source.rsplit(":", 1)[1]) - 1) % 4 == 0 for r in records]
+    batch = scorer.batch(records, list(range(len(records))), torch.device("cpu"))
+    assert batch["ties"].tolist() == expected and sum(expected) >= 2

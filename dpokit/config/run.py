@@ -56,7 +56,8 @@ class RunConfig:
              "must be ≥ 1 and smaller than data.max_length"),
             *d.checks(),
             (d.ties == "keep" and not spec.takes_ties, "data.ties",
-             f"loss '{spec.name}' does not train on ties; 'keep' needs one that does ({tie_losses}) or `dpokit data convert`"),
+             f"loss '{spec.name}' does not train on ties; 'keep' needs one that does ({tie_losses}) "
+             "or `dpokit data convert`"),
             *lo.checks(),
             (spec.token_kl and t.ref not in ("copy", "adapter"), "train.ref",
              f"loss '{spec.name}' needs the reference's full per-token distributions; use copy or adapter"),

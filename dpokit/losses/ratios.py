@@ -75,7 +75,8 @@ def desensitised(logps: Logps, alpha: float) -> Tensor:
 def ld_dpo(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
     """LD-DPO: DPO on log-probs in which the longer answer's excess tokens count α times.
 
-    L = −(1−ε)·log σ(β·û) − ε·log σ(−β·û), û = [log π̂(y_w) − log π̂_ref(y_w)] − [log π̂(y_l) − log π̂_ref(y_l)],
+    L = −(1−ε)·log σ(β·û) − ε·log σ(−β·û),
+    û = [log π̂(y_w) − log π̂_ref(y_w)] − [log π̂(y_l) − log π̂_ref(y_l)],
     log π̂(y) = Σ_{t ≤ ℓ} log π(y_t|x, y_<t) + α·Σ_{t > ℓ} log π(y_t|x, y_<t), ℓ = min(|y_w|, |y_l|)
     (Liu et al. 2024, "Length desensitization in direct preference optimization": the shared
     length counts fully, the verbose rest is damped, for the policy and the reference alike.)

@@ -32,7 +32,9 @@ def _pieces(policy: Logps, reference: Logps, cfg, ctx: LossContext | None) -> tu
 @register("dpo_rk", needs_reference=True, input_kind="pair", takes_ties=True,
           params=(BETA, Param("rk_nu", allowed="(1, inf)")))
 def dpo_rk(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
-    """DPO-RK: Rao–Kupper ties, P(y_w ≻ y_l) = σ(d − log ν), P(tie) = (ν² − 1)·σ(d − log ν)·σ(−d − log ν).
+    """DPO-RK: DPO that trains on ties too, by the Rao–Kupper model.
+
+    P(y_w ≻ y_l) = σ(d − log ν), P(tie) = (ν² − 1)·σ(d − log ν)·σ(−d − log ν).
 
     (Rao & Kupper 1967 with strengths e^{β·r}, as in Chen et al. 2024: λ_w / (λ_w + ν·λ_l) for a
     win; the three outcomes sum to 1.) ν = ``rk_nu`` > 1 sets how likely ties are: at d = 0
@@ -54,7 +56,9 @@ def dpo_rk(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None)
 @register("dpo_davidson", needs_reference=True, input_kind="pair", takes_ties=True,
           params=(BETA, Param("davidson_nu", allowed="(0, inf)")))
 def dpo_davidson(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
-    """DPO-D: Davidson ties, P(y_w ≻ y_l) = 1/(1 + e^{−d} + ν·e^{−d/2}), P(tie) = ν/(e^{d/2} + e^{−d/2} + ν).
+    """DPO-D: DPO that trains on ties too, by the Davidson model.
+
+    P(y_w ≻ y_l) = 1/(1 + e^{−d} + ν·e^{−d/2}), P(tie) = ν/(e^{d/2} + e^{−d/2} + ν).
 
     (Davidson 1970 with strengths λ = e^{β·r}: a tie has weight ν·√(λ_w·λ_l), as in Chen et al.
     2024.) ν = ``davidson_nu`` > 0: at d = 0 P(tie) = ν/(2 + ν). Our default ν = 1 makes the
