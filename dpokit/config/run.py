@@ -59,6 +59,12 @@ class RunConfig:
              f"loss '{spec.name}' does not train on ties; 'keep' needs one that does ({tie_losses}) "
              "or `dpokit data convert`"),
             *lo.checks(),
+            (t.ref_sync_steps < 0, "train.ref_sync_steps", "must be ≥ 0 (0: the reference stays fixed)"),
+            (t.ref_sync_steps > 0 and (t.ref != "copy" or not spec.needs_reference), "train.ref_sync_steps",
+             f"a moving reference (TR-DPO) needs --ref copy; a '{t.ref}' reference cannot follow the policy"),
+            (t.ref_sync_steps > 0 and (self.lora.enabled or self.model.ref_path is not None), "train.ref_sync_steps",
+             "a moving reference (TR-DPO) mixes in the policy's full weights: not with LoRA or --ref-model"),
+            (not 0 < t.ref_sync_alpha <= 1, "train.ref_sync_alpha", "must be in (0, 1]"),
             (spec.token_kl and t.ref not in ("copy", "adapter"), "train.ref",
              f"loss '{spec.name}' needs the reference's full per-token distributions; use copy or adapter"),
             (self.lora.r < 1, "lora.r", "must be ≥ 1"),
