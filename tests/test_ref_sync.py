@@ -90,3 +90,27 @@ def test_refusals_are_one_line(tmp_path, capsys, flags, field):
                "--output", str(tmp_path / "o"), *flags])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and field in err, err
+
+
+def test_loading_a_checkpoint_restores_the_moving_reference(runs):
+    """What a resume and a guard's rollback both call: the reference's parameters come back from
+    ``reference.safetensors``; a checkpoint without them is refused for a moving reference."""
+    from transformers import AutoModelForCausalLM
+
+    from dpokit.config import TrainConfig
+    from dpokit.errors import UserError
+    from dpokit.train.checkpoint import load_checkpoint
+    from dpokit.train.optim import build_optimizer, build_scheduler
+
+    tmp, model_dir, _, _ = runs
+    policy, reference = (AutoModelForCausalLM.from_pretrained(model_dir) for _ in range(2))
+    t = TrainConfig(lr=1e-2, optimizer="adamw")
+    optimizer = build_optimizer(policy.parameters(), t)
+    scheduler = build_scheduler(optimizer, t, 4)
+    assert load_checkpoint(tmp / "soft" / "checkpoint-2", policy, optimizer, scheduler, reference=reference).step == 2
+    saved = _reference(tmp / "soft", 2)
+    assert all(torch.equal(p, saved[n]) for n, p in reference.named_parameters())
+    shutil.copytree(tmp / "soft" / "checkpoint-2", tmp / "no-ref")
+    (tmp / "no-ref" / REFERENCE).unlink()
+    with pytest.raises(UserError, match="holds no reference weights"):
+        load_checkpoint(tmp / "no-ref", policy, optimizer, scheduler, reference=reference)
