@@ -43,9 +43,11 @@ def test_task_starts_at_chance(files):
 
 
 # nll is a term to add to a preference loss, not one by itself; its combination is tested.
-# The losses of pairwise.py, transport.py and GPO learn through the CLI below (a subset, fewer steps).
+# The losses of pairwise.py, transport.py and GPO learn through the CLI below (a subset, fewer steps);
+# the tie losses in tests/test_loss_ties.py (dpo_rk on votes with ties); fdpo and ld_dpo reshape DPO's log
+# ratios and share its code path (tests/test_loss_reshaped.py).
 LATER = {"exo_pair", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down", "discopop", "aot", "aot_unpaired",
-         "gpo"}
+         "gpo", "dpo_rk", "dpo_davidson", "fdpo", "ld_dpo"}
 LEARNERS = sorted(n for n in all_losses() if n not in ("sft", "nll") and n not in LATER) + ["sigmoid:1.0,nll:0.2"]
 
 

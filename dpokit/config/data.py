@@ -36,7 +36,8 @@ class DataConfig:
     votes: Literal["majority", "unanimous"] = "majority"
     """How several annotators' votes on one pair decide it."""
     ties: Literal["drop", "keep"] = "drop"
-    """Pairs judged a tie: dropped, or kept marked ``"tie": true`` (``dpokit data convert`` only)."""
+    """Pairs judged a tie: dropped, or kept marked ``"tie": true`` (``dpokit data convert``, and the
+    losses that train on ties: ``dpo_rk``, ``dpo_davidson``)."""
     click_min_dwell: float = 0.0
     """Click logs: a click with a dwell time (seconds) below this counts as no click."""
     click_bias: float = 0.0

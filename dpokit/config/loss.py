@@ -20,6 +20,9 @@ class LossConfig:
     """β: the strength of the pull towards the reference (smaller moves further); default 0.1, SimPO 2.0."""
     label_smoothing: float | None = None
     """ε, the assumed rate of flipped labels (aot, aot_unpaired, cdpo, robust, sigmoid): 0 ≤ ε < 0.5; default 0, cdpo/robust 0.1."""
+    wpo: bool = False
+    """sigmoid, cdpo: weight each pair by sg[π(y_w|x)^{1/|y_w|}·π(y_l|x)^{1/|y_l|}], the policy's own
+    length-normalised probabilities of its answers (WPO)."""
     ipo_average: bool = True
     """IPO: compare per-token mean log-probs (true) or summed log-probs as in the paper (false)."""
     hinge_margin: float = 1.0
@@ -58,6 +61,16 @@ class LossConfig:
     """discopop: temperature τ of the blend σ(βu/τ) between its logistic and exponential parts."""
     gpo_fn: Literal["logistic", "hinge", "squared", "exponential", "truncated_quadratic", "savage"] = "logistic"
     """gpo: the convex function f in f(β·u)."""
+    fdpo_divergence: Literal["reverse_kl", "forward_kl", "js", "alpha"] = "reverse_kl"
+    """fdpo: the f-divergence to the reference: reverse_kl (DPO), forward_kl, js (Jensen–Shannon), alpha."""
+    fdpo_alpha: float = 0.5
+    """fdpo with the alpha divergence: α in (0, 1] (→ 0 reverse KL, 1 forward KL)."""
+    ld_alpha: float = 0.5
+    """ld_dpo: weight α in [0, 1] of the longer answer's tokens past the shorter one's length (1: DPO)."""
+    rk_nu: float = 2.0
+    """dpo_rk: Rao–Kupper's ν > 1; P(tie) = (ν − 1)/(ν + 1) when policy = reference (2: a third)."""
+    davidson_nu: float = 1.0
+    """dpo_davidson: Davidson's ν > 0; P(tie) = ν/(2 + ν) when policy = reference (1: a third)."""
 
     def resolve_defaults(self, spec_defaults: tuple[tuple[str, float], ...]) -> None:
         """Fill empty fields with the loss's own defaults, then with those of the parameters several

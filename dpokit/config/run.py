@@ -30,7 +30,7 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Cross-field rules; raises UserError naming the offending setting."""
-        from dpokit.losses import get_loss
+        from dpokit.losses import all_losses, get_loss
 
         try:
             spec = get_loss(self.loss.name)
@@ -38,6 +38,7 @@ class RunConfig:
             raise UserError(exc.args[0], where="config", field="loss.name") from None
         self.loss.resolve_defaults(spec.defaults)
         t, d, lo = self.train, self.data, self.loss
+        tie_losses = ", ".join(name for name, s in all_losses().items() if s.takes_ties)
         t.dtype, t.bf16 = fold_bf16(t.dtype, t.bf16, "train."), None
         checks = [
             (not self.model.path, "model.path", "is required (--model)"),
@@ -54,8 +55,16 @@ class RunConfig:
             (not 1 <= d.max_prompt_length < d.max_length, "data.max_prompt_length",
              "must be ≥ 1 and smaller than data.max_length"),
             *d.checks(),
-            (d.ties == "keep", "data.ties", "'keep' is for `dpokit data convert`: no loss trains on ties"),
+            (d.ties == "keep" and not spec.takes_ties, "data.ties",
+             f"loss '{spec.name}' does not train on ties; 'keep' needs one that does ({tie_losses}) "
+             "or `dpokit data convert`"),
             *lo.checks(),
+            (t.ref_sync_steps < 0, "train.ref_sync_steps", "must be ≥ 0 (0: the reference stays fixed)"),
+            (t.ref_sync_steps > 0 and (t.ref != "copy" or not spec.needs_reference), "train.ref_sync_steps",
+             f"a moving reference (TR-DPO) needs --ref copy; a '{t.ref}' reference cannot follow the policy"),
+            (t.ref_sync_steps > 0 and (self.lora.enabled or self.model.ref_path is not None), "train.ref_sync_steps",
+             "a moving reference (TR-DPO) mixes in the policy's full weights: not with LoRA or --ref-model"),
+            (not 0 < t.ref_sync_alpha <= 1, "train.ref_sync_alpha", "must be in (0, 1]"),
             (spec.token_kl and t.ref not in ("copy", "adapter"), "train.ref",
              f"loss '{spec.name}' needs the reference's full per-token distributions; use copy or adapter"),
             (self.lora.r < 1, "lora.r", "must be ≥ 1"),

@@ -14,6 +14,10 @@ class TrainConfig:
     """Run folder: metrics.jsonl, checkpoint-STEP/, final/."""
     ref: Literal["copy", "adapter", "precomputed", "none"] = "precomputed"
     """Reference strategy: frozen copy, LoRA adapters off, log-probs cached on disk, or none."""
+    ref_sync_steps: int = 0
+    """TR-DPO: every this many optimizer steps the copied reference moves towards the policy (0: it stays)."""
+    ref_sync_alpha: float = 1.0
+    """TR-DPO: at each of those steps reference ← α·policy + (1 − α)·reference; 1 copies the policy."""
     max_steps: int = -1
     """Optimizer steps; -1 runs ``epochs`` full passes."""
     epochs: int = 1

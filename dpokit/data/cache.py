@@ -64,6 +64,8 @@ def _save(folder: Path, key: str, records: list[TokenizedRecord], lines: list[st
                "weights": torch.tensor([r.weight for r in records], dtype=torch.float64)}
     if records and records[0].labels is not None:
         tensors["labels"] = torch.tensor([r.labels for r in records], dtype=torch.float64)
+    if any(r.tie for r in records):
+        tensors["ties"] = torch.tensor([r.tie for r in records], dtype=torch.bool)
     (folder / f"{key}.json").write_text(json.dumps({"sources": [r.source for r in records], "lines": lines}))
     shutil.copyfile(report, folder / f"{key}.report.json")
     tmp = folder / f"{key}.safetensors.tmp{os.getpid()}"
@@ -78,13 +80,14 @@ def _load(folder: Path, key: str) -> tuple[list[TokenizedRecord], list[str]] | N
     meta = json.loads((folder / f"{key}.json").read_text())
     ids, weights = data["ids"].tolist(), data["weights"].tolist()
     labels = data["labels"].tolist() if "labels" in data else [None] * len(weights)
+    ties = data["ties"].tolist() if "ties" in data else [False] * len(weights)
     records, pos = [], 0
-    for lengths, source, weight, label in zip(data["lengths"].tolist(), meta["sources"], weights, labels):
+    for lengths, source, weight, label, tie in zip(data["lengths"].tolist(), meta["sources"], weights, labels, ties):
         seqs = []
         for n in lengths:
             seqs.append(ids[pos:pos + n])
             pos += n
-        records.append(TokenizedRecord(seqs[0], seqs[1:], source, label, weight))
+        records.append(TokenizedRecord(seqs[0], seqs[1:], source, label, weight, tie))
     return records, meta["lines"]
 
 

@@ -25,7 +25,7 @@ class Pair:
     weight: float = 1.0
     """Relative weight of this pair in the loss (e.g. a click log's position-bias weight)."""
     tie: bool = False
-    """Neither answer is better (kept only when asked: ``data.ties=keep``; no loss trains on ties)."""
+    """Neither answer is better (kept only when asked: ``data.ties=keep``, for the losses that take ties)."""
     meta: dict = field(default_factory=dict)
     """Input columns carried along: the balancing key when balancing by a column."""
 

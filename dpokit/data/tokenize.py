@@ -34,6 +34,8 @@ class TokenizedRecord:
     labels: list[float] | None = None
     """Unpaired: [1.0 desirable / 0.0 undesirable]; lists: per-answer scores when known."""
     weight: float = 1.0
+    tie: bool = False
+    """A pair judged a tie (its answers in no particular order)."""
 
     @property
     def responses(self) -> int:
@@ -209,7 +211,7 @@ def _truncate(rec: Record, prompt_ids: list[int], comps: list[list[int]], max_le
     if len(comps) > 1 and len(set(map(tuple, comps))) < len(comps):
         report.drop(rec.source, "responses identical (after truncation)")
         return None
-    return TokenizedRecord(prompt_ids, comps, rec.source, rec.labels, rec.weight)
+    return TokenizedRecord(prompt_ids, comps, rec.source, rec.labels, rec.weight, bool(getattr(rec, "tie", False)))
 
 
 def _add_mismatched(records: list[TokenizedRecord], max_length: int) -> None:
@@ -250,4 +252,6 @@ def collate(records: list[TokenizedRecord], pad_id: int) -> dict[str, torch.Tens
              "weights": torch.tensor([r.weight for r in records], dtype=torch.float32)}
     if records[0].labels is not None:
         batch["labels"] = torch.tensor([r.labels for r in records], dtype=torch.float32)
+    if any(r.tie for r in records):  # only batches with a tie carry the key
+        batch["ties"] = torch.tensor([r.tie for r in records], dtype=torch.bool)
     return batch

@@ -46,6 +46,8 @@ class LossContext:
     gather: Callable[[Tensor], Tensor] = lambda values: values
     """Concatenates a detached (B,) tensor over all processes of a training step, so batch
     statistics (KTO's z0, β-DPO's margin statistics) cover the whole global batch."""
+    ties: Tensor | None = None
+    """(B,) bool, True for a pair judged a tie (``data.ties=keep``, losses that take ties); None: no ties."""
 
 
 LossFn = Callable[[Logps, "Logps | None", Any, LossContext], LossOutput]
@@ -108,6 +110,8 @@ class LossSpec:
     params: tuple[Param, ...] = ()
     """The ``LossConfig`` fields the loss reads, with its own defaults and the values allowed."""
     summary: str = ""
+    takes_ties: bool = False
+    """The loss trains on pairs judged a tie (``ctx.ties``), so ``data.ties=keep`` may feed it."""
 
     @property
     def input_kind(self) -> str:
@@ -124,7 +128,7 @@ _REGISTRY: dict[str, LossSpec] = {}
 
 def register(name: str, *, needs_reference: bool, input_kind: str | tuple[str, ...], unit: str = "example",
              has_nll: bool = False, token_kl: bool = False, batch_stats: bool = False,
-             params: tuple[Param, ...] = ()) -> Callable[[LossFn], LossFn]:
+             params: tuple[Param, ...] = (), takes_ties: bool = False) -> Callable[[LossFn], LossFn]:
     """Decorator: add a loss function to the registry under its CLI name, with the parameters it reads."""
     kinds = (input_kind,) if isinstance(input_kind, str) else tuple(input_kind)
 
@@ -137,7 +141,7 @@ def register(name: str, *, needs_reference: bool, input_kind: str | tuple[str, .
                 raise ValueError(f"loss {name!r}: {p.name} allowed {p.allowed!r}, elsewhere {known[p.name].allowed!r}")
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         _REGISTRY[name] = LossSpec(name, fn, needs_reference, kinds, unit, has_nll, token_kl, batch_stats,
-                                   tuple(params), summary)
+                                   tuple(params), summary, takes_ties)
         return fn
 
     return wrap
@@ -211,7 +215,7 @@ def _combine(text: str) -> LossSpec:
     return LossSpec(text, combined, any(s.needs_reference for s, _ in parts), tuple(kinds), first.unit,
                     any(s.has_nll for s, _ in parts), any(s.token_kl for s, _ in parts),
                     any(s.batch_stats for s, _ in parts), tuple(params.values()),
-                    " + ".join(f"{w:g}·{s.name}" for s, w in parts))
+                    " + ".join(f"{w:g}·{s.name}" for s, w in parts), all(s.takes_ties for s, _ in parts))
 
 
 # ----------------------------------------------------------------------------- shared pieces

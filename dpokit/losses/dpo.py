@@ -26,7 +26,19 @@ def _dpo_rewards(policy: Logps, reference: Logps, beta: float) -> dict[str, Tens
     return reward_metrics(r[0], r[1])
 
 
-@register("sigmoid", needs_reference=True, input_kind="pair", params=(BETA, LABEL_SMOOTHING))
+WPO = Param("wpo")
+"""Weight each pair by the policy's own length-normalised probabilities of its answers (sigmoid, cdpo)."""
+
+
+def wpo_weights(policy: Logps) -> Tensor:
+    """(B,) sg[π(y_w|x)^{1/|y_w|} · π(y_l|x)^{1/|y_l|}]: pairs the policy itself would likely
+    write weigh more (Zhou et al. 2024, "WPO: enhancing RLHF with weighted preference
+    optimization", the length-normalised weight of §3; its "weight alignment" variant divides
+    each token's probability by Σ_v π(v)², which needs the whole vocabulary, and is not this)."""
+    return torch.exp(policy.mean[0] + policy.mean[1]).detach()
+
+
+@register("sigmoid", needs_reference=True, input_kind="pair", params=(BETA, LABEL_SMOOTHING, WPO))
 def dpo_sigmoid(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
     """DPO: −log σ(β·u); with label smoothing ε it is cDPO.
 
@@ -35,12 +47,18 @@ def dpo_sigmoid(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = 
     Worked example (β = 0.1, ε = 0): log π = (−1, −2), log π_ref = (−1.5, −1.5) → u = 1,
     L = −log σ(0.1) = log(1 + e^−0.1) = 0.644397; rewards 0.05 and −0.05, accuracy 1.
     With ε = 0.2: L = 0.8·0.644397 + 0.2·0.744397 = 0.664397.
+    With ``wpo`` (WPO weighting) each pair's loss is multiplied by ``wpo_weights``: in the
+    example e^{−1 − 2} = 0.049787, L = 0.049787·0.644397 = 0.032083.
     """
     losses = sigmoid_xent(cfg.beta * _margin(policy, reference), 1.0 - cfg.label_smoothing)
-    return LossOutput(losses, _dpo_rewards(policy, reference, cfg.beta))
+    metrics = _dpo_rewards(policy, reference, cfg.beta)
+    if cfg.wpo:
+        weights = wpo_weights(policy)
+        losses, metrics["wpo/weight"] = losses * weights, weights
+    return LossOutput(losses, metrics)
 
 
-@register("cdpo", needs_reference=True, input_kind="pair", params=(BETA, LABEL_SMOOTHING.with_default(0.1)))
+@register("cdpo", needs_reference=True, input_kind="pair", params=(BETA, LABEL_SMOOTHING.with_default(0.1), WPO))
 def cdpo(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
     """Conservative DPO: labels flipped with probability ε (default 0.1).
 

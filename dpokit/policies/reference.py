@@ -28,8 +28,26 @@ CACHE_FORMAT = 2
 class CopyReference:
     """A frozen model of the policy's kind."""
 
-    def __init__(self, model, kind: Policy, autocast: Callable[[], contextlib.AbstractContextManager]):
+    def __init__(self, model, kind: Policy, autocast: Callable[[], contextlib.AbstractContextManager],
+                 sync_steps: int = 0, sync_alpha: float = 1.0):
         self.model, self.kind, self.autocast = model.eval().requires_grad_(False), kind, autocast
+        self.sync_steps, self.sync_alpha = sync_steps, sync_alpha
+
+    @property
+    def moves(self) -> bool:
+        """The reference follows the policy (TR-DPO), so checkpoints must hold its weights."""
+        return self.sync_steps > 0
+
+    @torch.no_grad()
+    def after_step(self, policy, step: int) -> None:
+        """TR-DPO (Gorbatovski et al. 2024, "Learn your reference model for real good alignment"):
+        every ``sync_steps`` steps, θ_ref ← α·θ + (1 − α)·θ_ref (α = 1: a hard copy)."""
+        if not self.moves or step % self.sync_steps:
+            return
+        ours, theirs = dict(self.model.named_parameters()), dict(policy.named_parameters())
+        for name, param in ours.items():
+            new = theirs[name].detach().to(param.dtype)
+            param.copy_(new) if self.sync_alpha == 1 else param.lerp_(new, self.sync_alpha)  # copy: exact
 
     @torch.no_grad()
     def logps(self, batch: dict, group_size: int, full: bool = False) -> Logps:
@@ -50,6 +68,9 @@ class AdapterReference:
         with self.kind.adapters_off(policy), self.autocast():
             return self.kind.logps(policy, batch, group_size, full=full)
 
+    def after_step(self, policy, step: int) -> None:
+        """Nothing: this reference is the policy's own base weights."""
+
 
 class CachedReference:
     """Per-position reference log-probs of every record, looked up by dataset name and record index."""
@@ -67,6 +88,9 @@ class CachedReference:
         tokens[mask] = torch.cat([values[i][g] for g in range(group_size) for i in index]).to(mask.device)
         n = len(index)
         return Logps(tokens.view(group_size, n, -1), mask.view(group_size, n, -1))
+
+    def after_step(self, policy, step: int) -> None:
+        """Nothing: cached log-probs do not move (validate() refuses TR-DPO with them)."""
 
 
 def model_hash(model) -> str:

@@ -42,6 +42,7 @@ class ScoredRecord:
     source: str
     labels: list[float] | None = None
     weight: float = 1.0
+    tie: bool = False
 
     @property
     def responses(self) -> int:
@@ -115,7 +116,7 @@ class LinearScorer:
     def records(self, path: str, input_kind: str, name: str, log) -> list[ScoredRecord]:
         report = DataReport()
         out = [ScoredRecord([features(rec.prompt, c, self.buckets) for c in rec.completions], rec.source,
-                            rec.labels, rec.weight)
+                            rec.labels, rec.weight, bool(getattr(rec, "tie", False)))
                for rec in iter_records(path, input_kind, self.cfg.data, report)]
         report.write_json(Path(self.cfg.train.output) / f"data_report_{name}.json")
         for line in report.lines():
@@ -148,6 +149,8 @@ class LinearScorer:
                  "weights": torch.tensor([r.weight for r in chosen], dtype=torch.float32)}
         if chosen[0].labels is not None:
             batch["labels"] = torch.tensor([r.labels for r in chosen], dtype=torch.float32)
+        if any(r.tie for r in chosen):
+            batch["ties"] = torch.tensor([r.tie for r in chosen], dtype=torch.bool)
         return {k: v.to(device) for k, v in batch.items()}
 
     def logps(self, module, batch: dict, group: int, reference: Logps | None = None, full: bool = False) -> Logps:

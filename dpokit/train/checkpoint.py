@@ -33,6 +33,8 @@ from dpokit.policies.lm.load import is_peft
 from dpokit.store.atomic import atomic_folder, verify
 from dpokit.train.engines import FULL_OPTIMIZER, Engine, load_states
 
+REFERENCE = "reference.safetensors"  # a moving reference's weights (TR-DPO)
+
 
 @dataclass
 class TrainState:
@@ -125,13 +127,14 @@ def load_state(path: Path) -> Any:
 
 def save_checkpoint(output: Path, state: TrainState, model, optimizer, scheduler, cfg: RunConfig,
                     metrics: dict | None = None, eval_metrics: dict | None = None,
-                    gathered: tuple[dict, dict] | tuple[None, None] = (None, None)) -> Path:
+                    gathered: tuple[dict, dict] | tuple[None, None] = (None, None), reference=None) -> Path:
     """Write ``checkpoint-STEP/`` atomically, then apply retention.
 
     ``metrics`` and ``eval_metrics`` are those logged at this step (eval ones get the ``eval/``
     prefix, as in metrics.jsonl); retention by ``save_best_metric`` reads them back. ``gathered``:
     the full (weights, optimizer state) of a sharding engine (``engines.gather_states``); the
     optimizer state is then keyed by parameter name and stored as ``optimizer_full.safetensors``.
+    ``reference``: a reference model that moves during training (TR-DPO), saved as ``reference.safetensors``.
     """
     weights, optim = gathered
     final = output / f"checkpoint-{state.step}"
@@ -143,6 +146,9 @@ def save_checkpoint(output: Path, state: TrainState, model, optimizer, scheduler
         else:
             save_state(tmp / FULL_OPTIMIZER, optim)
         save_state(tmp / "scheduler.safetensors", scheduler.state_dict())
+        if reference is not None:
+            # parameters, not state_dict(): tied embeddings are one parameter, and buffers never move
+            save_state(tmp / REFERENCE, {n: p.detach() for n, p in reference.named_parameters()})
         save_state(tmp / "rng.safetensors", {"torch": torch.get_rng_state(), "python": random.getstate()})
         (tmp / "trainer_state.json").write_text(json.dumps(asdict(state)))
         (tmp / "metrics.json").write_text(json.dumps(logged))
@@ -212,8 +218,10 @@ def latest_checkpoint(output: Path, log=print) -> Path | None:
     return None
 
 
-def load_checkpoint(folder: Path, model, optimizer, scheduler, engine: Engine | None = None) -> TrainState:
-    """Every process loads the same folder; under a sharding engine each keeps its shards."""
+def load_checkpoint(folder: Path, model, optimizer, scheduler, engine: Engine | None = None,
+                    reference=None) -> TrainState:
+    """Every process loads the same folder; under a sharding engine each keeps its shards.
+    ``reference``: the moving reference model (TR-DPO), whose weights the checkpoint must hold."""
     full = (folder / FULL_OPTIMIZER).is_file()
     gathers = engine is not None and engine.gathers
     if full != gathers:
@@ -226,6 +234,16 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, engine: Engine | 
         load_model_weights(model, folder)
         optimizer.load_state_dict(load_state(folder / "optimizer.safetensors"))
     scheduler.load_state_dict(load_state(folder / "scheduler.safetensors"))
+    if reference is not None:
+        if not (folder / REFERENCE).is_file():
+            raise UserError("it holds no reference weights, and this run's reference moves (train.ref_sync_steps): "
+                            "resume with the settings that wrote it", where=str(folder))
+        saved, params = load_state(folder / REFERENCE), dict(reference.named_parameters())
+        if saved.keys() != params.keys():
+            raise UserError("its reference weights do not fit this run's reference model", where=str(folder))
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(saved[name])
     rng = load_state(folder / "rng.safetensors")
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])

@@ -91,7 +91,7 @@ class Guard:
         return Action.OK
 
     def roll_back(self, output: Path, state: TrainState, model, optimizer, scheduler, lr: float,
-                  log, metrics_log, engine=None) -> TrainState:
+                  log, metrics_log, engine=None, reference=None) -> TrainState:
         """Load the newest verified checkpoint, lower the learning rate, and return its state
         (carrying this run's counters); raise a UserError when there is nothing to roll back to."""
         done = self.counters["rollbacks"]
@@ -103,7 +103,7 @@ class Guard:
         if ckpt is None:
             raise UserError(f"{self.reason} at step {state.step}, and there is no checkpoint to roll back to "
                             "(save some with --save-steps)", where="guard")
-        loaded = load_checkpoint(ckpt, model, optimizer, scheduler, engine)
+        loaded = load_checkpoint(ckpt, model, optimizer, scheduler, engine, reference)
         loaded.guard = {**self.counters, "rollbacks": done + 1}
         loaded.lr_scale = state.lr_scale * self.cfg.lr_factor
         set_lr_scale(optimizer, scheduler, lr, loaded.lr_scale)

@@ -198,7 +198,7 @@ def _start(cfg: RunConfig, log) -> Run:
         remove_partial_writes(out)  # a run killed while writing leaves a hidden .tmp folder
     ckpt = latest_checkpoint(out, log) if t.resume else None
     if ckpt is not None:
-        state = load_checkpoint(ckpt, engines.unwrap(engine, policy), optimizer, scheduler, engine)
+        state = load_checkpoint(ckpt, engines.unwrap(engine, policy), optimizer, scheduler, engine, _moving(reference))
         scaling.load_state_dict(state.loss_scale)
         log(f"[resume] from {ckpt} at step {state.step}")
     metrics_log = MetricsLog(out / "metrics.jsonl", state.step if t.resume else None, enabled=main)
@@ -271,6 +271,8 @@ def _update(run: Run, step: Backward, window: LogWindow) -> bool:
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.state.step += 1
+    if run.reference is not None:  # TR-DPO: a moving reference follows the policy
+        run.reference.after_step(engines.unwrap(run.engine, run.policy), run.state.step)
     run.state.loss_scale = run.scaling.state_dict()
     run.bar.update(1)
     return True
@@ -308,11 +310,17 @@ def _at_intervals(run: Run, window: LogWindow) -> None:
         _save(run)
 
 
+def _moving(reference) -> Any:
+    """The reference's model when it moves during training (TR-DPO): checkpoints hold its weights."""
+    return reference.model if getattr(reference, "moves", False) else None
+
+
 def _roll_back(run: Run, window: LogWindow) -> None:
     """The newest checkpoint's state with a lower learning rate; the steps since are undone, so
     the log window forgets them too."""
     run.state = run.guard.roll_back(run.out, run.state, engines.unwrap(run.engine, run.policy), run.optimizer,
-                                    run.scheduler, run.cfg.train.lr, run.log, run.metrics_log, run.engine)
+                                    run.scheduler, run.cfg.train.lr, run.log, run.metrics_log, run.engine,
+                                    _moving(run.reference))
     run.bar.n = run.state.step
     window.reset()
 
@@ -364,6 +372,7 @@ def _save(run: Run) -> Path | None:
     saved = run.out / f"checkpoint-{run.state.step}"
     if run.accelerator.is_main_process:
         saved = save_checkpoint(run.out, run.state, engines.unwrap(run.engine, run.policy), run.optimizer,
-                                run.scheduler, run.cfg, run.last, run.eval_metrics, gathered)
+                                run.scheduler, run.cfg, run.last, run.eval_metrics, gathered,
+                                _moving(run.reference))
     run.accelerator.wait_for_everyone()
     return saved

@@ -39,7 +39,7 @@ def forward_loss(spec: LossSpec, loss_cfg: LossConfig, kind: Policy, policy, ref
     ref = reference.logps(batch, group, full=spec.token_kl) if reference is not None else None
     with autocast():
         pol = kind.logps(policy, batch, group, ref)
-    ctx = LossContext(batch.get("labels"), state, policy.training)
+    ctx = LossContext(batch.get("labels"), state, policy.training, ties=batch.get("ties"))
     if gather is not None:
         ctx.gather = gather
     out = spec.fn(pol, ref, loss_cfg, ctx)

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dpokit.config import RunConfig
+from dpokit.errors import UserError
 from dpokit.losses import LossSpec
 from dpokit.policies.base import Policy
 from dpokit.policies import reference as ref_lib
@@ -52,7 +53,8 @@ def build_reference(cfg: RunConfig, spec: LossSpec, kind: Policy, policy, datase
         ref_model = None  # freed: training holds one model
     policy = kind.trainable(policy)
     if strategy == "copy":
-        reference = ref_lib.CopyReference(ref_model, kind, autocast)
+        reference = ref_lib.CopyReference(ref_model, kind, autocast, cfg.train.ref_sync_steps,
+                                          cfg.train.ref_sync_alpha)
     elif strategy == "adapter":
         reference = ref_lib.AdapterReference(lambda: policy, kind, autocast)
     return reference, policy
@@ -64,6 +66,9 @@ def finish_reference(cfg: RunConfig, engine: Engine, kind: Policy, reference, po
     a pending cache computed through the wrapped model (the prepared policy still holds the
     starting weights: no checkpoint has been loaded yet)."""
     if isinstance(reference, ref_lib.CopyReference):
+        if reference.moves and (engine.sharded or engine.deepspeed):
+            raise UserError(f"a moving reference (TR-DPO) needs whole weights on each process; {engine.name} "
+                            "shards or wraps them", where="config", field="train.ref_sync_steps")
         reference.model = prepare_reference(engine, reference.model)
     elif isinstance(reference, PendingCache):
         model = policy if reference.model is None else prepare_reference(engine, reference.model)

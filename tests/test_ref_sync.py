@@ -1,0 +1,116 @@
+"""TR-DPO's moving reference (``--ref-sync-steps`` τ, ``--ref-sync-alpha`` α): the copied
+reference mixed towards the policy every τ steps, its weights read back from checkpoints and
+checked against the policy's weights at those steps, an exact resume, and one-line refusals."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dpokit.cli import main
+from dpokit.train import train
+from dpokit.train.checkpoint import REFERENCE, load_state
+from helpers import config, final_weights, tiny_model_dir, write_pairs
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Soft (τ = 1, α = 0.5) and hard (τ = 2, α = 1) runs of 4 steps with a checkpoint at every step."""
+    tmp = tmp_path_factory.mktemp("refsync")
+    model, data = tiny_model_dir(tmp), write_pairs(tmp / "pairs.jsonl", n=16)
+    common = {"train__max_steps": 4, "train__save_steps": 1, "train__save_total_limit": 0, "train__ref": "copy",
+              "train__lr": 1e-2}
+    for name, steps, alpha in (("soft", 1, 0.5), ("hard", 2, 1.0)):
+        train(config(model, data, tmp / name, train__ref_sync_steps=steps, train__ref_sync_alpha=alpha, **common),
+              log=lambda *_: None)
+    return tmp, model, data, common
+
+
+def _policy(out, step):
+    return load_file(str(out / f"checkpoint-{step}" / "model.safetensors"))
+
+
+def _reference(out, step):
+    return load_state(out / f"checkpoint-{step}" / REFERENCE)
+
+
+def test_soft_update_mixes_the_policy_into_the_reference(runs):
+    """ref_k = ½·θ_k + ½·ref_{k−1}, ref_0 = the starting weights: checked with the weights each
+    checkpoint holds (steps 1–3; the last step is ``final/``, which holds the policy only)."""
+    tmp, model, _, _ = runs
+    start = load_file(str(model / "model.safetensors"))
+    previous = start
+    for step in range(1, 4):
+        theta, ref = _policy(tmp / "soft", step), _reference(tmp / "soft", step)
+        for name, value in ref.items():
+            key = name if name in theta else next(k for k in theta if k.endswith(name))
+            torch.testing.assert_close(value, 0.5 * theta[key] + 0.5 * previous[key], atol=1e-6, rtol=1e-6)
+        previous = {k: ref[n] for n in ref for k in theta if k == n or k.endswith(n)}
+    moved = _reference(tmp / "soft", 3)
+    assert any(not torch.equal(moved[n], start[k]) for n in moved for k in start if k == n or k.endswith(n))
+
+
+def test_hard_update_copies_the_policy_every_tau_steps(runs):
+    """τ = 2: the reference is the starting model after step 1, the policy of step 2 after steps 2 and 3."""
+    tmp, model, _, _ = runs
+    start = load_file(str(model / "model.safetensors"))
+    for step, theta in ((1, start), (2, _policy(tmp / "hard", 2)), (3, _policy(tmp / "hard", 2))):
+        ref = _reference(tmp / "hard", step)
+        for name, value in ref.items():
+            key = name if name in theta else next(k for k in theta if k.endswith(name))
+            assert torch.equal(value, theta[key]), (step, name)
+
+
+def test_resume_is_exact_with_a_moving_reference(runs):
+    """Resuming the soft run from checkpoint-2 gives the same reference at step 3 and the same final
+    weights, bit for bit (without the saved reference it would restart from the starting weights)."""
+    tmp, model, data, common = runs
+    out = tmp / "resumed"
+    shutil.copytree(tmp / "soft", out)
+    shutil.rmtree(out / "final")
+    shutil.rmtree(out / "checkpoint-3")
+    train(config(model, data, out, train__ref_sync_steps=1, train__ref_sync_alpha=0.5, train__resume=True, **common),
+          log=lambda *_: None)
+    a, b = final_weights(tmp / "soft"), final_weights(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(v, _reference(out, 3)[k]) for k, v in _reference(tmp / "soft", 3).items())
+
+
+@pytest.mark.parametrize("flags, field", [(["--ref", "precomputed", "--ref-sync-steps", "2"],
+                                           "train.ref_sync_steps"),
+                                          (["--ref", "copy", "--ref-sync-steps", "2", "--lora"], "train.ref_sync_steps"),
+                                          (["--ref", "copy", "--ref-sync-steps", "2", "--ref-sync-alpha", "0"],
+                                           "train.ref_sync_alpha"),
+                                          (["--ref-sync-steps", "-1"], "train.ref_sync_steps")])
+def test_refusals_are_one_line(tmp_path, capsys, flags, field):
+    rc = main(["dpo", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.jsonl"),
+               "--output", str(tmp_path / "o"), *flags])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and field in err, err
+
+
+def test_loading_a_checkpoint_restores_the_moving_reference(runs):
+    """What a resume and a guard's rollback both call: the reference's parameters come back from
+    ``reference.safetensors``; a checkpoint without them is refused for a moving reference."""
+    from transformers import AutoModelForCausalLM
+
+    from dpokit.config import TrainConfig
+    from dpokit.errors import UserError
+    from dpokit.train.checkpoint import load_checkpoint
+    from dpokit.train.optim import build_optimizer, build_scheduler
+
+    tmp, model_dir, _, _ = runs
+    policy, reference = (AutoModelForCausalLM.from_pretrained(model_dir) for _ in range(2))
+    t = TrainConfig(lr=1e-2, optimizer="adamw")
+    optimizer = build_optimizer(policy.parameters(), t)
+    scheduler = build_scheduler(optimizer, t, 4)
+    assert load_checkpoint(tmp / "soft" / "checkpoint-2", policy, optimizer, scheduler, reference=reference).step == 2
+    saved = _reference(tmp / "soft", 2)
+    assert all(torch.equal(p, saved[n]) for n, p in reference.named_parameters())
+    shutil.copytree(tmp / "soft" / "checkpoint-2", tmp / "no-ref")
+    (tmp / "no-ref" / REFERENCE).unlink()
+    with pytest.raises(UserError, match="holds no reference weights"):
+        load_checkpoint(tmp / "no-ref", policy, optimizer, scheduler, reference=reference)
