@@ -34,8 +34,8 @@ JUDGE = "dpokit.tasks.reviews:judge"
 
 @dataclass
 class Recipe:
-    """Settings of the two stages; the real one takes about 6 minutes on 2 AVX-512 cores held to
-    AVX2 (fp32; about 5 s per SFT step and 10 s per DPO step), 4 with native bf16."""
+    """Settings of the two stages; the real one takes 5 to 6 minutes on 2 AVX-512 cores held to
+    AVX2 (fp32; about 4 s per SFT step and 8 s per DPO step), 2.5 to 4 with native bf16."""
 
     sft_steps: int
     sft_lr: float
