@@ -94,8 +94,9 @@ def sampled_kl_only(ecfg: EvalConfig) -> dict:
     if not prompts:
         raise UserError("no prompts", where=ecfg.prompts)
     prompt_ids = [encode_prompt(tokenizer, p, where)[-ecfg.max_prompt_length:] for p, where in prompts]
-    answers = sample_answers(ecfg, models[0], tokenizer, prompt_ids, autocast)
-    return sampled_kl(models[0], models[1], prompt_ids, answers, tokenizer.pad_token_id, ecfg.batch_size, autocast)
+    answers, own = sample_answers(ecfg, models[0], tokenizer, prompt_ids, autocast, with_logps=True)
+    return sampled_kl(models[0], models[1], prompt_ids, answers, tokenizer.pad_token_id, ecfg.batch_size, autocast,
+                      own)
 
 
 def values(objs: list[Objective], train_metrics: dict, report: dict) -> list[float]:

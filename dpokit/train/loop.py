@@ -98,19 +98,21 @@ def _train(cfg: RunConfig, log, stop: StopRequest, on_eval: EvalCallback | None)
     while run.state.step < run.total:
         if stop.requested(run.accelerator):  # SIGTERM / SIGINT: keep what the finished steps did, then stop
             saved = _save(run)
-            run.bar.close()
-            trackers.finish(run.accelerator)
             run.log(f"[stop] {stop.name} at step {run.state.step}: saved {saved}; continue with --resume")
-            return TrainResult(run.out, None, run.state.step, run.last, run.eval_metrics, stop.name, saved)
+            return _ended_early(run, stop.name, saved)
         step = _backward(run)
         if _update(run, step, window):
             _at_intervals(run, window)
         if run.halted:  # the evaluation callback asked to stop: no final model
-            run.bar.close()
-            trackers.finish(run.accelerator)
-            return TrainResult(run.out, None, run.state.step, run.last, run.eval_metrics, "on_eval")
+            return _ended_early(run, "on_eval")
     run.bar.close()
     return _finish(run)
+
+
+def _ended_early(run: Run, why: str, saved: Path | None = None) -> TrainResult:
+    run.bar.close()
+    trackers.finish(run.accelerator)
+    return TrainResult(run.out, None, run.state.step, run.last, run.eval_metrics, why, saved)
 
 
 @dataclass
