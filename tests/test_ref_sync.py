@@ -1,9 +1,11 @@
 """TR-DPO's moving reference (``--ref-sync-steps`` τ, ``--ref-sync-alpha`` α): the copied
 reference mixed towards the policy every τ steps, its weights read back from checkpoints and
-checked against the policy's weights at those steps, an exact resume, and one-line refusals."""
+checked against the policy's weights at those steps, an exact resume, and one-line refusals;
+the same with LoRA and the adapter strategy, whose reference is the base plus a dense delta."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 
 import pytest
@@ -82,6 +84,7 @@ def test_resume_is_exact_with_a_moving_reference(runs):
 @pytest.mark.parametrize("flags, field", [(["--ref", "precomputed", "--ref-sync-steps", "2"],
                                            "train.ref_sync_steps"),
                                           (["--ref", "copy", "--ref-sync-steps", "2", "--lora"], "train.ref_sync_steps"),
+                                          (["--ref", "none", "--ref-sync-steps", "2"], "train.ref_sync_steps"),
                                           (["--ref", "copy", "--ref-sync-steps", "2", "--ref-sync-alpha", "0"],
                                            "train.ref_sync_alpha"),
                                           (["--ref-sync-steps", "-1"], "train.ref_sync_steps")])
@@ -114,3 +117,98 @@ def test_loading_a_checkpoint_restores_the_moving_reference(runs):
     (tmp / "no-ref" / REFERENCE).unlink()
     with pytest.raises(UserError, match="holds no reference weights"):
         load_checkpoint(tmp / "no-ref", policy, optimizer, scheduler, reference=reference)
+
+
+# -- the adapter strategy: θ_ref = W₀ + Δ_ref, Δ_ref ← α·s·B·A + (1 − α)·Δ_ref -------------------
+
+LORA = {"lora__enabled": True, "lora__r": 4, "lora__alpha": 8, "train__ref": "adapter", "train__max_steps": 4,
+        "train__save_steps": 1, "train__save_total_limit": 0, "train__lr": 5e-2}
+
+
+@pytest.fixture(scope="module")
+def lora_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("refsync-lora")
+    model, data = tiny_model_dir(tmp), write_pairs(tmp / "pairs.jsonl", n=16)
+    train(config(model, data, tmp / "soft", train__ref_sync_steps=1, train__ref_sync_alpha=0.5, **LORA),
+          log=lambda *_: None)
+    return tmp, model, data
+
+
+def _adapter_delta(folder, key, scaling=8 / 4):
+    """s·B·A of one layer from a checkpoint's adapter file (the independent side of the check)."""
+    adapter = load_file(str(folder / "adapter_model.safetensors"))
+    name = key.replace("/", ".").removeprefix("base_model.model.")
+    a = next(v for k, v in adapter.items() if k.endswith(f"{name}.lora_A.weight"))
+    b = next(v for k, v in adapter.items() if k.endswith(f"{name}.lora_B.weight"))
+    return scaling * b.double() @ a.double()
+
+
+def test_soft_update_mixes_the_adapter_into_the_reference_delta(lora_runs):
+    tmp, _, _ = lora_runs
+    previous = None
+    for step in (1, 2, 3):
+        folder = tmp / "soft" / f"checkpoint-{step}"
+        ref = _reference(tmp / "soft", step)
+        assert ref, "the checkpoint holds the reference's deltas"
+        for key, delta in ref.items():
+            expected = 0.5 * _adapter_delta(folder, key) + 0.5 * (0 if previous is None else previous[key].double())
+            torch.testing.assert_close(delta.double(), expected, atol=1e-6, rtol=1e-5)
+        previous = ref
+    assert any(d.abs().max() > 0 for d in previous.values()), "the reference moved"
+
+
+def test_moving_adapter_reference_is_the_base_plus_its_delta(tmp_path):
+    """Its log-probs through the hooks equal those of a plain model whose adapted weights are
+    W₀ + Δ_ref; after a hard sync (α = 1) they equal the policy's own, adapters on."""
+    from dpokit.losses import get_loss
+    from dpokit.policies import build_policy_kind
+    from dpokit.policies.reference import MovingAdapterReference
+
+    model_dir, data = tiny_model_dir(tmp_path), write_pairs(tmp_path / "pairs.jsonl", n=4)
+    (tmp_path / "out").mkdir()
+    cfg = config(model_dir, data, tmp_path / "out", **LORA)
+    kind = build_policy_kind(cfg, get_loss("sigmoid"))
+    records = kind.records(str(data), "pair", "train", lambda *_: None)
+    batch = kind.batch(records, [0, 1, 2, 3], torch.device("cpu"))
+    policy = kind.trainable(kind.load(str(model_dir)))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    reference = MovingAdapterReference(policy, kind, contextlib.nullcontext, sync_steps=2, sync_alpha=1.0)
+    base = kind.logps(kind.load(str(model_dir)), batch, 2).sum
+    torch.testing.assert_close(reference.logps(batch, 2).sum, base)  # Δ_ref = 0: the base
+    reference.after_step(policy, 1)  # not a sync step
+    torch.testing.assert_close(reference.logps(batch, 2).sum, base)
+    reference.after_step(policy, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(reference.logps(batch, 2).sum, kind.logps(policy, batch, 2).sum,
+                                   atol=1e-5, rtol=1e-5)
+        for name, p in policy.named_parameters():  # the adapter moves on; the reference stays
+            if "lora_A" in name:
+                p.add_(0.3)
+    reference.sync_alpha = 0.5
+    reference.after_step(policy, 4)
+    merged = kind.load(str(model_dir))
+    modules = dict(merged.named_modules())
+    with torch.no_grad():
+        for key, delta in reference.model.items():
+            modules[key.replace("/", ".").removeprefix("base_model.model.")].weight.add_(delta)
+    torch.testing.assert_close(reference.logps(batch, 2).sum, kind.logps(merged, batch, 2).sum,
+                               atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(reference.logps(batch, 2).sum, base)
+
+
+def test_resume_is_exact_with_a_moving_adapter_reference(lora_runs):
+    tmp, model, data = lora_runs
+    out = tmp / "resumed"
+    shutil.copytree(tmp / "soft", out)
+    shutil.rmtree(out / "final")
+    shutil.rmtree(out / "checkpoint-3")
+    train(config(model, data, out, train__ref_sync_steps=1, train__ref_sync_alpha=0.5, train__resume=True, **LORA),
+          log=lambda *_: None)
+    a = load_file(str(tmp / "soft" / "final" / "adapter_model.safetensors"))
+    b = load_file(str(out / "final" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(v, _reference(out, 3)[k]) for k, v in _reference(tmp / "soft", 3).items())

@@ -1,7 +1,8 @@
 """The reference policy π_ref behind one interface, with three strategies.
 
 - ``CopyReference``: a frozen model (a copy of the starting policy, or ``--ref-model``).
-- ``AdapterReference``: the LoRA policy itself with its adapters switched off.
+- ``AdapterReference``: the LoRA policy itself with its adapters switched off; for TR-DPO,
+  ``MovingAdapterReference`` adds a dense weight delta per adapted layer that follows the adapter.
 - ``CachedReference``: log-probs computed once before training and stored on disk, keyed by
   hashes of the model weights, the policy kind's fingerprint of its encoder and the encoded
   data, and the settings; the reference model is then freed, so training holds one model.
@@ -19,6 +20,7 @@ from typing import Callable, Iterable
 import torch
 from safetensors.torch import load_file, save_file
 
+from dpokit.errors import UserError
 from dpokit.logps import Logps
 from dpokit.policies.base import Policy, response_count
 
@@ -70,6 +72,68 @@ class AdapterReference:
 
     def after_step(self, policy, step: int) -> None:
         """Nothing: this reference is the policy's own base weights."""
+
+
+class MovingAdapterReference(AdapterReference):
+    """TR-DPO on a LoRA policy: θ_ref = W₀ + Δ_ref per adapted layer, with the policy's θ = W₀ + s·B·A.
+    As W₀ is shared and frozen, the update θ_ref ← α·θ + (1 − α)·θ_ref is exactly
+    Δ_ref ← α·s·B·A + (1 − α)·Δ_ref. A mix of two low-rank products is not of rank r, so Δ_ref is
+    dense (one out×in tensor per adapted layer, kept in fp32); it starts at 0, the reference of a
+    fixed adapter strategy (the starting policy with its adapters off). ``model`` holds the deltas
+    as parameters, so checkpoints save and restore them as they do a moving copy's weights."""
+
+    def __init__(self, policy, kind: Policy, autocast: Callable[[], contextlib.AbstractContextManager],
+                 sync_steps: int, sync_alpha: float):
+        super().__init__(lambda: policy, kind, autocast)
+        self.sync_steps, self.sync_alpha = sync_steps, sync_alpha
+        self.layers = adapted_layers(policy)
+        self.model = torch.nn.ParameterDict({
+            key: torch.nn.Parameter(torch.zeros_like(layer.get_delta_weight("default"), dtype=torch.float32),
+                                    requires_grad=False)
+            for key, layer in self.layers.items()})
+
+    moves = True
+
+    @torch.no_grad()
+    def logps(self, batch: dict, group_size: int, full: bool = False) -> Logps:
+        hooks = [layer.base_layer.register_forward_hook(_adds(self.model[key], layer.fan_in_fan_out))
+                 for key, layer in self.layers.items()]
+        try:
+            return super().logps(batch, group_size, full)
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    @torch.no_grad()
+    def after_step(self, policy, step: int) -> None:
+        if step % self.sync_steps:
+            return
+        for key, layer in self.layers.items():
+            new = layer.get_delta_weight("default").float()
+            delta = self.model[key]
+            delta.copy_(new) if self.sync_alpha == 1 else delta.lerp_(new, self.sync_alpha)
+
+
+def adapted_layers(policy) -> dict:
+    """The policy's LoRA layers by name (dots replaced: parameter names of a ParameterDict)."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = {name.replace(".", "/"): m for name, m in policy.named_modules()
+              if isinstance(m, LoraLayer) and "default" in m.lora_A}
+    unsupported = sorted(n for n, m in layers.items() if not isinstance(m.base_layer, torch.nn.Linear)
+                         and not m.fan_in_fan_out)
+    if unsupported or not layers:
+        raise UserError(f"a moving reference (TR-DPO) follows LoRA adapters on linear layers only, not on "
+                        f"{', '.join(unsupported) or 'none'}", where="config", field="lora.target_modules")
+    return layers
+
+
+def _adds(delta: torch.Tensor, fan_in_fan_out: bool):
+    """A forward hook adding x·Δᵀ to a layer's output (GPT-2's Conv1D stores its weight as in×out)."""
+    def hook(module, inputs, output):
+        weight = delta.T if fan_in_fan_out else delta
+        return output + torch.nn.functional.linear(inputs[0].to(delta.dtype), weight).to(output.dtype)
+    return hook
 
 
 class CachedReference:

@@ -55,6 +55,9 @@ def build_reference(cfg: RunConfig, spec: LossSpec, kind: Policy, policy, datase
     if strategy == "copy":
         reference = ref_lib.CopyReference(ref_model, kind, autocast, cfg.train.ref_sync_steps,
                                           cfg.train.ref_sync_alpha)
+    elif strategy == "adapter" and cfg.train.ref_sync_steps:
+        reference = ref_lib.MovingAdapterReference(policy, kind, autocast, cfg.train.ref_sync_steps,
+                                                   cfg.train.ref_sync_alpha)
     elif strategy == "adapter":
         reference = ref_lib.AdapterReference(lambda: policy, kind, autocast)
     return reference, policy
@@ -65,11 +68,13 @@ def finish_reference(cfg: RunConfig, engine: Engine, kind: Policy, reference, po
     """After ``accelerator.prepare``: the copied reference placed or wrapped as the policy is, and
     a pending cache computed through the wrapped model (the prepared policy still holds the
     starting weights: no checkpoint has been loaded yet)."""
+    if getattr(reference, "moves", False) and (engine.sharded or engine.deepspeed):
+        raise UserError(f"a moving reference (TR-DPO) needs whole weights on each process; {engine.name} "
+                        "shards or wraps them", where="config", field="train.ref_sync_steps")
     if isinstance(reference, ref_lib.CopyReference):
-        if reference.moves and (engine.sharded or engine.deepspeed):
-            raise UserError(f"a moving reference (TR-DPO) needs whole weights on each process; {engine.name} "
-                            "shards or wraps them", where="config", field="train.ref_sync_steps")
         reference.model = prepare_reference(engine, reference.model)
+    elif isinstance(reference, ref_lib.MovingAdapterReference):
+        reference.model.to(engine.accelerator.device)  # the deltas sit beside the layers they add to
     elif isinstance(reference, PendingCache):
         model = policy if reference.model is None else prepare_reference(engine, reference.model)
         reference = _cached(cfg, kind, model, datasets, autocast, log, engine.accelerator, reference.digest)
