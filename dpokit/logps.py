@@ -17,12 +17,15 @@ class Logps:
     present only for losses that declare ``token_kl`` (token-level DPO).
     ``dist``: (G·B, T, V) the full log-distributions at those positions, present only in a
     reference's output for such losses (the policy's ``kl`` is computed against them).
+    ``align``: (G, B, T) per position, log Σ_v π(v|·)² or log max_v π(v|·), not differentiated
+    (WPO's weight alignment), present only when the run asks for it (``loss.wpo_alignment``).
     """
 
     tokens: Tensor
     mask: Tensor
     kl: Tensor | None = None
     dist: Tensor | None = None
+    align: Tensor | None = None
 
     @property
     def sum(self) -> Tensor:

@@ -178,6 +178,67 @@ def test_wpo_off_and_certain_answers_are_dpo():
     torch.testing.assert_close(ga, gb, atol=0, rtol=0)
 
 
+def _aligned(tokens, align, mask):
+    return Logps(tokens.masked_fill(~mask, 0.0), mask, align=align.masked_fill(~mask, 0.0))
+
+
+@pytest.mark.parametrize("alignment, divisor, expected", [("sampled", 0.68, 0.294118), ("greedy", 0.8, 0.25)])
+def test_wpo_alignment_docstring_values(alignment, divisor, expected):
+    """One token each: π(y_w) = 0.2 of (0.8, 0.2), π(y_l) = 0.5 of (0.5, 0.5)."""
+    mask = torch.ones(2, 1, 1, dtype=torch.bool)
+    tokens = torch.tensor([[[math.log(0.2)]], [[math.log(0.5)]]])
+    align = torch.tensor([[[math.log(divisor)]], [[math.log(0.5)]]])
+    out = run("sigmoid", _aligned(tokens, align, mask), logps(one(-1.5, -1.5)), wpo=True, wpo_alignment=alignment)
+    assert out.metrics["wpo/weight"].item() == pytest.approx(expected, abs=1e-6)
+    dpo = run("sigmoid", Logps(tokens, mask), logps(one(-1.5, -1.5))).losses
+    assert out.losses.item() == pytest.approx(expected * dpo.item(), rel=1e-5)
+
+
+def _trl_weights(log_probs, labels, mask, group):
+    """TRL's ``use_weighting`` as its DPOTrainer writes it, re-derived: per-token log-probs minus
+    logsumexp(2·log-probs), averaged over each answer, chosen + rejected, exp, clamped at 1."""
+    picked = log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    adjusted = picked - torch.logsumexp(2 * log_probs, dim=-1)
+    per_answer = (adjusted * mask).sum(-1) / mask.sum(-1)
+    n = per_answer.shape[0] // group
+    return torch.clamp(torch.exp(per_answer[:n] + per_answer[n:]), max=1)
+
+
+@pytest.mark.parametrize("chunk", [0, 3])
+def test_wpo_sampled_alignment_through_the_model_matches_trl(tmp_path, chunk):
+    """On the tiny model, the log-prob path's alignment terms (in one pass, chunked or not) give
+    TRL's weights computed from the full distributions, and leave the log-probs and their
+    gradients as the plain path has them."""
+    from dpokit.data import collate
+    from dpokit.losses.dpo import wpo_weights
+    from dpokit.policies.lm.logprobs import Options, completion_log_probs, completion_logps
+    from dpokit.policies.lm.tiny import tiny_tokenizer, write_tiny_model
+    from transformers import AutoModelForCausalLM
+    from helpers import write_pairs
+
+    from dpokit.config import DataConfig
+    from dpokit.data import read_records, tokenize_records
+
+    model = AutoModelForCausalLM.from_pretrained(write_tiny_model(tmp_path / "m"))
+    tok = tiny_tokenizer()
+    records = read_records(write_pairs(tmp_path / "p.jsonl", n=4), "pair", DataConfig())
+    batch = collate(tokenize_records(records, tok, 64, 32)[0], tok.pad_token_id)
+    aligned = completion_logps(model, batch, 2, options=Options(chunk=chunk, alignment="sampled"))
+    plain = completion_logps(model, batch, 2, options=Options(chunk=chunk))
+    torch.testing.assert_close(aligned.tokens, plain.tokens)  # to rounding: log_softmax vs gather − logsumexp
+    with torch.no_grad():
+        full = completion_log_probs(model, batch, 2)
+    first = batch["input_ids"].shape[1] - full.shape[1]
+    labels, mask = batch["input_ids"][:, first:], batch["completion_mask"][:, first:]
+    theirs = _trl_weights(full, labels, mask.float(), 2)
+    torch.testing.assert_close(wpo_weights(aligned, "sampled"), theirs, atol=1e-5, rtol=1e-5)
+    assert (theirs > wpo_weights(plain)).all()  # the plain weight is far smaller on a random model
+    g1 = torch.autograd.grad(aligned.sum.sum(), [p for p in model.parameters()][-1])[0]
+    g2 = torch.autograd.grad(completion_logps(model, batch, 2, options=Options(chunk=chunk)).sum.sum(),
+                             [p for p in model.parameters()][-1])[0]
+    torch.testing.assert_close(g1, g2)
+
+
 # ----------------------------------------------------------------------------- LD-DPO
 
 def test_ld_dpo_docstring_value():

@@ -77,10 +77,11 @@ def test_each_loss_learns_the_rule(files, name):
 # apo_down (it lowers both answers) and fdpo's JS divergence (its gradient fades as the ratio grows) stay
 # below 0.9 at 75 steps here; their values and gradients are tested against naive code only
 @pytest.mark.parametrize("loss", ["gpo --gpo-fn savage", "bco_pair", "aot", "aot_unpaired", "exo_pair", "nca_pair",
-                                  "sppo_hard", "apo_zero", "discopop", "ld_dpo"])
+                                  "sppo_hard", "apo_zero", "discopop", "ld_dpo",
+                                  "sigmoid --wpo --wpo-alignment sampled"])
 def test_later_losses_learn_the_rule_through_the_cli(files, loss):
     """``dpokit dpo`` with the later pairwise losses (a GPO variant, the stateful BCO, the
-    batch-sorting AOT, EXO, NCA, SPPO, APO-zero, DiscoPOP, LD-DPO): 25 steps of 8 pairs at lr
+    batch-sorting AOT, EXO, NCA, SPPO, APO-zero, DiscoPOP, LD-DPO, WPO weight-aligned): 25 steps of 8 pairs at lr
     1e-2, sharing the reference cache of the runs above, lift held-out reward accuracy from chance to above 0.9; the run's
     saved config holds the flag's value."""
     name, *extra = loss.split()
@@ -97,11 +98,16 @@ def test_later_losses_learn_the_rule_through_the_cli(files, loss):
     assert saved["name"] == name and (saved["gpo_fn"] == "savage") == (name == "gpo")
     if name == "bco_pair":
         assert all("bco/delta" in m for m in metrics(out))
+    if name == "sigmoid":  # aligned weights sit near 1 (the plain ones are tiny on this vocabulary)
+        assert saved["wpo"] and saved["wpo_alignment"] == "sampled"
+        weights = [m["wpo/weight"] for m in metrics(out) if "wpo/weight" in m]
+        assert weights and all(0 < w <= 1 for w in weights)
 
 
 @pytest.mark.parametrize("flags, field", [(["--loss", "exo_pair", "--exo-epsilon", "0"], "loss.exo_epsilon"),
                                           (["--loss", "discopop", "--discopop-tau", "-1"], "loss.discopop_tau"),
-                                          (["--loss", "gpo", "--gpo-fn", "cubic"], "--gpo-fn")])
+                                          (["--loss", "gpo", "--gpo-fn", "cubic"], "--gpo-fn"),
+                                          (["--wpo-alignment", "sampled"], "loss.wpo_alignment")])
 def test_bad_values_of_the_new_flags_are_one_line_errors(files, capsys, flags, field):
     rc = main(["dpo", "--model", str(files["model"]), "--data", str(files["pair"]),
                "--output", str(files["tmp"] / "bad"), *flags])

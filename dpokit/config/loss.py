@@ -23,6 +23,10 @@ class LossConfig:
     wpo: bool = False
     """sigmoid, cdpo: weight each pair by sg[π(y_w|x)^{1/|y_w|}·π(y_l|x)^{1/|y_l|}], the policy's own
     length-normalised probabilities of its answers (WPO)."""
+    wpo_alignment: Literal["none", "sampled", "greedy"] = "none"
+    """with wpo: divide each token's probability by Σ_v π(v)² (sampled; TRL's ``use_weighting``) or by
+    max_v π(v) (greedy) before the mean, so that the policy's own outputs weigh about 1 (WPO's weight
+    alignment); the weight is then capped at 1. none: the plain weight."""
     ipo_average: bool = True
     """IPO: compare per-token mean log-probs (true) or summed log-probs as in the paper (false)."""
     hinge_margin: float = 1.0
@@ -87,4 +91,6 @@ class LossConfig:
         from dpokit.losses import all_params
 
         problems = [(f"loss.{p.name}", p.problem(getattr(self, p.name))) for p in all_params().values()]
-        return [(msg is not None, name, msg or "") for name, msg in problems]
+        return [(msg is not None, name, msg or "") for name, msg in problems] + [
+            (self.wpo_alignment != "none" and not self.wpo, "loss.wpo_alignment",
+             "aligns WPO's pair weights: add --wpo")]

@@ -28,17 +28,30 @@ def _dpo_rewards(policy: Logps, reference: Logps, beta: float) -> dict[str, Tens
 
 WPO = Param("wpo")
 """Weight each pair by the policy's own length-normalised probabilities of its answers (sigmoid, cdpo)."""
+WPO_ALIGNMENT = Param("wpo_alignment")
+"""With ``wpo``: each token's probability divided by Σ_v π(v)² (sampled) or max_v π(v) (greedy) first."""
 
 
-def wpo_weights(policy: Logps) -> Tensor:
+def wpo_weights(policy: Logps, alignment: str = "none") -> Tensor:
     """(B,) sg[π(y_w|x)^{1/|y_w|} · π(y_l|x)^{1/|y_l|}]: pairs the policy itself would likely
     write weigh more (Zhou et al. 2024, "WPO: enhancing RLHF with weighted preference
-    optimization", the length-normalised weight of §3; its "weight alignment" variant divides
-    each token's probability by Σ_v π(v)², which needs the whole vocabulary, and is not this)."""
-    return torch.exp(policy.mean[0] + policy.mean[1]).detach()
+    optimization", the length-normalised weight of §3).
+
+    Weight alignment (same section): a token the policy would sample has expected probability
+    Σ_v π(v)², not 1, so even the policy's own outputs weigh much less than 1 in the plain form.
+    ``sampled`` divides each π(y_t) by Σ_v π(v|·)² (what TRL's ``use_weighting`` computes),
+    ``greedy`` by max_v π(v|·) (the policy's greedy output then weighs exactly 1); the aligned
+    weight is capped at 1. From ``Logps.align`` (log of the divisor per position), e.g. one token
+    each, π(y_w) = 0.2 of (0.8, 0.2), π(y_l) = 0.5 of (0.5, 0.5): sampled
+    w = (0.2/0.68)·(0.5/0.5) = 0.294118; greedy w = (0.2/0.8)·(0.5/0.5) = 0.25."""
+    if alignment == "none":
+        return torch.exp(policy.mean[0] + policy.mean[1]).detach()
+    assert policy.align is not None, "the policy kind computes Logps.align when loss.wpo_alignment asks"
+    adjusted = ((policy.tokens - policy.align) * policy.mask).sum(-1) / policy.count.clamp(min=1)
+    return torch.exp(adjusted[0] + adjusted[1]).clamp(max=1.0).detach()
 
 
-@register("sigmoid", needs_reference=True, input_kind="pair", params=(BETA, LABEL_SMOOTHING, WPO))
+@register("sigmoid", needs_reference=True, input_kind="pair", params=(BETA, LABEL_SMOOTHING, WPO, WPO_ALIGNMENT))
 def dpo_sigmoid(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
     """DPO: −log σ(β·u); with label smoothing ε it is cDPO.
 
@@ -53,12 +66,13 @@ def dpo_sigmoid(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = 
     losses = sigmoid_xent(cfg.beta * _margin(policy, reference), 1.0 - cfg.label_smoothing)
     metrics = _dpo_rewards(policy, reference, cfg.beta)
     if cfg.wpo:
-        weights = wpo_weights(policy)
+        weights = wpo_weights(policy, cfg.wpo_alignment)
         losses, metrics["wpo/weight"] = losses * weights, weights
     return LossOutput(losses, metrics)
 
 
-@register("cdpo", needs_reference=True, input_kind="pair", params=(BETA, LABEL_SMOOTHING.with_default(0.1), WPO))
+@register("cdpo", needs_reference=True, input_kind="pair",
+          params=(BETA, LABEL_SMOOTHING.with_default(0.1), WPO, WPO_ALIGNMENT))
 def cdpo(policy: Logps, reference: Logps, cfg, ctx: LossContext | None = None) -> LossOutput:
     """Conservative DPO: labels flipped with probability ε (default 0.1).
 

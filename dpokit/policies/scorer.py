@@ -111,6 +111,8 @@ class LinearScorer:
              "use a pairwise or listwise loss"),
             (spec.token_kl, "loss.name", f"'{spec.name}' needs per-token distributions, which a scorer has not"),
             (self.cfg.lora.enabled, "lora.enabled", "linear_scorer has no adapters; train its weights"),
+            (self.cfg.loss.wpo and self.cfg.loss.wpo_alignment != "none", "loss.wpo_alignment",
+             "linear_scorer gives no per-token distributions to align WPO's weights with; use none"),
         ]
 
     def records(self, path: str, input_kind: str, name: str, log) -> list[ScoredRecord]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -158,7 +159,9 @@ def apply_lora(model, cfg: LoraConfig, base: str | None = None):
     targets = cfg.target_modules if cfg.target_modules == "all-linear" else cfg.target_modules.split(",")
     peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                               target_modules=targets, task_type="CAUSAL_LM")
-    model = get_peft_model(model, peft_cfg)
+    with warnings.catch_warnings():  # peft asks for transformers' old attribute name: nothing for a user to do
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = get_peft_model(model, peft_cfg)
     if base is not None:
         model.peft_config["default"].base_model_name_or_path = resolve_model_path(base).path
     return model

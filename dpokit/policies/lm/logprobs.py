@@ -16,6 +16,7 @@ Whatever the options, the output is the same ``Logps``, laid out as the padded r
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import os
@@ -42,6 +43,8 @@ class Options:
     """Encode each record's prompt once for all its responses (block attention mask)."""
     pack: bool = True
     """Pack several records into one row (block-diagonal mask, position ids restarting)."""
+    alignment: str = "none"
+    """Also each position's log Σ_v π(v)² (``sampled``) or log max_v π(v) (``greedy``), in ``Logps.align``."""
 
 
 FAST = Options()
@@ -134,6 +137,7 @@ _FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
 
 
 def _checkpointing(model) -> bool:
+    model = _base(model)  # the wrappers may not forward the newer name, and the older one warns
     flag = getattr(model, "is_activation_checkpointing", None)  # transformers 5's name
     return bool(getattr(model, "is_gradient_checkpointing", False) if flag is None else flag)
 
@@ -193,6 +197,16 @@ def _token_logps(head, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
+def _aligned_token_logps(head, hidden: torch.Tensor, labels: torch.Tensor, alignment: str) -> torch.Tensor:
+    """(K, 2): each position's log π(y_t) and its alignment term (not differentiated), from one
+    pass over the logits."""
+    log_probs = torch.log_softmax(head(hidden).float(), dim=-1)
+    picked = log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    detached = log_probs.detach()
+    term = torch.logsumexp(2 * detached, dim=-1) if alignment == "sampled" else detached.max(dim=-1).values
+    return torch.stack([picked, term], dim=-1)
+
+
 def _token_kl(head, hidden: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """KL(π_ref ‖ π) per position from the reference's log-distributions (K, V)."""
     log_probs = torch.log_softmax(head(hidden).float(), dim=-1)
@@ -231,12 +245,18 @@ def completion_logps(model, batch: dict[str, torch.Tensor], group_size: int,
     """
     p = plan(model, batch, group_size, options)
     hidden, head = _hidden(model, p)
-    tokens = _scatter(_chunked(_token_logps, head, hidden, p.labels, options.chunk), p)
+    align = None
+    if options.alignment == "none":
+        tokens = _scatter(_chunked(_token_logps, head, hidden, p.labels, options.chunk), p)
+    else:
+        fn = functools.partial(_aligned_token_logps, alignment=options.alignment)
+        both = _chunked(fn, head, hidden, p.labels, options.chunk)
+        tokens, align = _scatter(both[:, 0], p), _grouped(_scatter(both[:, 1], p), group_size)
     kl = None
     if ref_log_probs is not None:
         ref = ref_log_probs.reshape(-1, ref_log_probs.shape[-1])[p.dst]
         kl = _grouped(_scatter(_chunked(_token_kl, head, hidden, ref, options.chunk), p), group_size)
-    return Logps(_grouped(tokens, group_size), _grouped(p.mask, group_size), kl)
+    return Logps(_grouped(tokens, group_size), _grouped(p.mask, group_size), kl, align=align)
 
 
 def completion_log_probs(model, batch: dict[str, torch.Tensor], group_size: int = 1,

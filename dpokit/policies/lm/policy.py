@@ -40,7 +40,8 @@ class CausalLM:
     def from_config(cls, cfg) -> CausalLM:
         t = cfg.train  # the policy and its reference lay out and chunk a batch alike
         return cls(load_tokenizer(cfg.model.path, cfg.model.trust_remote_code),
-                   Options(chunk=t.logprob_chunk, share_prompt=t.share_prompt, pack=t.pack), cfg)
+                   Options(chunk=t.logprob_chunk, share_prompt=t.share_prompt, pack=t.pack,
+                           alignment=cfg.loss.wpo_alignment if cfg.loss.wpo else "none"), cfg)
 
     def checks(self, spec) -> list[tuple[bool, str, str]]:
         return []
@@ -64,7 +65,7 @@ class CausalLM:
         model = load_model(path, m.trust_remote_code, allow_pickle=m.allow_pickle)
         disable_dropout(model)
         if m.gradient_checkpointing and path == m.path:
-            model.gradient_checkpointing_enable()
+            (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
             model.config.use_cache = False
         return model
 
