@@ -212,3 +212,36 @@ def test_resume_is_exact_with_a_moving_adapter_reference(lora_runs):
     b = load_file(str(out / "final" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert all(torch.equal(v, _reference(out, 3)[k]) for k, v in _reference(tmp / "soft", 3).items())
+
+
+def test_a_ref_model_of_another_shape_cannot_move(tmp_path, capsys):
+    from dpokit.policies.lm.tiny import write_tiny_model
+
+    model, other = tiny_model_dir(tmp_path), write_tiny_model(tmp_path / "wider", hidden=96)
+    rc = main(["dpo", "--model", str(model), "--ref-model", str(other), "--data",
+               str(write_pairs(tmp_path / "p.jsonl", n=8)), "--output", str(tmp_path / "o"), "--ref", "copy",
+               "--ref-sync-steps", "1", "--max-steps", "1", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "model.ref_path" in err, err
+
+
+def test_online_rounds_move_the_reference_from_where_each_round_starts_it(tmp_path):
+    """``dpokit online`` with a fixed reference and TR-DPO: round 2's reference starts at the
+    initial model (its --ref-model) and, with τ = 1 and α = 1, is round 2's policy after its first step."""
+    from dpokit.config import load_config
+    from dpokit.online import OnlineConfig, online
+    from helpers.online import online_settings, write_prompts
+
+    model = tiny_model_dir(tmp_path)
+    out = tmp_path / "online"
+    settings = online_settings(model, out, write_prompts(tmp_path / "p.jsonl", 8), write_prompts(tmp_path / "h.jsonl", 4, 100),
+                               train__ref="copy", train__ref_sync_steps=1, train__save_steps=1, online__rounds=2)
+    online(load_config(None, settings, root=OnlineConfig), log=lambda *_: None)
+    import yaml
+
+    second = yaml.safe_load((out / "round-2" / "config.yaml").read_text())
+    assert second["model"]["ref_path"] == str(model) and second["train"]["ref_sync_steps"] == 1
+    theta, ref = _policy(out / "round-2", 1), _reference(out / "round-2", 1)
+    for name, value in ref.items():
+        key = name if name in theta else next(k for k in theta if k.endswith(name))
+        assert torch.equal(value, theta[key]), name

@@ -63,9 +63,8 @@ class RunConfig:
             (t.ref_sync_steps > 0 and (t.ref not in ("copy", "adapter") or not spec.needs_reference),
              "train.ref_sync_steps",
              f"a moving reference (TR-DPO) needs --ref copy or adapter; a '{t.ref}' reference cannot follow the policy"),
-            (t.ref_sync_steps > 0 and t.ref == "copy" and (self.lora.enabled or self.model.ref_path is not None),
-             "train.ref_sync_steps", "a moving copied reference mixes in the policy's full weights: not with "
-             "--ref-model, and with LoRA use --ref adapter"),
+            (t.ref_sync_steps > 0 and t.ref == "copy" and self.lora.enabled, "train.ref_sync_steps",
+             "a moving copied reference mixes in the policy's full weights; with LoRA use --ref adapter"),
             (not 0 < t.ref_sync_alpha <= 1, "train.ref_sync_alpha", "must be in (0, 1]"),
             (spec.token_kl and t.ref not in ("copy", "adapter"), "train.ref",
              f"loss '{spec.name}' needs the reference's full per-token distributions; use copy or adapter"),

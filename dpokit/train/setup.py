@@ -43,6 +43,8 @@ def build_reference(cfg: RunConfig, spec: LossSpec, kind: Policy, policy, datase
         ref_model = kind.load(cfg.model.ref_path)
     if strategy == "copy" and ref_model is None:
         ref_model = copy.deepcopy(policy)
+    elif strategy == "copy" and cfg.train.ref_sync_steps:
+        _same_shapes(policy, ref_model, cfg.model.ref_path)
     reference = None
     if strategy == "precomputed":
         source = ref_model if ref_model is not None else policy
@@ -61,6 +63,14 @@ def build_reference(cfg: RunConfig, spec: LossSpec, kind: Policy, policy, datase
     elif strategy == "adapter":
         reference = ref_lib.AdapterReference(lambda: policy, kind, autocast)
     return reference, policy
+
+
+def _same_shapes(policy, ref_model, ref_path: str) -> None:
+    """TR-DPO mixes the policy's weights into a --ref-model: the two must be one architecture."""
+    ours = {n: p.shape for n, p in policy.named_parameters()}
+    if ours != {n: p.shape for n, p in ref_model.named_parameters()}:
+        raise UserError("a moving reference (TR-DPO) mixes in the policy's weights, so --ref-model must have the "
+                        "policy's parameters (names and shapes)", where=ref_path, field="model.ref_path")
 
 
 def finish_reference(cfg: RunConfig, engine: Engine, kind: Policy, reference, policy, datasets: dict[str, list],
