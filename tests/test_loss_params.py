@@ -34,7 +34,8 @@ def test_the_defaults_that_differ_per_loss_are_the_ones_that_did():
     shared = {p.name: p.default for p in SHARED}
     own = {name: {k: v for k, v in spec.defaults if v != shared[k]} for name, spec in all_losses().items()}
     assert {name: d for name, d in own.items() if d} == {
-        "cdpo": {"label_smoothing": 0.1}, "robust": {"label_smoothing": 0.1}, "simpo": {"beta": 2.0}}
+        "cdpo": {"label_smoothing": 0.1}, "robust": {"label_smoothing": 0.1}, "simpo": {"beta": 2.0},
+        "diffusion_dpo": {"beta": 5000.0}}
     for name, beta, eps in (("simpo", 2.0, 0.0), ("cdpo", 0.1, 0.1), ("sft", 0.1, 0.0), ("simpo,nll:0.5", 2.0, 0.0),
                             ("nll,simpo", 0.1, 0.0)):
         cfg = LossConfig(name=name)

@@ -17,7 +17,7 @@ class LossConfig:
     name: str = "sigmoid"
     """Registered loss (``dpokit losses``), or a weighted sum such as ``sigmoid:1.0,nll:0.2``."""
     beta: float | None = None
-    """β: the strength of the pull towards the reference (smaller moves further); default 0.1, SimPO 2.0."""
+    """β: the strength of the pull towards the reference (smaller moves further); default 0.1, SimPO 2.0, diffusion_dpo 5000 (its own units: see docs/diffusion.md)."""
     label_smoothing: float | None = None
     """ε, the assumed rate of flipped labels (aot, aot_unpaired, cdpo, robust, sigmoid): 0 ≤ ε < 0.5; default 0, cdpo/robust 0.1."""
     wpo: bool = False

@@ -5,7 +5,7 @@ Adding a loss = one function with ``@register`` in a module imported here (its `
 """
 
 from dpokit.logps import Logps
-from dpokit.losses import dpo, kto, listwise, margin, pairwise, ratios, reference_free, sft, ties, token, transport  # noqa: F401  (registers)
+from dpokit.losses import diffusion, dpo, kto, listwise, margin, pairwise, ratios, reference_free, sft, ties, token, transport  # noqa: F401  (registers)
 from dpokit.losses.base import (
                                 LossContext,
                                 LossOutput,
