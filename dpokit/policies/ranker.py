@@ -71,9 +71,10 @@ def _columns(obj: dict, numeric: list[str], categorical: list[str], buckets: int
 class RankerModel(torch.nn.Module):
     """Two towers and a bias; the item table's features are buffers, saved with the weights."""
 
-    def __init__(self, settings: dict, item_num: torch.Tensor, item_cat: torch.Tensor, item_ids: torch.Tensor):
+    def __init__(self, settings: dict, items: list[dict], where: str):
         super().__init__()
-        self.settings = settings
+        self.settings, self.items = settings, items
+        item_num, item_cat, item_ids = _table(settings, items, where)
         d, n = settings["dim"], settings["buckets"]
         self.ctx_num = torch.nn.Linear(len(settings["context_numeric"]), d, bias=False)
         self.item_num = torch.nn.Linear(len(settings["item_numeric"]), d, bias=False)
@@ -98,7 +99,7 @@ class RankerModel(torch.nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / SETTINGS).write_text(json.dumps(self.settings))
-        (folder / ITEMS).write_text("".join(json.dumps(r) + "\n" for r in self.settings_items))
+        (folder / ITEMS).write_text("".join(json.dumps(r) + "\n" for r in self.items))
         state = state_dict if state_dict is not None else self.state_dict()
         save_file({k: v.detach().contiguous() for k, v in state.items()}, str(folder / WEIGHTS))
 
@@ -115,11 +116,6 @@ def _table(settings: dict, items: list[dict], where: str):
             torch.tensor(cat, dtype=torch.long).view(len(items), -1), torch.tensor(ids, dtype=torch.long))
 
 
-def _build(settings: dict, items: list[dict], where: str) -> RankerModel:
-    model = RankerModel(settings, *_table(settings, items, where))
-    model.settings_items = items
-    return model
-
 
 def write_ranker(folder, items: list[dict], context_numeric=(), context_categorical=(), item_numeric=(),
                  item_categorical=(), buckets: int = 1 << 14, dim: int = 16, seed: int = 0) -> Path:
@@ -128,7 +124,7 @@ def write_ranker(folder, items: list[dict], context_numeric=(), context_categori
                 "context_categorical": list(context_categorical), "item_numeric": list(item_numeric),
                 "item_categorical": list(item_categorical), "buckets": buckets, "dim": dim}
     torch.manual_seed(seed)
-    model = _build(settings, list(items), str(folder))
+    model = RankerModel(settings, list(items), str(folder))
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.1)
@@ -204,7 +200,7 @@ class ItemRanker:
 
     def load(self, path: str) -> RankerModel:
         settings, items = _read_folder(path)
-        model = _build(settings, items, str(Path(path) / ITEMS))
+        model = RankerModel(settings, items, str(Path(path) / ITEMS))
         try:
             model.load_state_dict(load_file(str(Path(path) / WEIGHTS)))
         except (OSError, RuntimeError) as exc:
