@@ -28,7 +28,8 @@ class ModelConfig:
     read; off unless asked: weights come from safetensors or GGUF."""
     policy: str = "causal_lm"
     """The kind of policy: ``causal_lm`` (a Hugging Face causal LM, GGUF file or adapter) or
-    ``linear_scorer`` (a linear model scoring candidate items for a context); docs/architecture.md."""
+    ``linear_scorer`` (a linear model scoring candidate items for a context) or ``item_ranker``
+    (a torch ranker over context and item feature columns, docs/ranking.md); docs/architecture.md."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
 
