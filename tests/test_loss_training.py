@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,24 +77,31 @@ def test_each_loss_learns_the_rule(files, name):
 
 # apo_down (it lowers both answers) and fdpo's JS divergence (its gradient fades as the ratio grows) stay
 # below 0.9 at 75 steps here; their values and gradients are tested against naive code only
-@pytest.mark.parametrize("loss", ["gpo --gpo-fn savage", "bco_pair", "aot", "aot_unpaired", "exo_pair", "nca_pair",
-                                  "sppo_hard", "apo_zero", "discopop", "ld_dpo",
-                                  "sigmoid --wpo --wpo-alignment sampled"])
-def test_later_losses_learn_the_rule_through_the_cli(files, loss):
-    """``dpokit dpo`` with the later pairwise losses (a GPO variant, the stateful BCO, the
-    batch-sorting AOT, EXO, NCA, SPPO, APO-zero, DiscoPOP, LD-DPO, WPO weight-aligned): 25 steps of 8 pairs at lr
-    1e-2, sharing the reference cache of the runs above, lift held-out reward accuracy from chance to above 0.9; the run's
-    saved config holds the flag's value."""
+def learn_through_cli(files, loss: str, steps: int, out_name: str) -> tuple[float, Path]:
+    """``dpokit dpo --loss ...`` for ``steps`` steps of 8 pairs at lr 1e-2, sharing the reference
+    cache: (held-out reward accuracy, output folder)."""
     name, *extra = loss.split()
-    out = files["tmp"] / f"cli-{name}"
+    out = files["tmp"] / out_name
     assert main(["dpo", "--model", str(files["model"]), "--data", str(files["pair"]), "--output", str(out),
-                 "--loss", name, *extra, "--max-steps", "25", "--batch-size", "8", "--lr", "1e-2",
+                 "--loss", name, *extra, "--max-steps", str(steps), "--batch-size", "8", "--lr", "1e-2",
                  "--scheduler", "constant", "--no-progress", "--max-length", "64", "--max-prompt-length", "32",
                  "--ref-cache-dir", str(files["tmp"] / "refcache")]) == 0
     tok = AutoTokenizer.from_pretrained(files["model"])
     policy = AutoModelForCausalLM.from_pretrained(out / "final")
     start = AutoModelForCausalLM.from_pretrained(files["model"])
-    assert task.reward_accuracy(policy, start, tok, files["held"]) > 0.9
+    return task.reward_accuracy(policy, start, tok, files["held"]), out
+
+
+@pytest.mark.parametrize("loss", ["gpo --gpo-fn savage", "bco_pair", "aot", "aot_unpaired", "exo_pair", "nca_pair",
+                                  "sppo_hard", "apo_zero", "discopop", "ld_dpo",
+                                  "sigmoid --wpo --wpo-alignment sampled"])
+def test_later_losses_learn_the_rule_through_the_cli(files, loss):
+    """``dpokit dpo`` with the later pairwise losses (a GPO variant, the stateful BCO, the
+    batch-sorting AOT, EXO, NCA, SPPO, APO-zero, DiscoPOP, LD-DPO, WPO weight-aligned): 25 steps
+    lift held-out reward accuracy from chance to above 0.9; the run's saved config holds the flag's value."""
+    name = loss.split()[0]
+    accuracy, out = learn_through_cli(files, loss, 25, f"cli-{name}")
+    assert accuracy > 0.9
     saved = yaml.safe_load((out / "config.yaml").read_text())["loss"]
     assert saved["name"] == name and (saved["gpo_fn"] == "savage") == (name == "gpo")
     if name == "bco_pair":
@@ -109,16 +117,7 @@ def test_slow_learners_learn_in_75_steps_through_the_cli(files, loss, bar):
     """Two losses slower than the rest: f-DPO's JS gradient fades as the ratio grows (above 0.9 in
     75 steps, not in 25); APO-down lowers both answers' likelihoods by design, which suits chosen
     answers worse than the model's own, not this task (it clearly learns, 0.70, but stays below 0.9)."""
-    name, *extra = loss.split()
-    out = files["tmp"] / f"slow-{name}"
-    assert main(["dpo", "--model", str(files["model"]), "--data", str(files["pair"]), "--output", str(out),
-                 "--loss", name, *extra, "--max-steps", "75", "--batch-size", "8", "--lr", "1e-2",
-                 "--scheduler", "constant", "--no-progress", "--max-length", "64", "--max-prompt-length", "32",
-                 "--ref-cache-dir", str(files["tmp"] / "refcache")]) == 0
-    tok = AutoTokenizer.from_pretrained(files["model"])
-    policy = AutoModelForCausalLM.from_pretrained(out / "final")
-    start = AutoModelForCausalLM.from_pretrained(files["model"])
-    assert task.reward_accuracy(policy, start, tok, files["held"]) > bar
+    assert learn_through_cli(files, loss, 75, f"slow-{loss.split()[0]}")[0] > bar
 
 
 @pytest.mark.parametrize("flags, field", [(["--loss", "exo_pair", "--exo-epsilon", "0"], "loss.exo_epsilon"),
