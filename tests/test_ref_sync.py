@@ -66,16 +66,22 @@ def test_hard_update_copies_the_policy_every_tau_steps(runs):
             assert torch.equal(value, theta[key]), (step, name)
 
 
-def test_resume_is_exact_with_a_moving_reference(runs):
-    """Resuming the soft run from checkpoint-2 gives the same reference at step 3 and the same final
-    weights, bit for bit (without the saved reference it would restart from the starting weights)."""
-    tmp, model, data, common = runs
+def _resume_soft_run(tmp, model, data, fields: dict):
+    """The soft run (τ = 1, α = 0.5) copied without its last checkpoint and final, then resumed."""
     out = tmp / "resumed"
     shutil.copytree(tmp / "soft", out)
     shutil.rmtree(out / "final")
     shutil.rmtree(out / "checkpoint-3")
-    train(config(model, data, out, train__ref_sync_steps=1, train__ref_sync_alpha=0.5, train__resume=True, **common),
+    train(config(model, data, out, train__ref_sync_steps=1, train__ref_sync_alpha=0.5, train__resume=True, **fields),
           log=lambda *_: None)
+    return out
+
+
+def test_resume_is_exact_with_a_moving_reference(runs):
+    """Resuming the soft run from checkpoint-2 gives the same reference at step 3 and the same final
+    weights, bit for bit (without the saved reference it would restart from the starting weights)."""
+    tmp, model, data, common = runs
+    out = _resume_soft_run(tmp, model, data, common)
     a, b = final_weights(tmp / "soft"), final_weights(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert all(torch.equal(v, _reference(out, 3)[k]) for k, v in _reference(tmp / "soft", 3).items())
@@ -202,12 +208,7 @@ def test_moving_adapter_reference_is_the_base_plus_its_delta(tmp_path):
 
 def test_resume_is_exact_with_a_moving_adapter_reference(lora_runs):
     tmp, model, data = lora_runs
-    out = tmp / "resumed"
-    shutil.copytree(tmp / "soft", out)
-    shutil.rmtree(out / "final")
-    shutil.rmtree(out / "checkpoint-3")
-    train(config(model, data, out, train__ref_sync_steps=1, train__ref_sync_alpha=0.5, train__resume=True, **LORA),
-          log=lambda *_: None)
+    out = _resume_soft_run(tmp, model, data, LORA)
     a = load_file(str(tmp / "soft" / "final" / "adapter_model.safetensors"))
     b = load_file(str(out / "final" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -59,13 +59,7 @@ class RunConfig:
              f"loss '{spec.name}' does not train on ties; 'keep' needs one that does ({tie_losses}) "
              "or `dpokit data convert`"),
             *lo.checks(),
-            (t.ref_sync_steps < 0, "train.ref_sync_steps", "must be ≥ 0 (0: the reference stays fixed)"),
-            (t.ref_sync_steps > 0 and (t.ref not in ("copy", "adapter") or not spec.needs_reference),
-             "train.ref_sync_steps",
-             f"a moving reference (TR-DPO) needs --ref copy or adapter; a '{t.ref}' reference cannot follow the policy"),
-            (t.ref_sync_steps > 0 and t.ref == "copy" and self.lora.enabled, "train.ref_sync_steps",
-             "a moving copied reference mixes in the policy's full weights; with LoRA use --ref adapter"),
-            (not 0 < t.ref_sync_alpha <= 1, "train.ref_sync_alpha", "must be in (0, 1]"),
+            *self._ref_sync_checks(spec.needs_reference),
             (spec.token_kl and t.ref not in ("copy", "adapter"), "train.ref",
              f"loss '{spec.name}' needs the reference's full per-token distributions; use copy or adapter"),
             (self.lora.r < 1, "lora.r", "must be ≥ 1"),
@@ -89,6 +83,18 @@ class RunConfig:
             if bad:
                 raise UserError(msg, where="config", field=key)
         return self
+
+    def _ref_sync_checks(self, needs_reference: bool) -> list[tuple[bool, str, str]]:
+        """A moving reference (TR-DPO) needs one that can follow the policy's weights."""
+        t = self.train
+        return [
+            (t.ref_sync_steps < 0, "train.ref_sync_steps", "must be ≥ 0 (0: the reference stays fixed)"),
+            (t.ref_sync_steps > 0 and (t.ref not in ("copy", "adapter") or not needs_reference), "train.ref_sync_steps",
+             f"a moving reference (TR-DPO) needs --ref copy or adapter; a '{t.ref}' reference cannot follow the policy"),
+            (t.ref_sync_steps > 0 and t.ref == "copy" and self.lora.enabled, "train.ref_sync_steps",
+             "a moving copied reference mixes in the policy's full weights; with LoRA use --ref adapter"),
+            (not 0 < t.ref_sync_alpha <= 1, "train.ref_sync_alpha", "must be in (0, 1]"),
+        ]
 
     def _best_checks(self) -> list[tuple[bool, str, str]]:
         """``save_best_metric`` must be measured at every checkpoint's own step."""

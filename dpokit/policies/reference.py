@@ -88,7 +88,7 @@ class MovingAdapterReference(AdapterReference):
         self.sync_steps, self.sync_alpha = sync_steps, sync_alpha
         self.layers = adapted_layers(policy)
         self.model = torch.nn.ParameterDict({
-            key: torch.nn.Parameter(torch.zeros_like(layer.get_delta_weight("default"), dtype=torch.float32),
+            key: torch.nn.Parameter(torch.zeros_like(layer.base_layer.weight, dtype=torch.float32),
                                     requires_grad=False)
             for key, layer in self.layers.items()})
 
