@@ -1,4 +1,4 @@
-"""Command line: ``dpokit sft|dpo|online|sweep|eval|versions|data|label|report|quickstart|losses``.
+"""Command line: ``dpokit sft|dpo|online|sweep|update|eval|versions|data|label|report|quickstart|losses``.
 Each subcommand builds a config and calls the library; a user error ends with one message and exit
 code 2, never a traceback."""
 
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_flags(p, TRAIN_FLAG_SET, RunConfig)
     _add_online_parser(sub)
     _add_sweep_parser(sub)
+    _add_update_parser(sub)
     p = sub.add_parser("eval", help="win rate under a judge and sampled KL of a policy against a reference")
     p.add_argument("--config", help="YAML file with EvalConfig keys; flags override it")
     add_flags(p, EVAL_FLAG_SET, EvalConfig)
@@ -58,6 +59,15 @@ def _add_online_parser(sub) -> None:
     p = sub.add_parser("online", help="rounds of sampling, judging, pairing and training (docs/online.md)")
     p.add_argument("--config", help="YAML file with model/lora/data/loss/train/online sections; flags override it")
     add_flags(p, ONLINE_FLAG_SET, OnlineConfig)
+
+
+def _add_update_parser(sub) -> None:
+    from dpokit.update.config import UPDATE_FLAG_SET, UpdateConfig
+
+    p = sub.add_parser("update", help="train a challenger of the registry's current version on new feedback, "
+                                      "A/B-test it, promote or refuse it (docs/reliability.md)")
+    p.add_argument("--config", help="YAML file with model/lora/data/loss/train/update sections; flags override it")
+    add_flags(p, UPDATE_FLAG_SET, UpdateConfig)
 
 
 def _add_sweep_parser(sub) -> None:
@@ -203,6 +213,17 @@ def run_online(ns: argparse.Namespace) -> int:
     return 0
 
 
+def run_update(ns: argparse.Namespace) -> int:
+    from dpokit.update.config import UPDATE_FLAG_SET, UpdateConfig
+    from dpokit.update.run import update
+
+    state = update(load_config(ns.config, overrides(ns, UPDATE_FLAG_SET), root=UpdateConfig))
+    print(state["decision"]["summary"])
+    for reason in state["decision"]["reasons"]:
+        print(f"  refused: {reason}")
+    return 0
+
+
 def run_sweep(ns: argparse.Namespace) -> int:
     from dpokit.sweep import SweepSettings, sweep
 
@@ -287,11 +308,13 @@ STOP_HINTS = {
     "quickstart": "finished stages and training checkpoints are kept; run the same command to continue",
     "eval": "an evaluation keeps nothing until it is complete; run the same command to evaluate again",
     "label": "every judgement made is saved; run the same command to continue",
+    "update": "the update's finished steps are kept and the champion is still current; run the same command to "
+              "continue",
     "sweep": "finished trials are in the study; run the same command to continue (the stopped trial runs again)",
 }
 """What a stop outside a training step leaves, by command (sft and dpo stop after a step, see run_train)."""
 
-COMMANDS = {"sft": run_train, "dpo": run_train, "online": run_online, "sweep": run_sweep, "eval": run_eval,
+COMMANDS = {"sft": run_train, "dpo": run_train, "online": run_online, "sweep": run_sweep, "update": run_update, "eval": run_eval,
             "versions": run_versions, "data": run_data, "label": run_label, "quickstart": run_quickstart,
             "losses": run_losses, "report": run_report}
 

@@ -15,7 +15,12 @@ from dpokit.update.decision import DecisionRule, decide
 from dpokit.update.lock import LOCK_NAME, registry_lock
 
 RULE = DecisionRule(win_margin=0.02, max_kl=1.0, acc_drop=0.05)
-GOOD = {"win_low": 0.6, "kl": 0.3, "acc_challenger": 0.8, "acc_champion": 0.82}
+GOOD = {"win_low": 0.6, "kl": 0.3, "pairs": {"new.jsonl": {"challenger": 0.8, "champion": 0.82},
+                                             "old.jsonl": {"challenger": 0.9, "champion": 0.9}}}
+
+
+def _pairs(new: float | None, old: float | None = 0.82) -> dict:
+    return {"pairs": {**GOOD["pairs"], "new.jsonl": {"challenger": new, "champion": old}}}
 
 
 def test_a_challenger_passing_every_test_is_promoted():
@@ -25,10 +30,10 @@ def test_a_challenger_passing_every_test_is_promoted():
 @pytest.mark.parametrize("change, words", [
     ({"win_low": 0.52}, "win-rate interval low 0.520 <= 0.5 + margin 0.02"),  # 0.52 is not above 0.52
     ({"kl": 1.0}, "KL to champion 1.000 >= bound 1"),
-    ({"acc_challenger": 0.76}, "fell 0.060"),  # 0.82 - 0.76 = 0.06 > 0.05
+    (_pairs(0.76), "on new.jsonl fell 0.060"),  # 0.82 - 0.76 = 0.06 > 0.05
     ({"win_low": float("nan")}, "no win-rate interval"),
     ({"kl": None}, "no sampled KL"),
-    ({"acc_champion": None}, "missing for one side"),
+    (_pairs(0.8, None), "on new.jsonl missing for one side"),
 ])
 def test_each_failed_test_refuses_with_its_reason(change, words):
     promote, reasons = decide(RULE, {**GOOD, **change})

@@ -106,10 +106,25 @@ class Registry:
         history = self.history()
         return history[-1] if history else None
 
-    def set_history(self, history: list[str], action: str) -> None:
+    def set_history(self, history: list[str], action: str, details: dict | None = None) -> None:
+        self._write_index(history, action, details)
+
+    def add_event(self, action: str, details: dict | None = None) -> None:
+        """Record something decided about the registry that leaves the current version as it is."""
+        self._write_index(self.history(), action, details)
+
+    def events(self) -> list[dict]:
+        path = self.root / "index.json"
+        return self._read_json(path).get("events", []) if path.is_file() else []
+
+    def last_event(self) -> dict:
+        events = self.events()
+        return events[-1] if events else {}
+
+    def _write_index(self, history: list[str], action: str, details: dict | None) -> None:
         path = self.root / "index.json"
         index = self._read_json(path) if path.is_file() else {}
-        event = {"time": utc_now(), "action": action, "current": history[-1] if history else None}
+        event = {"time": utc_now(), "action": action, "current": history[-1] if history else None, **(details or {})}
         index.setdefault("events", []).append(event)
         index["history"] = history
         write_text_atomic(path, json.dumps(index, indent=1))
@@ -183,11 +198,11 @@ def list_versions(registry: Registry) -> str:
     records, current = registry.require().records(), registry.current()
     if not records:
         return f"no versions in {registry.root}"
-    lines = [f"  {'id':6s}{'created':27s}{'parent':8s}{'loss':10s}{'steps':>6s}  model"]
+    lines = [f"  {'id':6s}{'created':27s}{'parent':8s}{'loss':10s}{'steps':>6s}  {'update':9s}model"]
     for r in records:
         mark = "*" if r["id"] == current else " "
         lines.append(f"{mark} {r['id']:6s}{r['created']:27s}{r['parent'] or '-':8s}{r['loss']:10s}{r['steps']:>6d}  "
-                     f"{r['model']}")
+                     f"{_decision(r):9s}{r['model']}")
     history = registry.history()
     lines.append(f"current: {current or 'none'}" + (f" (history: {' -> '.join(history)})" if history else ""))
     return "\n".join(lines)
@@ -210,18 +225,45 @@ def show_version(registry: Registry, vid: str | None = None, as_json: bool = Fal
     for name, d in r["data"].items():
         lines.append(f"data       {name} {d['path']} sha256 {str(d['sha256'])[:12]} "
                      f"tokens {str(d['tokens_sha256'])[:12]}")
+    lines += _update_lines(r)
     lines += ["metrics", *(f"  {k:32s}{v:12.5g}" for k, v in metrics_of(r).items())]
     return "\n".join(lines)
 
 
-def promote(registry: Registry, vid: str) -> str:
+def _decision(record: dict) -> str:
+    """What ``dpokit update`` decided about a version: promoted, refused, pending (not yet
+    decided), or ``-`` for a version no update made."""
+    update = record.get("update")
+    if not update:
+        return "-"
+    decision = update.get("decision")
+    return "pending" if decision is None else "promoted" if decision["promoted"] else "refused"
+
+
+def _update_lines(record: dict) -> list[str]:
+    update = record.get("update")
+    if not update:
+        return []
+    lines = [f"update     {update['id']}: challenger of {update['champion']} (reference: {update['reference']}), "
+             f"{_decision(record)}"]
+    decision = update.get("decision")
+    if decision:
+        lines.append(f"decision   {decision['summary']}")
+        lines += [f"  refused: {reason}" for reason in decision["reasons"]]
+        for name, acc in update["figures"].get("pairs", {}).items():
+            lines.append(f"  held-out pairs {name}: accuracy {acc['champion']:.3f} (champion) -> "
+                         f"{acc['challenger']:.3f}")
+    return lines
+
+
+def promote(registry: Registry, vid: str, action: str | None = None) -> str:
     record, history = registry.require().get(vid), registry.history()
     if history and history[-1] == vid:
         return f"{vid} is already current"
     problem = model_problem(record)
     if problem:
         raise UserError(f"not promoted: {problem}", where=vid)
-    registry.set_history([*history, vid], f"promote {vid}")
+    registry.set_history([*history, vid], action or f"promote {vid}")
     return f"{vid} is now current (was {history[-1] if history else 'none'})"
 
 

@@ -26,8 +26,9 @@ def _finite(x) -> bool:
 
 def decide(rule: DecisionRule, figures: dict) -> tuple[bool, list[str]]:
     """(promote, reasons) from ``figures``: ``win_low`` (the interval's lower end), ``kl``, and
-    optionally ``acc_challenger``/``acc_champion`` (held-out pairs). A missing or non-finite
-    figure that a test needs refuses: an update never promotes on numbers it does not have."""
+    optionally ``pairs``, {file: {"challenger": accuracy, "champion": accuracy}} on held-out pairs.
+    A missing or non-finite figure that a test needs refuses: an update never promotes on numbers
+    it does not have."""
     reasons = []
     low = figures.get("win_low")
     if not _finite(low):
@@ -39,11 +40,11 @@ def decide(rule: DecisionRule, figures: dict) -> tuple[bool, list[str]]:
         reasons.append("no sampled KL to the champion")
     elif kl >= rule.max_kl:
         reasons.append(f"KL to champion {kl:.3f} >= bound {rule.max_kl:g}")
-    new, old = figures.get("acc_challenger"), figures.get("acc_champion")
-    if new is not None or old is not None:
+    for name, acc in (figures.get("pairs") or {}).items():
+        new, old = acc.get("challenger"), acc.get("champion")
         if not (_finite(new) and _finite(old)):
-            reasons.append("held-out pair accuracy missing for one side")
+            reasons.append(f"held-out pair accuracy on {name} missing for one side")
         elif old - new > rule.acc_drop:
-            reasons.append(f"held-out pair accuracy fell {old - new:.3f} (from {old:.3f} to {new:.3f}) "
+            reasons.append(f"held-out pair accuracy on {name} fell {old - new:.3f} (from {old:.3f} to {new:.3f}) "
                            f"> tolerance {rule.acc_drop:g}")
     return not reasons, reasons
