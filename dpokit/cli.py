@@ -25,7 +25,10 @@ DATA_FLAGS = spellings(DATA_FLAG_SET)
 VERSION_ACTIONS = {"list": "list the versions; * marks the current one",
                    "show": "one version's lineage, data, metrics and evaluation (default: the current one)",
                    "promote": "make a version current", "rollback": "make the previous current version current again",
-                   "diff": "compare the metrics, configs and lineage of two versions"}
+                   "diff": "compare the metrics, configs and lineage of two versions",
+                   "check": "re-evaluate the current version on a canary set against the previous one; roll it back "
+                            "when it has fallen behind (docs/updates.md)",
+                   "watch": "check every --interval seconds"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +114,10 @@ def _add_versions_parser(sub) -> None:
         if name == "diff":
             q.add_argument("a", help="version id")
             q.add_argument("b", help="version id")
+        if name in ("check", "watch"):
+            from dpokit.update.canary import CANARY_FLAG_SET, CanaryConfig
+
+            add_flags(q, CANARY_FLAG_SET, CanaryConfig)
 
 
 def _add_data_parser(sub) -> None:
@@ -245,6 +252,15 @@ def run_versions(ns: argparse.Namespace) -> int:
     if not ns.registry:
         raise UserError("is required (or set DPOKIT_REGISTRY)", where="--registry")
     registry = versions.Registry(ns.registry)
+    if ns.action in ("check", "watch"):
+        from dpokit.update import canary
+
+        cfg = load_config(None, overrides(ns, canary.CANARY_FLAG_SET), root=canary.CanaryConfig)
+        if ns.action == "check":
+            print(canary.check(registry, cfg))
+        else:
+            canary.watch(registry, cfg)
+        return 0
     actions = {"list": lambda: versions.list_versions(registry),
                "show": lambda: versions.show_version(registry, ns.version, ns.json),
                "promote": lambda: versions.promote(registry, ns.version),

@@ -80,6 +80,36 @@ def test_a_better_challenger_is_promoted_once(world, capsys):
     assert "promoted" in listing.splitlines()[2] and listing.splitlines()[2].startswith("* v2")
     assert main(["versions", "show", "v2", "--registry", str(reg)]) == 0
     assert "decision   v2 promoted over v1: win rate" in capsys.readouterr().out
+    assert main(check_args(reg, files)) == 0  # the canary check: v2 holds up, nothing changes
+    assert "v2 holds up against v1" in capsys.readouterr().out
+    assert registry.history() == ["v1", "v2"] and registry.get("v2")["checks"][-1]["reasons"] == []
+
+
+def check_args(reg: Path, files: dict, action: str = "check", *extra: str) -> list[str]:
+    return ["versions", action, "--registry", str(reg), "--prompts", str(files["prompts"]), "--judge",
+            "helpers.judges:count_e", "--pairs", str(files["held"]), "--max-new-tokens", "12", "--max-length", "48",
+            "--max-prompt-length", "16", *extra]
+
+
+def test_check_and_watch_roll_back_a_broken_version(world, capsys, tmp_path):
+    tmp, reg, files = world
+    reg = copy_registry(reg, tmp_path / "registry")
+    before = Registry(reg).history()
+    assert main(update_args(reg, files, "flipped")) == 0  # refused ...
+    bad = Registry(reg).ids()[-1]
+    assert main(["versions", "promote", bad, "--registry", str(reg)]) == 0  # ... and promoted by hand anyway
+    capsys.readouterr()
+    assert main(check_args(reg, files)) == 0
+    out = capsys.readouterr().out
+    registry = Registry(reg)
+    assert registry.history() == before and "loses to the previous version" in out
+    assert registry.last_event()["action"] == f"check: rollback {bad}"
+    assert registry.get(bad)["checks"][-1]["rolled_back"]
+
+    assert main(["versions", "promote", bad, "--registry", str(reg)]) == 0
+    (Path(registry.get(bad)["model"]) / "model.safetensors").write_bytes(b"broken")  # damaged after promotion
+    assert main(check_args(reg, files, "watch", "--times", "1", "--interval", "0")) == 0
+    assert "fails verification" in capsys.readouterr().out and registry.history() == before
 
 
 def test_flipped_labels_are_refused_and_the_champion_keeps_serving(world, capsys, tmp_path):

@@ -267,7 +267,7 @@ def promote(registry: Registry, vid: str, action: str | None = None) -> str:
     return f"{vid} is now current (was {history[-1] if history else 'none'})"
 
 
-def rollback(registry: Registry) -> str:
+def rollback(registry: Registry, action: str | None = None, details: dict | None = None) -> str:
     history = registry.require().history()
     if len(history) < 2:
         raise UserError("nothing to roll back to: no version was current before "
@@ -275,7 +275,7 @@ def rollback(registry: Registry) -> str:
     problem = model_problem(registry.get(history[-2]))
     if problem:
         raise UserError(f"cannot roll back to {history[-2]}: {problem}", where=str(registry.root))
-    registry.set_history(history[:-1], f"rollback {history[-1]}")
+    registry.set_history(history[:-1], action or f"rollback {history[-1]}", details)
     return f"{history[-2]} is current again (was {history[-1]})"
 
 

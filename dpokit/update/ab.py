@@ -20,28 +20,34 @@ from dpokit.store.versions import Registry
 
 def ab_figures(cfg, registry: Registry, state: dict, folder: Path, log) -> dict:
     """The figures the rule decides on (``decision.decide``) and the registry keeps."""
+    from dpokit.update.run import lineage_base
+
+    u, m = cfg.update, cfg.model
+    ecfg = EvalConfig(model=registry.get(state["challenger"])["model"], ref_model=registry.get(state["champion"])["model"],
+                      prompts=u.eval_prompts, judge=u.judge, beta=cfg.loss.beta, max_new_tokens=u.max_new_tokens,
+                      num_prompts=u.eval_num_prompts, batch_size=u.generation_batch_size,
+                      max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length,
+                      seed=cfg.train.seed, dtype=cfg.train.dtype, output=str(folder / "eval"),
+                      trust_remote_code=m.trust_remote_code, allow_pickle=m.allow_pickle, registry="")
+    return compare(ecfg.validate(), lineage_base(registry, state["champion"]), u.pair_files(), log)
+
+
+def compare(ecfg: EvalConfig, base: str, pair_files: list[str], log) -> dict:
+    """``ecfg.model`` (the new model) against ``ecfg.ref_model`` (the old one): the judge on the
+    prompts, the sampled KL, and on each pair file both models' accuracy against ``base``."""
     from accelerate import Accelerator
 
     from dpokit.eval import evaluate_models
     from dpokit.eval.evaluate import eval_autocast, pair_metrics
     from dpokit.policies.lm.load import load_model, load_tokenizer
-    from dpokit.update.run import lineage_base
 
-    u, m = cfg.update, cfg.model
-    paths = {"challenger": registry.get(state["challenger"])["model"],
-             "champion": registry.get(state["champion"])["model"], "base": lineage_base(registry, state["champion"])}
-    ecfg = EvalConfig(model=paths["challenger"], ref_model=paths["champion"], prompts=u.eval_prompts, judge=u.judge,
-                      beta=cfg.loss.beta, max_new_tokens=u.max_new_tokens, num_prompts=u.eval_num_prompts,
-                      batch_size=u.generation_batch_size, max_length=cfg.data.max_length,
-                      max_prompt_length=cfg.data.max_prompt_length, seed=cfg.train.seed, dtype=cfg.train.dtype,
-                      output=str(folder / "eval"), trust_remote_code=m.trust_remote_code,
-                      allow_pickle=m.allow_pickle, registry="").validate()
-    tokenizer = load_tokenizer(paths["champion"], m.trust_remote_code)
+    paths = {"new": ecfg.model, "old": ecfg.ref_model, "base": base}
+    tokenizer = load_tokenizer(ecfg.ref_model, ecfg.trust_remote_code)
     models = {}
     for name, path in paths.items():
         same = next((models[k] for k in models if paths[k] == path), None)
-        models[name] = same or load_model(path, m.trust_remote_code, allow_pickle=m.allow_pickle)
-    report = evaluate_models(ecfg, policy=models["challenger"], reference=models["champion"], tokenizer=tokenizer)
+        models[name] = same or load_model(path, ecfg.trust_remote_code, allow_pickle=ecfg.allow_pickle)
+    report = evaluate_models(ecfg, policy=models["new"], reference=models["old"], tokenizer=tokenizer)
     low, high = report["win_rate_ci95"]
     figures = {"prompts": report["prompts"], "win_rate": report["win_rate"], "win_low": low, "win_high": high,
                "judge_failures": report["judge_failures"], "kl": report["kl_sampled"],
@@ -49,16 +55,15 @@ def ab_figures(cfg, registry: Registry, state: dict, folder: Path, log) -> dict:
                "length_champion": report["mean_length_reference"], "pairs": {}}
     accelerator = Accelerator()
     autocast = eval_autocast(ecfg, accelerator)
-    for path in u.pair_files():
+    for path in pair_files:
         pcfg = EvalConfig(**{**ecfg.__dict__, "pairs": path})
 
         def accuracy(policy: str, reference: str) -> float:
             return pair_metrics(pcfg, models[policy], models[reference], tokenizer, autocast,
                                 accelerator)["reward_accuracy"]
 
-        figures["pairs"][path] = {"challenger": accuracy("challenger", "base"),
-                                  "champion": accuracy("champion", "base"),
-                                  "challenger_vs_champion": accuracy("challenger", "champion")}
-        log(f"[update] held-out pairs {path}: accuracy {figures['pairs'][path]['champion']:.3f} (champion) -> "
-            f"{figures['pairs'][path]['challenger']:.3f} (challenger)")
+        acc = {"challenger": accuracy("new", "base"), "champion": accuracy("old", "base"),
+               "challenger_vs_champion": accuracy("new", "old")}
+        figures["pairs"][path] = acc
+        log(f"[compare] held-out pairs {path}: accuracy {acc['champion']:.3f} (old) -> {acc['challenger']:.3f} (new)")
     return figures

@@ -1,0 +1,131 @@
+"""``dpokit versions check`` and ``watch``: the current version re-evaluated on a fixed canary set
+against the version that was current before it (the last stable one), and rolled back when it
+has fallen behind, with the reasons recorded.
+
+The current version is rolled back when:
+- its model folder no longer verifies;
+- it clearly loses to the previous version on the canary prompts: the upper end of its win-rate
+  interval is below 0.5 − ``win_margin``;
+- its reward accuracy on a canary pair file is more than ``acc_drop`` below the previous version's.
+Each check is appended to the version's record (``checks``). A rollback is logged in ``index.json``
+with its reasons.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dpokit.config import EvalConfig
+from dpokit.config.flags import config_flags
+from dpokit.config.model import Dtype
+from dpokit.errors import UserError
+from dpokit.store.versions import Registry, model_problem, rollback, utc_now
+
+
+@dataclass
+class CanaryConfig:
+    """A fixed canary set and the thresholds past which the current version is rolled back."""
+
+    prompts: str = ""
+    """Canary prompts both versions answer, for the judge."""
+    judge: str = ""
+    """The judge (as ``dpokit eval --judge``)."""
+    pairs: str = ""
+    """Canary preference pairs, comma-separated files; each file's reward accuracy is checked."""
+    win_margin: float = 0.0
+    """Roll back when the win-rate interval against the previous version lies wholly below 0.5 − this."""
+    acc_drop: float = 0.05
+    """Roll back when a pair file's accuracy falls more than this below the previous version's."""
+    beta: float = 0.1
+    """β of the implicit reward behind the pair accuracy."""
+    num_prompts: int = 0
+    """Use the first N canary prompts (0: all)."""
+    max_new_tokens: int = 64
+    """Answer budget per sampled answer."""
+    batch_size: int = 16
+    """Prompts per generation batch."""
+    max_length: int = 512
+    """Token budget for prompt + completion when scoring pairs."""
+    max_prompt_length: int = 256
+    """Prompts keep their last this-many tokens."""
+    seed: int = 0
+    """Sampling seed (the same for both versions)."""
+    dtype: Dtype = "auto"
+    """Precision of generation and scoring (as ``dpokit eval --dtype``)."""
+    interval: float = 3600.0
+    """``watch``: seconds between checks."""
+    times: int = 0
+    """``watch``: stop after this many checks (0: keep watching)."""
+
+    def validate(self) -> CanaryConfig:
+        checks = [(not self.prompts, "prompts", "is required (--prompts)"),
+                  (not self.judge, "judge", "is required (--judge)"),
+                  (self.win_margin < 0, "win_margin", "must be ≥ 0"), (self.acc_drop < 0, "acc_drop", "must be ≥ 0"),
+                  (self.interval < 0, "interval", "must be ≥ 0"), (self.times < 0, "times", "must be ≥ 0")]
+        for bad, key, msg in checks:
+            if bad:
+                raise UserError(msg, where="config", field=key)
+        return self
+
+
+CANARY_FLAG_SET = config_flags(CanaryConfig)
+
+
+def fallen_behind(c: CanaryConfig, figures: dict) -> list[str]:
+    """Why the current version should be rolled back (none: it holds up)."""
+    reasons = []
+    if figures["win_high"] < 0.5 - c.win_margin:
+        reasons.append(f"loses to the previous version: win-rate interval high {figures['win_high']:.3f} "
+                       f"< 0.5 - margin {c.win_margin:g}")
+    for name, acc in figures["pairs"].items():
+        if acc["champion"] - acc["challenger"] > c.acc_drop:
+            reasons.append(f"canary pair accuracy on {name} fell {acc['champion'] - acc['challenger']:.3f} "
+                           f"(from {acc['champion']:.3f} to {acc['challenger']:.3f}) > tolerance {c.acc_drop:g}")
+    return reasons
+
+
+def check(registry: Registry, c: CanaryConfig, log=print) -> str:
+    """One check of the current version; rolls it back when it has fallen behind. Returns what happened."""
+    from dpokit.update.ab import compare
+    from dpokit.update.lock import registry_lock
+    from dpokit.update.run import lineage_base
+
+    with registry_lock(registry.require().root, wait=True):  # never beside an update's decision
+        history = registry.history()
+        if len(history) < 2:
+            return f"nothing to check against: {history[-1] if history else 'no version'} is the only version current so far"
+        current, previous = registry.get(history[-1]), registry.get(history[-2])
+        problem = model_problem(current)
+        figures = None
+        if problem:
+            reasons = [problem]
+        else:
+            ecfg = EvalConfig(model=current["model"], ref_model=previous["model"], prompts=c.prompts, judge=c.judge,
+                              beta=c.beta, max_new_tokens=c.max_new_tokens, num_prompts=c.num_prompts,
+                              batch_size=c.batch_size, max_length=c.max_length, max_prompt_length=c.max_prompt_length,
+                              seed=c.seed, dtype=c.dtype, registry="").validate()
+            figures = compare(ecfg, lineage_base(registry, previous["id"]), [p for p in c.pairs.split(",") if p], log)
+            reasons = fallen_behind(c, figures)
+        entry = {"time": utc_now(), "against": previous["id"], "figures": figures, "reasons": reasons,
+                 "rolled_back": bool(reasons)}
+        if not problem:
+            current.setdefault("checks", []).append(entry)
+            registry.update(current)
+        if not reasons:
+            return (f"{current['id']} holds up against {previous['id']}: win rate {figures['win_rate']:.1%} "
+                    f"[{figures['win_low']:.1%}, {figures['win_high']:.1%}]")
+        done = rollback(registry, f"check: rollback {current['id']}", {"reasons": reasons})
+        return f"{done}: " + "; ".join(reasons)
+
+
+def watch(registry: Registry, c: CanaryConfig, log=print, sleep=time.sleep) -> None:
+    """``check`` every ``interval`` seconds, ``times`` times (0: until stopped)."""
+    n = 0
+    while True:
+        log(f"[watch] {utc_now()} {check(registry, c, log)}")
+        n += 1
+        if c.times and n >= c.times:
+            return
+        sleep(c.interval)
