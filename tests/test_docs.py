@@ -16,6 +16,9 @@ from dpokit.cli import DATA_FLAGS, EVAL_FLAGS, build_parser
 from dpokit.config import FLAG_FIELDS, EvalConfig, RunConfig
 from dpokit.errors import UserError
 from dpokit.online.config import ONLINE_FLAGS, OnlineConfig
+from dpokit.config.flags import spellings
+from dpokit.update.canary import CANARY_FLAG_SET, CanaryConfig
+from dpokit.update.config import UPDATE_FLAG_SET, UpdateConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -159,7 +162,8 @@ def _defaults() -> dict[str, set[str]]:
     """Each flag's default as the docs would write it (a flag of several commands may have several)."""
     out: dict[str, set[str]] = {}
     for flags, root in ((FLAG_FIELDS, RunConfig()), (ONLINE_FLAGS, OnlineConfig()), (EVAL_FLAGS, EvalConfig()),
-                        (DATA_FLAGS, RunConfig())):
+                        (DATA_FLAGS, RunConfig()), (spellings(UPDATE_FLAG_SET), UpdateConfig()),
+                        (spellings(CANARY_FLAG_SET), CanaryConfig())):
         for flag, dotted in flags.items():
             value = root
             for part in dotted.split("."):
