@@ -21,8 +21,7 @@ from dpokit.cli import main
 from dpokit.store.versions import Registry
 from dpokit.train import train
 from helpers import config, tiny_model_dir
-from helpers.feedback import feedback, write_prompts
-from helpers.judges import count_e
+from dpokit.tasks.drift import feedback, more_e, write_prompts
 
 TESTS = Path(__file__).resolve().parent
 
@@ -32,22 +31,22 @@ def world(tmp_path_factory):
     """A registry whose current version v1 is a tiny model after two SFT steps, and feedback on v1's answers."""
     tmp = tmp_path_factory.mktemp("update")
     model = tiny_model_dir(tmp)
-    feedback(str(model), tmp / "seed.jsonl", count_e, 16, 9000)
+    feedback(str(model), tmp / "seed.jsonl", more_e, 16, 9000)
     reg = tmp / "registry"
     train(config(model, tmp / "seed.jsonl", tmp / "sft", loss__name="sft", train__max_steps=2,
                  train__registry=str(reg)))
     assert main(["versions", "promote", "v1", "--registry", str(reg)]) == 0
     v1 = str(tmp / "sft" / "final")
-    files = {"day": feedback(v1, tmp / "day.jsonl", count_e, 96, 0),
-             "flipped": feedback(v1, tmp / "flipped.jsonl", count_e, 96, 1000, flip=True),
-             "held": feedback(v1, tmp / "held.jsonl", count_e, 32, 500, seed=7),
+    files = {"day": feedback(v1, tmp / "day.jsonl", more_e, 96, 0),
+             "flipped": feedback(v1, tmp / "flipped.jsonl", more_e, 96, 1000, flip=True),
+             "held": feedback(v1, tmp / "held.jsonl", more_e, 32, 500, seed=7),
              "prompts": write_prompts(tmp / "prompts.jsonl", 64, 2000)}
     return tmp, reg, files
 
 
 def update_args(reg: Path, files: dict, data: str, *extra: str) -> list[str]:
     return ["update", "--registry", str(reg), "--data", str(files[data]), "--eval-prompts", str(files["prompts"]),
-            "--judge", "helpers.judges:count_e", "--eval-pairs", str(files["held"]), "--acc-drop", "0.2",
+            "--judge", "dpokit.tasks.drift:more_e", "--eval-pairs", str(files["held"]), "--acc-drop", "0.2",
             "--max-steps", "24", "--lr", "2e-3", "--batch-size", "8", "--max-new-tokens", "12",
             "--max-length", "48", "--max-prompt-length", "16", "--no-progress", *extra]
 
@@ -87,7 +86,7 @@ def test_a_better_challenger_is_promoted_once(world, capsys):
 
 def check_args(reg: Path, files: dict, action: str = "check", *extra: str) -> list[str]:
     return ["versions", action, "--registry", str(reg), "--prompts", str(files["prompts"]), "--judge",
-            "helpers.judges:count_e", "--pairs", str(files["held"]), "--max-new-tokens", "12", "--max-length", "48",
+            "dpokit.tasks.drift:more_e", "--pairs", str(files["held"]), "--max-new-tokens", "12", "--max-length", "48",
             "--max-prompt-length", "16", *extra]
 
 
