@@ -136,7 +136,7 @@ def test_bad_judge(files, capsys):
     (["dpx"], "unknown command 'dpx' (choose from sft, dpo, online, sweep, update, eval, versions, quickstart, losses, "
               "data, label, report); did you mean dpo? (see dpokit --help)"),
     (["data", "convert", "in.jsonl"], "missing required argument: output (see dpokit data convert --help)"),
-    (["versions"], "missing the command: one of list, show, promote, rollback, diff (see dpokit versions --help)"),
+    (["versions"], "missing the command: one of list, show, promote, rollback, diff, check, watch (see dpokit versions --help)"),
     (["eval", "--max-new-tokens"], "--max-new-tokens: expected one argument (see dpokit eval --help)"),
 ])
 def test_argparse_errors_are_one_line(capsys, argv, line):

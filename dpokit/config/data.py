@@ -16,9 +16,16 @@ class DataConfig:
     """Where the data is and how the pipeline reads and cleans it (docs/data.md)."""
 
     train: str = ""
-    """Training records: JSON, JSONL (also .gz), CSV, Parquet, or a ``save_to_disk`` folder."""
+    """Training records: JSON, JSONL (also .gz), CSV, Parquet, or a ``save_to_disk`` folder; several
+    sources mixed by weight as ``a.jsonl:0.6,b.parquet:0.4`` (docs/data.md, several sources)."""
     eval: str | None = None
-    """Held-out records evaluated with the same metrics."""
+    """Held-out records evaluated with the same metrics; several sources as ``a.jsonl,b.jsonl``, each
+    source's metrics also reported on its own."""
+    sources: list | None = None
+    """Training sources with their own settings, instead of ``train``: a list of mappings with
+    ``path``, optional ``weight`` and any data setting (``format``, ``columns``, ``pairing``...)."""
+    mix_temperature: float = 1.0
+    """Sources without weights: shares ∝ size^(1/T); 1 concatenates them, larger evens them out."""
     max_length: int = 512
     """Token budget for prompt + completion; completions keep their start."""
     max_prompt_length: int = 256
@@ -35,6 +42,8 @@ class DataConfig:
     """A pair from a list needs score(better) − score(worse) > this (rankings score positions k−1…0)."""
     votes: Literal["majority", "unanimous"] = "majority"
     """How several annotators' votes on one pair decide it."""
+    vote_codes: str = ""
+    """Coded votes mapped to choices, ``1=a,2=b,0=tie`` (a vote that matches no code is an error)."""
     ties: Literal["drop", "keep"] = "drop"
     """Pairs judged a tie: dropped, or kept marked ``"tie": true`` (``dpokit data convert``, and the
     losses that train on ties: ``dpo_rk``, ``dpo_davidson``)."""
@@ -71,10 +80,20 @@ class DataConfig:
 
     def checks(self) -> list[tuple[bool, str, str]]:
         """(bad, field, message) for the data settings, for ``RunConfig.validate``."""
-        from dpokit.data.fields import parse_columns
+        from dpokit.data.fields import parse_columns, parse_vote_codes
+
+        from dpokit.data.mix import sources_of
 
         parse_columns(self.columns)  # raises on a malformed mapping
+        parse_vote_codes(self.vote_codes)
+        if self.sources is not None and self.train:
+            from dpokit.errors import UserError
+
+            raise UserError("give the training data as data.train or as data.sources, not both", where="config",
+                            field="data.sources")
+        sources_of(self, "train"), sources_of(self, "eval")  # raise on a malformed spec
         return [
+            (self.mix_temperature <= 0, "data.mix_temperature", "must be > 0"),
             (self.min_margin < 0, "data.min_margin", "must be ≥ 0"),
             (self.click_min_dwell < 0, "data.click_min_dwell", "must be ≥ 0"),
             (self.click_bias < 0, "data.click_bias", "must be ≥ 0"),
@@ -85,3 +104,4 @@ class DataConfig:
              "must be 0 (off) or ≥ 1"),
             (self.balance != "off" and not self.balance_by, "data.balance_by", "is required to balance"),
         ]
+

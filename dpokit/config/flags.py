@@ -38,8 +38,7 @@ RENAMED_FIELDS = {"data.pair_margin": "data.min_margin", "train.cache_dir": "tra
 """Old field -> new field, for one release: the old YAML key and the old flag still work and warn."""
 
 YAML_ONLY: dict[str, str] = {
-    # none at present: every field is a flag of the commands whose config holds it. A field that
-    # should be set in a file only goes here, with the reason beside it.
+    "data.sources": "a list of mappings, one per source (several sources without settings: --data a:0.6,b:0.4)",
 }
 """Fields that no command offers as a flag: field -> why."""
 

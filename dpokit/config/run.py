@@ -42,7 +42,7 @@ class RunConfig:
         t.dtype, t.bf16 = fold_bf16(t.dtype, t.bf16, "train."), None
         checks = [
             (not self.model.path, "model.path", "is required (--model)"),
-            (not d.train, "data.train", "is required (--data)"),
+            (not d.train and not d.sources, "data.train", "is required (--data)"),
             (t.batch_size < 1, "train.batch_size", "must be ≥ 1"),
             (t.logprob_chunk < 0, "train.logprob_chunk", "must be ≥ 0 (0: no chunking)"),
             (t.grad_accum < 1, "train.grad_accum", "must be ≥ 1"),

@@ -185,6 +185,20 @@ def parse_columns(spec: str) -> dict[str, str]:
     return mapping
 
 
+VOTE_CHOICES = ("a", "b", "tie")
+
+
+def parse_vote_codes(spec: str) -> dict[str, str]:
+    """``"1=a,2=b,0=tie"`` -> ``{"1": "a", "2": "b", "0": "tie"}``."""
+    codes: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        code, sep, choice = (s.strip() for s in item.partition("="))
+        if not sep or not code or choice not in VOTE_CHOICES:
+            raise UserError(f"expected CODE=a|b|tie, got {item!r}", where="config", field="data.vote_codes")
+        codes[code] = choice
+    return codes
+
+
 def lookup(obj: dict, path: str) -> Any:
     """``obj[path]``, or a dotted path into nested objects (``input.messages``); None when absent."""
     if path in obj:
@@ -205,9 +219,26 @@ def rename(obj: dict, mapping: dict[str, str], where: str) -> dict:
     for name, column in mapping.items():
         if name in ("response", "score"):
             continue  # keys inside answer objects: the rated format reads them
-        value = lookup(obj, column)
+        value = joined(obj, name, column, where) if "+" in column else lookup(obj, column)
         if value is None:
             raise UserError(f"missing column {column!r} (mapped to {name!r} by data.columns)", where, column)
-        out.pop(column, None)
+        for part in column.split("+"):
+            out.pop(part, None)
         out[name] = value
     return out
+
+
+def joined(obj: dict, name: str, columns: str, where: str) -> Any:
+    """Several columns as one field (``a+b``): ``votes`` gathers the annotators' columns into a list
+    (an empty or missing one is an annotator who did not vote); a text field joins the non-empty
+    texts by a blank line (Alpaca's ``instruction+input``). None when every column is empty."""
+    values = [lookup(obj, c) for c in columns.split("+")]
+    given = [v for v in values if v is not None and v != ""]
+    if not given:
+        return None
+    if name == "votes":
+        return [str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in given]
+    for column, value in zip(columns.split("+"), values):
+        if value is not None and not isinstance(value, str):
+            raise UserError(f"must be text to join into {name!r}; got {type(value).__name__}", where, column)
+    return "\n\n".join(given)

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from dpokit.data.fields import (align, as_messages, boolean, list_field, number, present, require, split_common_prefix,
-                                text_field, text_value)
+from dpokit.data.fields import (align, as_messages, boolean, list_field, number, parse_vote_codes, present, require,
+                                split_common_prefix, text_field, text_value)
 from dpokit.data.records import Pair, RankedList, Record, SFTExample, Text, Unpaired
 from dpokit.data.report import DataReport
 from dpokit.errors import UserError
@@ -232,10 +232,13 @@ def parse_votes(obj: dict[str, Any], ctx: Context, where: str) -> list[Record]:
     prompt = text_field(obj, "prompt", where)
     a, b = text_field(obj, "response_a", where), text_field(obj, "response_b", where)
     raw = list_field(obj, "votes", where, 1) if present(obj, "votes") else [require(obj, "winner", where)]
-    votes = []
+    votes, codes = [], parse_vote_codes(ctx.options.vote_codes)
     for i, v in enumerate(raw):
+        if codes:
+            v = codes.get(str(v).strip(), v)
         if not isinstance(v, str) or v.strip().lower() not in VOTE_WORDS:
-            raise UserError(f"must be one of a, b, tie (or model_a, model_b); got {v!r}", where,
+            known = f"a code of data.vote_codes ({', '.join(codes)})" if codes else "a, b, tie (or model_a, model_b)"
+            raise UserError(f"must be {known}; got {v!r}", where,
                             f"votes[{i}]" if present(obj, "votes") else "winner")
         votes.append(VOTE_WORDS[v.strip().lower()])
     ctx.report.agreement.add(votes)

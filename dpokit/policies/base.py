@@ -33,10 +33,11 @@ class Policy(Protocol):
     def from_config(cls, cfg) -> Policy:
         """The kind as a run config sets it up (the LM: its tokenizer and log-prob options)."""
 
-    def records(self, path: str, input_kind: str, name: str, log: Callable[[str], None]) -> list:
+    def records(self, path: str, input_kind: str, name: str, log: Callable[[str], None], options=None) -> list:
         """The records of ``path`` as the kind ``input_kind`` a loss takes (pair, list, unpaired,
         sft), encoded for this policy (the LM: tokenized), through the data pipeline with its
-        report (``name``: train or eval)."""
+        report (``name``: train, eval, or a source's name). ``options``: the data settings of this
+        one source (a ``DataConfig``) in place of the run's."""
 
     def load(self, path: str) -> torch.nn.Module:
         """A model of this kind from ``path`` (the policy's start, or a separate reference), in

@@ -160,7 +160,10 @@ class ItemRanker:
             (self.cfg.lora.enabled, "lora.enabled", "item_ranker has no adapters; train its weights"),
         ]
 
-    def records(self, path: str, input_kind: str, name: str, log) -> list[RankRecord]:
+    def records(self, path: str, input_kind: str, name: str, log, options=None) -> list[RankRecord]:
+        if options is not None:
+            raise UserError("per-source data settings apply to text data; a ranker's records have none",
+                            where=path, field="data.sources")
         out = []
         try:
             lines = Path(path).read_text().splitlines()

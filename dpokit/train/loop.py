@@ -19,6 +19,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from dpokit.config import RunConfig, save_config
+from dpokit.data.mix import read_dataset
 from dpokit.errors import Stopped
 from dpokit.losses import LossSpec, get_loss
 from dpokit.policies import build_policy_kind
@@ -143,6 +144,8 @@ class Run:
     last: dict = field(default_factory=dict)
     eval_metrics: dict = field(default_factory=dict)
     on_eval: EvalCallback | None = None
+    eval_groups: dict = field(default_factory=dict)
+    """Held-out data from several sources: each source's label -> its records' indices."""
     halted: bool = False
     """Set when ``on_eval`` asked to stop."""
 
@@ -179,9 +182,9 @@ def _start(cfg: RunConfig, log) -> Run:
 
     # 1. Data, encoded once (the LM: tokenized); the reference cache is keyed by these exact encodings.
     kind = build_policy_kind(cfg, spec)
-    datasets = {"train": kind.records(cfg.data.train, spec.input_kind, "train", log)}
-    if cfg.data.eval:
-        datasets["eval"] = kind.records(cfg.data.eval, spec.input_kind, "eval", log)
+    datasets, groups = {}, {}
+    for which in ("train", "eval") if cfg.data.eval else ("train",):
+        datasets[which], groups[which] = read_dataset(kind, cfg.data, which, spec.input_kind, t.seed, out, log)
 
     # 2. Policy and reference, both from the starting weights, before any checkpoint is loaded.
     policy = kind.load(cfg.model.path)
@@ -208,7 +211,8 @@ def _start(cfg: RunConfig, log) -> Run:
     policy.train()
     bar = tqdm(total=total, initial=state.step, desc=f"{spec.name}", disable=not (t.progress and main))
     return Run(cfg, spec, log, accelerator, engine, autocast, scaling, kind, datasets, policy, reference,
-               optimizer, scheduler, stream, total, state, metrics_log, Guard(cfg.guard, state), bar)
+               optimizer, scheduler, stream, total, state, metrics_log, Guard(cfg.guard, state), bar,
+               eval_groups=groups.get("eval", {}))
 
 
 @dataclass
@@ -299,6 +303,10 @@ def _at_intervals(run: Run, window: LogWindow) -> None:
         run.eval_metrics = dataset_metrics(run.spec, run.cfg.loss, t.batch_size, run.kind, run.policy, run.reference,
                                            run.datasets["eval"], run.autocast, acc, state.loss_state)
         evals = {f"eval/{k}": v for k, v in run.eval_metrics.items()}
+        for label, indices in run.eval_groups.items():  # each source's own metrics
+            part = dataset_metrics(run.spec, run.cfg.loss, t.batch_size, run.kind, run.policy, run.reference,
+                                   run.datasets["eval"], run.autocast, acc, state.loss_state, indices)
+            evals.update({f"eval/{label}/{k}": v for k, v in part.items()})
         run.metrics_log.write({"step": state.step, **evals})
         fresh.update(evals)
         if run.on_eval is not None and run.on_eval(state.step, run.eval_metrics) == "stop":

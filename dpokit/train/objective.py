@@ -49,15 +49,19 @@ def forward_loss(spec: LossSpec, loss_cfg: LossConfig, kind: Policy, policy, ref
 
 @torch.no_grad()
 def dataset_metrics(spec: LossSpec, loss_cfg: LossConfig, batch_size: int, kind: Policy, policy, reference,
-                    records: list, autocast, accelerator, state: dict | None = None) -> dict[str, float]:
+                    records: list, autocast, accelerator, state: dict | None = None,
+                    subset: list[int] | None = None) -> dict[str, float]:
     """The loss and its metrics (reward accuracy, margins...) over a whole dataset, each averaged
-    exactly; on several processes each takes every P-th record and the sums are gathered."""
+    exactly; on several processes each takes every P-th record and the sums are gathered.
+    ``subset``: only these records (one source's), still indexed as in ``records`` (the cached
+    reference looks values up by index)."""
     was_training = policy.training
     policy.eval()
     group = response_count(records)
     sums = MetricSums()
-    batches = eval_batches(len(records), batch_size, accelerator.num_processes,
-                           accelerator.process_index)
+    rows = subset if subset is not None else range(len(records))
+    batches = [[rows[i] for i in ix] for ix in eval_batches(len(rows), batch_size, accelerator.num_processes,
+                                                            accelerator.process_index)]
     extra = engines.stand_ins(batches, accelerator)  # before any (collective) forward pass
     for indices in batches:
         batch = make_batch(kind, records, indices, "eval", accelerator.device)

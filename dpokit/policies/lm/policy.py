@@ -46,13 +46,13 @@ class CausalLM:
     def checks(self, spec) -> list[tuple[bool, str, str]]:
         return []
 
-    def records(self, path: str, input_kind: str, name: str, log) -> list[TokenizedRecord]:
+    def records(self, path: str, input_kind: str, name: str, log, options=None) -> list[TokenizedRecord]:
         """Read, clean and tokenize ``path`` (or take it from the data cache), print what was dropped
         or changed, and write the full report to ``OUTPUT/data_report_<name>.json``."""
         cfg = self.cfg
         out = Path(cfg.train.output)
         cache_dir = (Path(cfg.data.cache_dir) if cfg.data.cache_dir else out / "data_cache") if cfg.data.cache else None
-        tokenized, lines, _ = load_tokenized(path, input_kind, self.tokenizer, cfg.data, cfg.data.max_length,
+        tokenized, lines, _ = load_tokenized(path, input_kind, self.tokenizer, options or cfg.data, cfg.data.max_length,
                                              cfg.data.max_prompt_length, out / f"data_report_{name}.json", cache_dir)
         for line in lines:
             log(f"[data:{name}] {line}")
