@@ -122,3 +122,19 @@ def test_yaml_sources_with_their_own_settings(two_sources, capsys):
     both.write_text(yaml.safe_dump({**cfg, "data": {**cfg["data"], "train": str(f["chat"])}}))
     assert main(["dpo", "--config", str(both)]) == 2
     assert "'data.sources': give the training data as data.train or as data.sources" in capsys.readouterr().err
+
+
+def test_eval_reports_each_pair_file(two_sources, capsys):
+    tmp, model, f = two_sources
+    prompts = jsonl(tmp / "prompts.jsonl", [{"prompt": r["prompt"]} for r in pairs(4, seed=5)])
+    trained = tmp / "trained"
+    train(config(model, f["chat"], trained, train__max_steps=4))  # a policy unlike its reference: losses differ
+    assert main(["eval", "--model", str(trained / "final"), "--ref-model", str(model), "--prompts", str(prompts),
+                 "--judge", "dpokit.tasks.drift:more_e", "--max-new-tokens", "4", "--beta", "0.1",
+                 "--pairs", f"{f['chat_eval']},{f['safety_eval']}", "--output", str(tmp / "eval"), "--registry", ""]) == 0
+    report = json.loads((tmp / "eval" / "eval_report.json").read_text())
+    parts = report["by_source"]
+    assert report["pairs"] == 18 and (parts["chat_eval"]["pairs"], parts["safety_eval"]["pairs"]) == (12, 6)
+    assert parts["chat_eval"]["dpo_loss"] != pytest.approx(parts["safety_eval"]["dpo_loss"])
+    assert report["dpo_loss"] == pytest.approx((12 * parts["chat_eval"]["dpo_loss"] + 6 * parts["safety_eval"]["dpo_loss"]) / 18)
+    assert "  safety_eval: 6 pairs, reward accuracy" in capsys.readouterr().out

@@ -19,7 +19,8 @@ class EvalConfig:
     judge: str = ""
     """``package.module:function`` scoring (prompt, response) or comparing (prompt, a, b)."""
     pairs: str | None = None
-    """Held-out preference pairs for reward accuracy and margins under the implicit reward."""
+    """Held-out preference pairs for reward accuracy and margins under the implicit reward; several
+    files as ``a.jsonl,b.jsonl``, each also reported on its own."""
     beta: float = 0.1
     """β of the implicit reward β·log π/π_ref used for ``pairs``."""
     max_new_tokens: int = 64

@@ -21,6 +21,9 @@ def format_report(report: dict) -> str:
     if "reward_accuracy" in report:
         lines.append(f"held-out pairs: {report['pairs']}, reward accuracy {report['reward_accuracy']:.1%}, "
                      f"margin {report['reward_margin']:.3f}")
+        for label, part in report.get("by_source", {}).items():
+            lines.append(f"  {label}: {part['pairs']} pairs, reward accuracy {part['reward_accuracy']:.1%}, "
+                         f"margin {part['reward_margin']:.3f}")
     return "\n".join(lines)
 
 

@@ -169,15 +169,27 @@ def judge_answers(judge, prompts: list[str], policy: list[str], reference: list[
 
 
 def pair_metrics(cfg: EvalConfig, policy, reference, tokenizer, autocast, accelerator) -> dict:
-    """Reward accuracy and margins of β·log π/π_ref on held-out pairs (same code as training)."""
+    """Reward accuracy and margins of β·log π/π_ref on held-out pairs (same code as training);
+    with several files (``a.jsonl,b.jsonl``), over all of them and for each (``by_source``)."""
+    from dpokit.data.mix import parse_spec
+
     spec, loss = get_loss("sigmoid"), LossConfig(beta=cfg.beta)
     loss.resolve_defaults(spec.defaults)
-    records, _ = tokenize_records(read_records(cfg.pairs, "pair"), tokenizer, cfg.max_length, cfg.max_prompt_length)
-    kind = CausalLM(tokenizer)
-    m = dataset_metrics(spec, loss, cfg.batch_size, kind, policy, CopyReference(reference, kind, autocast), records,
-                        autocast, accelerator)
-    return {"pairs": len(records), "reward_accuracy": m["rewards/accuracies"],
-            "reward_margin": m["rewards/margins"], "dpo_loss": m["loss"]}
+    kind, parts = CausalLM(tokenizer), {}
+    for source in parse_spec(cfg.pairs, "pairs"):
+        parts[source.label], _ = tokenize_records(read_records(source.path, "pair"), tokenizer, cfg.max_length,
+                                                  cfg.max_prompt_length)
+
+    def measure(records: list) -> dict:
+        m = dataset_metrics(spec, loss, cfg.batch_size, kind, policy, CopyReference(reference, kind, autocast), records,
+                            autocast, accelerator)
+        return {"pairs": len(records), "reward_accuracy": m["rewards/accuracies"],
+                "reward_margin": m["rewards/margins"], "dpo_loss": m["loss"]}
+
+    report = measure([r for records in parts.values() for r in records])
+    if len(parts) > 1:
+        report["by_source"] = {label: measure(records) for label, records in parts.items()}
+    return report
 
 
 def write_report(folder: Path, report: dict, prompts, columns: dict[str, list]) -> None:
