@@ -186,3 +186,22 @@ def test_sigkill_at_random_moments_never_half_writes_or_promotes_twice(world, tm
     assert len(made) == 1, made  # one challenger however often it was killed
     promoted = registry.get(made[-1])["update"]["decision"]["promoted"]
     assert registry.history() == ([*before, made[-1]] if promoted else before)
+
+
+def _small_files() -> None:
+    """In the child: writes past 256 KB fail (EFBIG), as on a full disk, instead of killing the process."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+
+
+def test_a_full_disk_mid_update_leaves_the_champion_serving(world, tmp_path):
+    tmp, reg, files = world
+    reg = copy_registry(reg, tmp_path / "registry")
+    before = Registry(reg).history()
+    r = subprocess.run([sys.executable, "-m", "dpokit.cli", *update_args(reg, files, "day", "--seed", "5")],
+                       capture_output=True, text=True, env=_env(), preexec_fn=_small_files)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "File too large" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert f"{before[-1]} is still current" in r.stderr and Registry(reg).history() == before

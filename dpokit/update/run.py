@@ -40,9 +40,16 @@ def update(cfg: UpdateConfig, log=print) -> dict:
         try:
             return _run(cfg, registry, key, folder, log)
         except OSError as exc:  # disk full, permissions: nothing was made current
-            champion = registry.current()
-            raise UserError(f"the update failed ({exc.strerror or exc}); {champion} is still current",
+            raise UserError(f"the update failed ({exc.strerror or exc}){_serving(registry)}",
                             where=str(exc.filename or folder)) from None
+        except UserError as exc:
+            raise UserError(f"{exc.detail}{_serving(registry)}", exc.where, exc.field) from None
+
+
+def _serving(registry: Registry) -> str:
+    """What a failed update leaves: the champion it did not replace."""
+    current = registry.current()
+    return f"; {current} is still current" if current else ""
 
 
 def _run(cfg: UpdateConfig, registry: Registry, key: str, folder: Path, log) -> dict:
