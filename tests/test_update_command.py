@@ -110,6 +110,14 @@ def test_check_and_watch_roll_back_a_broken_version(world, capsys, tmp_path):
     assert main(check_args(reg, files, "watch", "--times", "1", "--interval", "0")) == 0
     assert "fails verification" in capsys.readouterr().out and registry.history() == before
 
+    page = tmp_path / "report.html"  # the run report shows the registry's timeline, reasons escaped
+    run_folder = Path(registry.get(bad)["run"])
+    assert main(["report", str(run_folder), "-o", str(page), "--registry", str(reg)]) == 0
+    html = page.read_text()
+    timeline = html[html.index('<section id="timeline">'):]
+    assert f"update {before[-1]} -&gt; {bad}: refused" in timeline and f"check: rollback {bad}" in timeline
+    assert "loses to the previous version: win-rate interval high" in timeline and "&lt; 0.5 - margin" in timeline
+
 
 def test_flipped_labels_are_refused_and_the_champion_keeps_serving(world, capsys, tmp_path):
     tmp, reg, files = world

@@ -24,7 +24,7 @@ def render(inputs: Inputs, title: str = "dpokit report") -> str:
     body.append(figures.reward_kl_section(inputs))
     if runs:
         body.append(details.final_metrics(runs))
-    body += [details.versions_table(inputs), details.evaluations(inputs)]
+    body += [details.versions_table(inputs), details.registry_timeline(inputs), details.evaluations(inputs)]
     if runs:
         body.append('<section id="details"><h2>Run details</h2>'
                     + "".join(details.run_section(i, run) for i, run in enumerate(runs)) + "</section>")

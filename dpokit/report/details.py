@@ -217,3 +217,26 @@ def versions_table(inputs: Inputs) -> str:
             f'{table(["version", "created", "parent", "loss", "steps", "win rate", "sampled KL", "model"], rows)}'
             "</section>")
 
+
+
+def registry_timeline(inputs: Inputs) -> str:
+    """``dpokit update``'s decisions, then the registry's log of what became current and why."""
+    if not inputs.updates and not inputs.events:
+        return ""
+    rows = []
+    for r in inputs.updates:
+        u = r["update"]
+        d, f = u.get("decision"), u.get("figures") or {}
+        rows.append([cell(r["id"]), cell(u.get("champion")),
+                     cell("pending" if d is None else "promoted" if d["promoted"] else "refused"),
+                     cell(f.get("win_rate")), cell([f.get("win_low"), f.get("win_high")] if f else None),
+                     cell(f.get("kl")), cell("; ".join(d["reasons"]) if d and d["reasons"] else None)])
+    events = [[cell(e.get("time")), cell(e.get("action")), cell(e.get("current")),
+               cell("; ".join(e.get("reasons", [])) or None)] for e in inputs.events]
+    return ('<section id="timeline"><h2>Registry timeline</h2>'
+            + (table(["challenger", "champion", "decision", "win rate", "95% CI", "KL to champion", "reasons"], rows,
+                     "each dpokit update: the challenger, the champion it was tested against, and the decision")
+               if rows else "")
+            + (table(["time", "action", "current after", "reasons"], events,
+                     "promotions, refusals and rollbacks, oldest first") if events else "")
+            + "</section>")

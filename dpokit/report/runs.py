@@ -70,6 +70,10 @@ class Inputs:
     """Evaluations of no single run: quickstart's comparison of stages, and those given with ``--eval``."""
     versions: list[dict] = field(default_factory=list)
     """Registry records (``--registry``) that carry an evaluation."""
+    updates: list[dict] = field(default_factory=list)
+    """Registry records that ``dpokit update`` made, oldest first (its decisions)."""
+    events: list[dict] = field(default_factory=list)
+    """The registry's log of promotions, refusals and rollbacks (``index.json``)."""
 
 
 # -- files ----------------------------------------------------------------------------------------
@@ -179,6 +183,13 @@ def registry_records(root: Path) -> list[dict]:
 
 # -- what a folder on the command line is ---------------------------------------------------------
 
+def registry_events(root: Path) -> list[dict]:
+    import dpokit.config  # noqa: F401  (as registry_records)
+    from dpokit.store.versions import Registry
+
+    return Registry(root).events()
+
+
 def load_inputs(folders: list[str], evaluations: list[str] = (), registry: str | None = None) -> Inputs:
     inputs = Inputs()
     paths = [Path(f) for f in folders]
@@ -192,6 +203,8 @@ def load_inputs(folders: list[str], evaluations: list[str] = (), registry: str |
     if registry:
         records = registry_records(Path(registry))
         inputs.versions = [r for r in records if (r.get("eval") or {}).get("report")]
+        inputs.updates = [r for r in records if r.get("update")]
+        inputs.events = registry_events(Path(registry))
     return inputs
 
 
