@@ -106,7 +106,7 @@ def read_log(path: str | Path, item_ids: Iterable[str] | None = None, columns: I
 
     def skip(err: UserError) -> None:
         report.rows += 1
-        report.skip(err.where or str(path), _reason(err))
+        report.skip(err.where or str(path), skip_reason(err))
     out = []
     for where, row in iter_rows(path, skip if skipping else None):
         report.rows += 1
@@ -115,7 +115,7 @@ def read_log(path: str | Path, item_ids: Iterable[str] | None = None, columns: I
         except UserError as err:
             if not skipping:
                 raise
-            report.skip(err.where or where, _reason(err))
+            report.skip(err.where or where, skip_reason(err))
     report.records_out = len(out)
     if not out:
         raise UserError("no usable logged records" + (" left: see the skipped counts" if report.counts else ""),
@@ -123,7 +123,7 @@ def read_log(path: str | Path, item_ids: Iterable[str] | None = None, columns: I
     return out
 
 
-def _reason(err: UserError) -> str:
+def skip_reason(err: UserError) -> str:
     return (f"field '{err.field}': " if err.field else "") + err.detail
 
 
