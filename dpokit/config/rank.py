@@ -21,7 +21,8 @@ def _raise_first(checks: list[tuple[bool, str, str]]) -> None:
 @dataclass
 class SimulateConfig:
     out: str = ""
-    """Folder to write ``log.jsonl``, ``items.jsonl`` and the sidecar ``simulator.json`` into."""
+    """Folder to write ``log.jsonl``, ``items.jsonl`` and the sidecar ``simulator.json`` into
+    (required by ``dpokit rank simulate``; the simulator itself needs none)."""
     users: int = 100
     """Users (contexts), drawn uniformly for each impression."""
     items: int = 20

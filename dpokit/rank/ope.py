@@ -26,6 +26,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from dpokit.errors import UserError
+
 BOOTSTRAP_CHUNK = 200  # resamples drawn at a time, to bound memory at n × chunk indices
 
 
@@ -101,6 +103,9 @@ def estimate(data: OffPolicyData, clip: float = 0.0, level: float = 0.95, bootst
              prior: float = 1.0) -> list[Estimate]:
     """IPS, SNIPS and DR of the target's click rate, with normal (and bootstrap) intervals."""
     w = data.weights(clip)
+    if not w.any():  # SNIPS would be 0/0, and IPS's 0 ± 0 no evidence
+        raise UserError("the target policy gives probability 0 to every logged item at its position: "
+                        "the log holds no evidence about it (try a softmax target)", where="log")
     q = click_table(data, prior)
     q_logged = q[data.position, data.item]
     q_target = (data.target * q[data.position]).sum(1)

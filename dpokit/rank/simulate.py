@@ -220,6 +220,8 @@ def ranker_scorer(folder: str | Path, item_ids: list[str]) -> Scorer:
 def simulate(cfg: SimulateConfig) -> dict:
     """Write ``log.jsonl``, ``items.jsonl`` and the sidecar ``simulator.json`` (the config and the
     logger's true values) into ``cfg.out``; return the sidecar."""
+    if not cfg.out:
+        raise UserError("is required (--out)", where="config", field="out")
     world = World(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
