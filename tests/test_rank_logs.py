@@ -36,6 +36,7 @@ BAD = [({"propensity": 0}, "propensity", "in \\(0, 1\\]"),
        ({"slate": ["a", "zz", "c"]}, "slate[1]", "unknown item id 'zz'"),
        ({"slate": None, "item": "zz"}, "item", "unknown item id 'zz'"),
        ({"context": {"user": "u1"}}, "context.x0", "missing feature column"),
+       ({"context": {"user": "u1", "x0": "high"}}, "context.x0", "not a finite number"),
        ({"click": 2}, "click", "0 or 1")]
 
 
@@ -43,7 +44,7 @@ BAD = [({"propensity": 0}, "propensity", "in \\(0, 1\\]"),
 def test_each_bad_record_is_one_line_naming_file_row_and_field(tmp_path, change, field, message):
     path = write_log(tmp_path / "log.jsonl", [GOOD, {**GOOD, **change}])
     with pytest.raises(UserError, match=message) as err:
-        read_log(path, ITEMS, ["user", "x0"])
+        read_log(path, ITEMS, ["user", "x0"], numeric=["x0"])
     assert err.value.where == f"{path}:2" and err.value.field == field
     assert "\n" not in str(err.value) and str(err.value).startswith(f"{path}:2: field '{field}'")
 
@@ -53,7 +54,7 @@ def test_skipping_counts_every_bad_record(tmp_path):
     path = write_log(tmp_path / "log.jsonl", rows)
     (tmp_path / "log.jsonl").write_text(path.read_text() + "not json\n")
     report = DataReport()
-    records = read_log(path, ITEMS, ["user", "x0"], on_error="skip", report=report)
+    records = read_log(path, ITEMS, ["user", "x0"], on_error="skip", report=report, numeric=["x0"])
     assert len(records) == 2 and report.rows == len(rows) + 1
     assert report.total("skipped") == len(BAD) + 1 and report.records_out == 2
     assert any("propensity" in reason for _, reason in report.counts)

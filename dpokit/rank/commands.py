@@ -32,9 +32,9 @@ def evaluate_ranker(cfg: RankEvalConfig) -> dict:
 
     module = load_ranker(cfg.ranker)
     ids = [str(item["id"]) for item in module.items]
-    columns = module.settings["context_numeric"] + module.settings["context_categorical"]
+    numeric = module.settings["context_numeric"]
     report = DataReport(cfg.log)
-    records = read_log(cfg.log, ids, columns, cfg.on_error, report)
+    records = read_log(cfg.log, ids, numeric + module.settings["context_categorical"], cfg.on_error, report, numeric)
     policy = SlatePolicy(ranker_scorer(cfg.ranker, ids), cfg.target, cfg.temperature)
     data = off_policy_data(records, policy, ids)
     estimates = estimate(data, cfg.clip, cfg.level, cfg.bootstrap, cfg.seed)

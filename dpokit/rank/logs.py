@@ -46,10 +46,10 @@ class Logged:
     propensity: float
 
 
-def _number(row: dict, key: str, where: str) -> float:
+def _number(row: dict, key: str, where: str, field: str | None = None) -> float:
     value = row.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UserError("missing or not a finite number", where, key)
+        raise UserError("missing or not a finite number", where, field or key)
     return value
 
 
@@ -70,14 +70,18 @@ def _check_ids(row: dict, known: set[str] | None, where: str) -> tuple[list[str]
     return slate, item
 
 
-def parse_logged(row: dict, where: str, known: set[str] | None, columns: Iterable[str]) -> Logged:
-    """One checked record; ``known`` item ids (None: any), ``columns`` the context must have."""
+def parse_logged(row: dict, where: str, known: set[str] | None, columns: Iterable[str],
+                 numeric: Iterable[str] = ()) -> Logged:
+    """One checked record; ``known`` item ids (None: any), ``columns`` the context must have,
+    ``numeric`` those of them that must be finite numbers."""
     ctx = row.get("context")
     if not isinstance(ctx, dict):
         raise UserError("missing or not an object", where, "context")
     for col in columns:
         if ctx.get(col) is None:
             raise UserError("missing feature column", where, f"context.{col}")
+    for col in numeric:
+        _number(ctx, col, where, f"context.{col}")
     slate, item = _check_ids(row, known, where)
     position = row.get("position")
     if isinstance(position, bool) or not isinstance(position, int) or position < 1:
@@ -97,12 +101,13 @@ def parse_logged(row: dict, where: str, known: set[str] | None, columns: Iterabl
 
 
 def read_log(path: str | Path, item_ids: Iterable[str] | None = None, columns: Iterable[str] = (),
-             on_error: str = "raise", report: DataReport | None = None) -> list[Logged]:
-    """Every checked record of a log file (JSON Lines, JSON, CSV, Parquet: what ``dpokit.data`` reads)."""
+             on_error: str = "raise", report: DataReport | None = None, numeric: Iterable[str] = ()) -> list[Logged]:
+    """Every checked record of a log file (JSON Lines, JSON, CSV, Parquet: what ``dpokit.data`` reads);
+    ``columns`` and ``numeric`` as in ``parse_logged``."""
     report = report if report is not None else DataReport(str(path))
     report.source, report.format, report.kind = str(path), "logged", "logged records"
     known = None if item_ids is None else {str(i) for i in item_ids}
-    columns, skipping = list(columns), on_error == "skip"
+    columns, numeric, skipping = list(columns), list(numeric), on_error == "skip"
 
     def skip(err: UserError) -> None:
         report.rows += 1
@@ -111,7 +116,7 @@ def read_log(path: str | Path, item_ids: Iterable[str] | None = None, columns: I
     for where, row in iter_rows(path, skip if skipping else None):
         report.rows += 1
         try:
-            out.append(parse_logged(row, where, known, columns))
+            out.append(parse_logged(row, where, known, columns, numeric))
         except UserError as err:
             if not skipping:
                 raise
