@@ -11,7 +11,7 @@ import sys
 
 from dpokit.cli_errors import OneLineParser
 from dpokit.config import (DATA_COMMAND_NOT_FLAGS, TRAIN_FLAG_SET, DataCommandConfig, EvalConfig, RankEvalConfig,
-                           RunConfig, SimulateConfig, default_registry, load_config)
+                           RankRecordsConfig, RunConfig, SimulateConfig, default_registry, load_config)
 from dpokit.config.flags import add_flags, config_flags, overrides, spellings
 from dpokit.data.kinds import KIND_NAMES
 from dpokit.errors import Stopped, UserError, stops_raise
@@ -22,8 +22,8 @@ EVAL_FLAGS = spellings(EVAL_FLAG_SET)
 DATA_FLAG_SET = config_flags(DataCommandConfig, skip=DATA_COMMAND_NOT_FLAGS)
 DATA_FLAGS = spellings(DATA_FLAG_SET)
 """Each spelling of a ``dpokit data`` flag (underscores) -> the field it sets."""
-RANK_FLAG_SETS = {"simulate": config_flags(SimulateConfig), "eval": config_flags(RankEvalConfig)}
-RANK_CONFIGS = {"simulate": SimulateConfig, "eval": RankEvalConfig}
+RANK_CONFIGS = {"simulate": SimulateConfig, "records": RankRecordsConfig, "eval": RankEvalConfig}
+RANK_FLAG_SETS = {name: config_flags(cls) for name, cls in RANK_CONFIGS.items()}
 VERSION_ACTIONS = {"list": "list the versions; * marks the current one",
                    "show": "one version's lineage, data, metrics and evaluation (default: the current one)",
                    "promote": "make a version current", "rollback": "make the previous current version current again",
@@ -161,6 +161,8 @@ def _add_rank_parser(sub) -> None:
     rank = sub.add_parser("rank", help="a click simulator and off-policy evaluation of item rankers (docs/ranking.md)")
     commands = rank.add_subparsers(dest="rank_command", required=True)
     for name, help_text in (("simulate", "write a logged-bandit log, its item table and the simulator's sidecar"),
+                            ("records", "item_ranker training records from a log's clicks: pairs, skip-above "
+                                        "pairs or lists, IPS-weighted"),
                             ("eval", "IPS, SNIPS and DR estimates of a ranker's click rate on a log, with intervals "
                                      "(and the true values when the log came from the simulator)")):
         p = commands.add_parser(name, help=help_text)
@@ -293,7 +295,7 @@ def run_rank(ns: argparse.Namespace) -> int:
 
     name = ns.rank_command
     cfg = load_config(ns.config, overrides(ns, RANK_FLAG_SETS[name]), root=RANK_CONFIGS[name])
-    return commands.run_simulate(cfg) if name == "simulate" else commands.run_eval(cfg)
+    return {"simulate": commands.run_simulate, "records": commands.run_records, "eval": commands.run_eval}[name](cfg)
 
 
 def run_report(ns: argparse.Namespace) -> int:

@@ -68,3 +68,22 @@ def test_a_bad_log_is_one_line_and_exit_code_2(simulated, tmp_path, capsys):
                  "--target", "softmax"]) == 0
     out = capsys.readouterr().out
     assert "2 records, 1 skipped" in out and "field 'propensity': must be in (0, 1]; got 0: 1" in out
+
+
+def test_records_and_a_held_out_log_of_the_same_world(simulated, capsys):
+    """``records`` writes what ``training_records`` makes of the log; ``--log-seed`` gives another
+    log of the same world (the same logger truth, other clicks)."""
+    from dpokit.rank.logs import read_log, training_records
+
+    tmp, sidecar, _ = simulated
+    log, out = tmp / "sim" / "log.jsonl", tmp / "lists.jsonl"
+    assert main(["rank", "records", "--log", str(log), "--items", str(tmp / "sim" / "items.jsonl"), "--out", str(out),
+                 "--mode", "lists", "--negatives", "2", "--clip", "10"]) == 0
+    want, counts = training_records(read_log(log), "lists", negatives=2, clip=10.0)
+    assert [json.loads(line) for line in out.read_text().splitlines()] == want
+    assert f"-> {counts['records']} lists records" in capsys.readouterr().out
+    assert main(["rank", "simulate", "--out", str(tmp / "held"), "--impressions", "4000", "--users", "30",
+                 "--items", "10", "--seed", "4", "--log-seed", "2"]) == 0
+    held = json.loads((tmp / "held" / "simulator.json").read_text())
+    assert held["logger"] == sidecar["logger"]
+    assert (tmp / "held" / "log.jsonl").read_text() != log.read_text()

@@ -53,7 +53,10 @@ class SimulateConfig:
     offset: float = 2.0
     """Attractiveness is sigmoid(u·v - price - offset): a larger offset, fewer clicks."""
     seed: int = 0
-    """Seed of the world (factors, features, logger noise) and of the log."""
+    """Seed of the world: factors, features, the logger's noise."""
+    log_seed: int = 1
+    """Seed of the log's users, slates and clicks: another value, another log of the same world
+    (a held-out log to evaluate on)."""
 
     def validate(self) -> SimulateConfig:
         _raise_first([
@@ -105,5 +108,35 @@ class RankEvalConfig:
             (self.clip < 0, "clip", "must be ≥ 0 (0: no clipping)"),
             (self.bootstrap < 0, "bootstrap", "must be ≥ 0"),
             (not 0 < self.level < 1, "level", "must be in (0, 1)"),
+        ])
+        return self
+
+
+@dataclass
+class RankRecordsConfig:
+    log: str = ""
+    """Logged-bandit records (JSON Lines, see docs/ranking.md)."""
+    out: str = ""
+    """The item_ranker training records to write (JSON Lines)."""
+    items: str | None = None
+    """An item table (``items.jsonl``, or a ranker folder): item ids outside it are errors."""
+    mode: Literal["pairs", "skip_above", "lists"] = "pairs"
+    """pairs: a click over each unclicked shown item; skip_above: over those shown above it only;
+    lists: a click then ``negatives`` unclicked shown items."""
+    negatives: int = 1
+    """Unclicked items per list (mode lists)."""
+    ips: bool = True
+    """Weight each record by 1/propensity of its click."""
+    clip: float = 0.0
+    """Clip the weights at this value (0: no clipping)."""
+    on_error: Literal["raise", "skip"] = "raise"
+    """A malformed log record stops the command, or is skipped and counted."""
+
+    def validate(self) -> RankRecordsConfig:
+        _raise_first([
+            (not self.log, "log", "is required (--log)"),
+            (not self.out, "out", "is required (--out)"),
+            (self.negatives < 1, "negatives", "must be ≥ 1"),
+            (self.clip < 0, "clip", "must be ≥ 0 (0: no clipping)"),
         ])
         return self

@@ -1,4 +1,4 @@
-"""What ``dpokit rank simulate`` and ``dpokit rank eval`` do, callable from Python: the CLI only
+"""What ``dpokit rank simulate``, ``records`` and ``eval`` do, callable from Python: the CLI only
 builds the config and calls these."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from dpokit.config.rank import RankEvalConfig, SimulateConfig
+from dpokit.config.rank import RankEvalConfig, RankRecordsConfig, SimulateConfig
 from dpokit.data.report import DataReport
 from dpokit.errors import UserError
-from dpokit.rank.logs import off_policy_data, read_log
+from dpokit.rank.logs import off_policy_data, read_log, read_item_ids, training_records, write_jsonl
 from dpokit.rank.ope import estimate
 from dpokit.rank.simulate import TRUTH, SlatePolicy, ranker_scorer, simulate, world_from_sidecar
 
@@ -22,6 +22,24 @@ def run_simulate(cfg: SimulateConfig) -> int:
     print(f"logger ({cfg.logger}, {cfg.click_model} clicks): true click rate {logger['click_rate']:.5f}, "
           f"NDCG@{cfg.slate} {logger[f'ndcg@{cfg.slate}']:.4f}, HR@{cfg.slate} {logger[f'hr@{cfg.slate}']:.4f}; "
           f"observed in the log {truth['observed_click_rate']:.5f}")
+    return 0
+
+
+def run_records(cfg: RankRecordsConfig) -> int:
+    report = DataReport(cfg.log)
+    ids = read_item_ids(cfg.items) if cfg.items else None
+    records = read_log(cfg.log, ids, on_error=cfg.on_error, report=report)
+    rows, counts = training_records(records, cfg.mode, cfg.negatives, cfg.ips, cfg.clip)
+    if not rows:
+        raise UserError(f"no training records: {counts['clicks']} clicks, none with an unclicked shown item "
+                        f"to stand against (mode {cfg.mode})", where=cfg.log)
+    write_jsonl(cfg.out, rows)
+    skipped = f", {report.total('skipped')} skipped" if report.counts else ""
+    print(f"{len(records)} logged records{skipped}, {counts['impressions']} impressions, {counts['clicks']} clicks "
+          f"({counts['without_negatives']} without an unclicked item to pair with) -> {len(rows)} {cfg.mode} "
+          f"records in {cfg.out}")
+    for (_, reason), n in sorted(report.counts.items()):
+        print(f"  skipped {n}: {reason}")
     return 0
 
 

@@ -128,6 +128,20 @@ def read_log(path: str | Path, item_ids: Iterable[str] | None = None, columns: I
     return out
 
 
+def read_item_ids(path: str | Path) -> list[str]:
+    """The ids of an item table: ``items.jsonl`` or a folder holding one (a ranker folder)."""
+    path = Path(path)
+    path = path / "items.jsonl" if path.is_dir() else path
+    ids = []
+    for where, row in iter_rows(path):
+        if row.get("id") is None:
+            raise UserError("item without an id", where, "id")
+        ids.append(str(row["id"]))
+    if not ids:
+        raise UserError("no items", where=str(path))
+    return ids
+
+
 def skip_reason(err: UserError) -> str:
     return (f"field '{err.field}': " if err.field else "") + err.detail
 

@@ -225,7 +225,7 @@ def simulate(cfg: SimulateConfig) -> dict:
     world = World(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    records = world.sample_log(cfg.impressions, seed=1)
+    records = world.sample_log(cfg.impressions, seed=cfg.log_seed)
     _write_lines(out / "log.jsonl", records)
     _write_lines(out / "items.jsonl", world.item_table())
     truth = {"config": asdict(cfg), "columns": world.ranker_columns(), "logger": world.true_values(world.logger()),
