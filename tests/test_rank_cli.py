@@ -11,6 +11,7 @@ import pytest
 
 from dpokit.cli import main
 from dpokit.config.rank import RankEvalConfig, SimulateConfig
+from dpokit.errors import UserError
 from dpokit.policies.ranker import write_ranker
 from dpokit.rank.commands import evaluate_ranker
 from dpokit.rank.simulate import SlatePolicy, World, ranker_scorer
@@ -87,3 +88,11 @@ def test_records_and_a_held_out_log_of_the_same_world(simulated, capsys):
     held = json.loads((tmp / "held" / "simulator.json").read_text())
     assert held["logger"] == sidecar["logger"]
     assert (tmp / "held" / "log.jsonl").read_text() != log.read_text()
+
+
+def test_a_missing_sidecar_named_by_truth_is_an_error(simulated):
+    tmp, _, ranker = simulated
+    with pytest.raises(UserError, match="file not found") as err:
+        evaluate_ranker(RankEvalConfig(ranker=str(ranker), log=str(tmp / "sim" / "log.jsonl"),
+                                       truth=str(tmp / "nope.json"), target="softmax").validate())
+    assert err.value.field == "truth"

@@ -10,7 +10,7 @@ from dpokit.config.rank import RankEvalConfig, RankRecordsConfig, SimulateConfig
 from dpokit.data.report import DataReport
 from dpokit.errors import UserError
 from dpokit.rank.logs import off_policy_data, read_log, read_item_ids, training_records, write_jsonl
-from dpokit.rank.ope import estimate
+from dpokit.rank.ope import Estimate, estimate
 from dpokit.rank.simulate import TRUTH, SlatePolicy, ranker_scorer, simulate, world_from_sidecar
 
 
@@ -48,6 +48,9 @@ def evaluate_ranker(cfg: RankEvalConfig) -> dict:
     values when the log has a sidecar (``cfg.truth``, or ``simulator.json`` beside the log)."""
     from dpokit.policies.ranker import load_ranker
 
+    sidecar = Path(cfg.truth) if cfg.truth else Path(cfg.log).parent / TRUTH
+    if cfg.truth and not sidecar.is_file():
+        raise UserError("file not found", where=str(sidecar), field="truth")
     module = load_ranker(cfg.ranker)
     ids = [str(item["id"]) for item in module.items]
     numeric = module.settings["context_numeric"]
@@ -59,9 +62,6 @@ def evaluate_ranker(cfg: RankEvalConfig) -> dict:
     out = {"ranker": cfg.ranker, "log": cfg.log, "target": cfg.target, "records": len(records),
            "skipped": report.total("skipped"), "skipped_by_reason": {r: n for (_, r), n in report.counts.items()},
            "observed_click_rate": float(data.click.mean()), "estimates": [asdict(e) for e in estimates]}
-    sidecar = Path(cfg.truth) if cfg.truth else Path(cfg.log).parent / TRUTH
-    if cfg.truth and not sidecar.is_file():
-        raise UserError("file not found", where=str(sidecar), field="truth")
     if sidecar.is_file():
         world = world_from_sidecar(sidecar)
         target = SlatePolicy(ranker_scorer(cfg.ranker, world.item_ids), cfg.target, cfg.temperature)
@@ -74,9 +74,7 @@ def format_eval(result: dict) -> str:
     lines = [f"{result['ranker']} ({result['target']} slates) on {result['log']}: {result['records']} records"
              f"{skipped}; the logger's observed click rate {result['observed_click_rate']:.5f}"]
     lines += [f"  {reason}: {n}" for reason, n in result["skipped_by_reason"].items()]
-    for e in result["estimates"]:
-        boot = "" if e["boot_low"] is None else f"  bootstrap [{e['boot_low']:.5f}, {e['boot_high']:.5f}]"
-        lines.append(f"  {e['method']:6s} {e['value']:.5f}  {e['level']:.0%} CI [{e['low']:.5f}, {e['high']:.5f}]{boot}")
+    lines += ["  " + Estimate(**e).line() for e in result["estimates"]]
     if "true" in result:
         t, k = result["true"], len(result["true"]["click_rate_by_position"])
         lines.append(f"  true   {t['click_rate']:.5f}  (simulator; NDCG@{k} {t[f'ndcg@{k}']:.4f}, HR@{k} "

@@ -222,12 +222,14 @@ def simulate(cfg: SimulateConfig) -> dict:
     logger's true values) into ``cfg.out``; return the sidecar."""
     if not cfg.out:
         raise UserError("is required (--out)", where="config", field="out")
+    from dpokit.rank.logs import write_jsonl
+
     world = World(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     records = world.sample_log(cfg.impressions, seed=cfg.log_seed)
-    _write_lines(out / "log.jsonl", records)
-    _write_lines(out / "items.jsonl", world.item_table())
+    write_jsonl(out / "log.jsonl", records)
+    write_jsonl(out / "items.jsonl", world.item_table())
     truth = {"config": asdict(cfg), "columns": world.ranker_columns(), "logger": world.true_values(world.logger()),
              "records": len(records), "observed_click_rate": float(np.mean([r["click"] for r in records] or [0]))}
     (out / TRUTH).write_text(json.dumps(truth, indent=1) + "\n")
@@ -240,9 +242,3 @@ def world_from_sidecar(path: str | Path) -> World:
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"not a simulator sidecar ({TRUTH} written by dpokit rank simulate)", where=str(path)) from None
     return World(cfg.validate())
-
-
-def _write_lines(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
