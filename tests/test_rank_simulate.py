@@ -12,7 +12,7 @@ import torch
 
 from dpokit.config.rank import SimulateConfig
 from dpokit.errors import UserError
-from dpokit.rank.simulate import SlatePolicy, World, prefix_walk, ranker_scorer
+from dpokit.rank.simulate import SlatePolicy, World, greedy_logits, prefix_walk, ranker_scorer
 
 
 def naive_slates(logits, k, attract):
@@ -135,3 +135,7 @@ def test_bad_settings_and_missing_items(tmp_path):
     folder = write_ranker(tmp_path / "r", world.item_table()[:4], buckets=64, dim=2, **world.ranker_columns())
     with pytest.raises(UserError, match="lacks item 'i4'"):
         ranker_scorer(folder, world.item_ids)
+    with pytest.raises(UserError, match="need 1e\\+09 cells at position 3"):  # 1000·999 prefixes × 1000 items
+        prefix_walk(np.zeros(1000), 3, np.zeros(1000))
+    greedy, _ = prefix_walk(greedy_logits(np.arange(1000.0)), 3, np.zeros(1000))  # one prefix: cheap
+    assert [int(np.argmax(row)) for row in greedy] == [999, 998, 997] and greedy.max(1).tolist() == [1, 1, 1]

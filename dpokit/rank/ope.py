@@ -28,7 +28,7 @@ import numpy as np
 
 from dpokit.errors import UserError
 
-BOOTSTRAP_CHUNK = 200  # resamples drawn at a time, to bound memory at n × chunk indices
+BOOTSTRAP_CELLS = 2_000_000  # resampled records held at a time (a few arrays of this many float64)
 
 
 @dataclass
@@ -125,9 +125,9 @@ def bootstrap_interval(stat, n: int, resamples: int, level: float, seed: int) ->
     replacement. The data's fitted click table is kept fixed: the resampling covers the terms'
     noise, not the model fit's."""
     rng = np.random.default_rng(seed)
-    values = []
-    for start in range(0, resamples, BOOTSTRAP_CHUNK):
-        idx = rng.integers(0, n, (min(BOOTSTRAP_CHUNK, resamples - start), n))
+    values, chunk = [], max(1, BOOTSTRAP_CELLS // n)
+    for start in range(0, resamples, chunk):
+        idx = rng.integers(0, n, (min(chunk, resamples - start), n))
         values.append(stat(idx))
     values = np.concatenate(values)
     tail = (1 - level) / 2

@@ -75,11 +75,18 @@ class SlatePolicy:
         return parts + [(self.epsilon, np.zeros(len(scores)))] if self.epsilon > 0 else parts
 
 
+MAX_WALK = 20_000_000
+"""Most (prefix, item) cells one step of the exact walk may hold (160 MB of float64)."""
+
+
 def prefix_walk(logits: np.ndarray, k: int, attract: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact (marginals (k, n), cascade click probability per position (k,)) of Plackett–Luce
     slates of length k: every ordered prefix with its probability, and the probability that a
     cascade user reached it without clicking (Π (1 − α) over the prefix)."""
     n = len(logits)
+    if k > n:
+        raise UserError(f"slates of {k} need at least {k} items; there are {n}", where="policy", field="slate")
+
     prob, survive, used = np.ones(1), np.ones(1), np.zeros((1, n), dtype=bool)
     marginals, cascade = np.zeros((k, n)), np.zeros(k)
     for p in range(k):
@@ -91,6 +98,10 @@ def prefix_walk(logits: np.ndarray, k: int, attract: np.ndarray) -> tuple[np.nda
         cascade[p] = (joint * survive[:, None] * attract).sum()
         if p + 1 < k:  # extend by one item; impossible prefixes (probability 0) are dropped
             s, a = np.nonzero(joint > 0)
+            if len(s) * n > MAX_WALK:  # a greedy slate keeps one prefix; a softmax one n·(n−1)···
+                raise UserError(f"exact slate probabilities over {n} items and {k} positions need "
+                                f"{len(s) * n:.2g} cells at position {p + 2} (at most {MAX_WALK:.0e}): use fewer "
+                                "positions or a greedy target", where="policy")
             prob, survive = joint[s, a], survive[s] * (1.0 - attract[a])
             used = used[s].copy()
             used[np.arange(len(a)), a] = True
