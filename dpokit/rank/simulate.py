@@ -38,6 +38,8 @@ from dpokit.errors import UserError
 GREEDY_GAP = 1e3
 """Logit gap between consecutive ranks of a greedy slate: exp(−1000) is 0 in float64, so the sharp
 Plackett–Luce distribution is the deterministic top-k exactly."""
+MAX_WALK = 20_000_000
+"""Most (prefix, item) cells one step of the exact walk may hold (160 MB of float64)."""
 TRUTH = "simulator.json"
 Scorer = Callable[[list[dict]], np.ndarray]
 """Contexts -> scores (contexts, items) in the order of the world's item table."""
@@ -75,10 +77,6 @@ class SlatePolicy:
         return parts + [(self.epsilon, np.zeros(len(scores)))] if self.epsilon > 0 else parts
 
 
-MAX_WALK = 20_000_000
-"""Most (prefix, item) cells one step of the exact walk may hold (160 MB of float64)."""
-
-
 def prefix_walk(logits: np.ndarray, k: int, attract: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact (marginals (k, n), cascade click probability per position (k,)) of Plackett–Luce
     slates of length k: every ordered prefix with its probability, and the probability that a
@@ -86,7 +84,6 @@ def prefix_walk(logits: np.ndarray, k: int, attract: np.ndarray) -> tuple[np.nda
     n = len(logits)
     if k > n:
         raise UserError(f"slates of {k} need at least {k} items; there are {n}", where="policy", field="slate")
-
     prob, survive, used = np.ones(1), np.ones(1), np.zeros((1, n), dtype=bool)
     marginals, cascade = np.zeros((k, n)), np.zeros(k)
     for p in range(k):
