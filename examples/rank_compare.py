@@ -5,7 +5,10 @@ scored by the simulator's exact values of its greedy slates and by IPS on a seco
 Training records come from the same log: clicked-over-shown pairs (``sigmoid`` = DPO, ``cpo`` with
 β 1 and no NLL term = BPR, reference-free) or lists of the clicked item and 2 unclicked shown items
 (``softmax_dpo`` = S-DPO, ``plackett_luce``, ``lipo`` = LambdaRank-style λ-weighted pairs), IPS-
-weighted (1/propensity of the click, clipped at 20). KL: the mean over users of KL(π ‖ π_ref) of
+weighted (1/propensity of the click, clipped at 20). The pointwise baseline (BCE) is a small
+loop of its own here, as the item_ranker policy takes pairs and lists only: logistic regression of
+every shown item's click on its score plus a learnt bias per position (so that the position's
+examination is not learnt as the item's appeal), unweighted, with the same steps, batch and lr. KL: the mean over users of KL(π ‖ π_ref) of
 the softmax over all items (the first position's distribution).
 
     PYTHONPATH=. python examples/rank_compare.py [OUT_DIR]   (default: runs/rank_compare)
@@ -18,9 +21,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from dpokit.config import SimulateConfig, load_config
-from dpokit.policies.ranker import write_ranker
+from dpokit.policies.ranker import context_features, load_ranker, write_ranker
 from dpokit.rank.logs import off_policy_data, read_log, training_records, write_jsonl
 from dpokit.rank.ope import estimate
 from dpokit.rank.simulate import SlatePolicy, World, ranker_scorer
@@ -40,6 +44,27 @@ def kl_to(scorer, ref_scorer, contexts) -> float:
         return s - np.log(np.exp(s).sum(1, keepdims=True))
     lp, lq = logsoftmax(scorer(contexts)), logsoftmax(ref_scorer(contexts))
     return float((np.exp(lp) * (lp - lq)).sum(1).mean())
+
+
+def train_pointwise(start: Path, logged, out: Path, seed: int = 0) -> Path:
+    """BCE of click on score(x, a) + bias(position), AdamW, STEPS steps of BATCH shown items."""
+    torch.manual_seed(seed)
+    module = load_ranker(str(start))
+    rows = {str(item["id"]): i for i, item in enumerate(module.items)}
+    position_bias = torch.nn.Parameter(torch.zeros(max(r.position for r in logged)))
+    opt = torch.optim.AdamW([*module.parameters(), position_bias], lr=0.05)
+    order = torch.randperm(len(logged)).tolist()
+    for step in range(STEPS):
+        batch = [logged[i] for i in order[step * BATCH % len(order):][:BATCH]] or [logged[0]]
+        numeric, categorical = context_features(module, [r.context for r in batch], "log")
+        items = torch.tensor([rows[r.item] for r in batch])
+        logits = module(numeric, categorical, items) + position_bias[torch.tensor([r.position - 1 for r in batch])]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([float(r.click) for r in batch]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    module.save_pretrained(out)
+    return out
 
 
 def main(out: Path) -> None:
@@ -72,6 +97,11 @@ def main(out: Path) -> None:
         scorer = ranker_scorer(final, world.item_ids)
         rows.append((name, world.true_values(SlatePolicy(scorer)), kl_to(scorer, ref, contexts),
                      off_policy_data(held, SlatePolicy(scorer), world.item_ids), took))
+    began = time.perf_counter()
+    final = train_pointwise(start, logged, out / "pointwise")
+    scorer = ranker_scorer(final, world.item_ids)
+    rows.append(("BCE pointwise", world.true_values(SlatePolicy(scorer)), kl_to(scorer, ref, contexts),
+                 off_policy_data(held, SlatePolicy(scorer), world.item_ids), time.perf_counter() - began))
     for name, true, kl, arrays, took in rows:
         ips = "" if arrays is None else estimate(arrays)[0]
         ips = "" if not ips else f"{ips.value:.4f} [{ips.low:.4f}, {ips.high:.4f}]"
