@@ -42,10 +42,12 @@ def test_simulate_writes_the_log_items_and_sidecar(simulated, capsys):
 def test_eval_prints_estimates_and_true_values(simulated, capsys):
     tmp, _, ranker = simulated
     log = str(tmp / "sim" / "log.jsonl")
-    assert main(["rank", "eval", "--ranker", str(ranker), "--log", log, "--target", "softmax"]) == 0
+    assert main(["rank", "eval", "--ranker", str(ranker), "--log", log, "--target", "softmax",
+                 "--output", str(tmp / "eval.json")]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in ("IPS", "SNIPS", "DR", "true"))
     result = evaluate_ranker(RankEvalConfig(ranker=str(ranker), log=log, target="softmax").validate())
+    assert json.loads((tmp / "eval.json").read_text()) == json.loads(json.dumps(result))
     world = World(SimulateConfig(users=30, items=10, seed=4, impressions=4000))
     true = world.true_values(SlatePolicy(ranker_scorer(ranker, world.item_ids), "softmax"))["click_rate"]
     assert result["true"]["click_rate"] == pytest.approx(true)

@@ -99,6 +99,8 @@ class RankEvalConfig:
     """A malformed log record stops the command, or is skipped and counted."""
     seed: int = 0
     """Seed of the bootstrap resampling."""
+    output: str | None = None
+    """Also write the estimates (and true values) as JSON to this file."""
 
     def validate(self) -> RankEvalConfig:
         _raise_first([

@@ -3,6 +3,7 @@ builds the config and calls these."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -83,5 +84,12 @@ def format_eval(result: dict) -> str:
 
 
 def run_eval(cfg: RankEvalConfig) -> int:
-    print(format_eval(evaluate_ranker(cfg)))
+    result = evaluate_ranker(cfg)
+    print(format_eval(result))
+    if cfg.output:
+        path = Path(cfg.output)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        tmp.replace(path)
+        print(f"wrote {path}")
     return 0
