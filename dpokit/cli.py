@@ -1,4 +1,4 @@
-"""Command line: ``dpokit sft|dpo|online|sweep|update|eval|versions|data|label|report|quickstart|losses``.
+"""Command line: ``dpokit sft|dpo|online|sweep|update|eval|versions|data|label|report|rank|quickstart|losses``.
 Each subcommand builds a config and calls the library; a user error ends with one message and exit
 code 2, never a traceback."""
 
@@ -10,8 +10,8 @@ import signal
 import sys
 
 from dpokit.cli_errors import OneLineParser
-from dpokit.config import (DATA_COMMAND_NOT_FLAGS, TRAIN_FLAG_SET, DataCommandConfig, EvalConfig, RunConfig,
-                           default_registry, load_config)
+from dpokit.config import (DATA_COMMAND_NOT_FLAGS, TRAIN_FLAG_SET, DataCommandConfig, EvalConfig, RankEvalConfig,
+                           RankRecordsConfig, RunConfig, SimulateConfig, default_registry, load_config)
 from dpokit.config.flags import add_flags, config_flags, overrides, spellings
 from dpokit.data.kinds import KIND_NAMES
 from dpokit.errors import Stopped, UserError, stops_raise
@@ -22,6 +22,8 @@ EVAL_FLAGS = spellings(EVAL_FLAG_SET)
 DATA_FLAG_SET = config_flags(DataCommandConfig, skip=DATA_COMMAND_NOT_FLAGS)
 DATA_FLAGS = spellings(DATA_FLAG_SET)
 """Each spelling of a ``dpokit data`` flag (underscores) -> the field it sets."""
+RANK_CONFIGS = {"simulate": SimulateConfig, "records": RankRecordsConfig, "eval": RankEvalConfig}
+RANK_FLAG_SETS = {name: config_flags(cls) for name, cls in RANK_CONFIGS.items()}
 VERSION_ACTIONS = {"list": "list the versions; * marks the current one",
                    "show": "one version's lineage, data, metrics and evaluation (default: the current one)",
                    "promote": "make a version current", "rollback": "make the previous current version current again",
@@ -53,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_parser(sub)
     _add_label_parser(sub)
     _add_report_parser(sub)
+    _add_rank_parser(sub)
     return parser
 
 
@@ -169,6 +172,19 @@ def _add_report_parser(sub) -> None:
                    help="an evaluation folder (dpokit eval --output DIR) to show as well; repeatable")
     p.add_argument("--registry", help="also plot and list every version of this registry that has an evaluation")
     p.add_argument("--title", default="dpokit report", help="the page's title")
+
+
+def _add_rank_parser(sub) -> None:
+    rank = sub.add_parser("rank", help="a click simulator and off-policy evaluation of item rankers (docs/ranking.md)")
+    commands = rank.add_subparsers(dest="rank_command", required=True)
+    for name, help_text in (("simulate", "write a logged-bandit log, its item table and the simulator's sidecar"),
+                            ("records", "item_ranker training records from a log's clicks: pairs, skip-above "
+                                        "pairs or lists, IPS-weighted"),
+                            ("eval", "IPS, SNIPS and DR estimates of a ranker's click rate on a log, with intervals "
+                                     "(and the true values when the log came from the simulator)")):
+        p = commands.add_parser(name, help=help_text)
+        p.add_argument("--config", help="YAML file of the command's keys; flags override it")
+        add_flags(p, RANK_FLAG_SETS[name], RANK_CONFIGS[name])
 
 
 def run_train(ns: argparse.Namespace) -> int:
@@ -311,6 +327,14 @@ def run_data(ns: argparse.Namespace) -> int:
     return commands.convert(ns.input, ns.output, ns.to, options, special)
 
 
+def run_rank(ns: argparse.Namespace) -> int:
+    from dpokit.rank import commands
+
+    name = ns.rank_command
+    cfg = load_config(ns.config, overrides(ns, RANK_FLAG_SETS[name]), root=RANK_CONFIGS[name])
+    return {"simulate": commands.run_simulate, "records": commands.run_records, "eval": commands.run_eval}[name](cfg)
+
+
 def run_report(ns: argparse.Namespace) -> int:
     from dpokit.report import build_report
 
@@ -330,9 +354,9 @@ STOP_HINTS = {
 }
 """What a stop outside a training step leaves, by command (sft and dpo stop after a step, see run_train)."""
 
-COMMANDS = {"sft": run_train, "dpo": run_train, "online": run_online, "sweep": run_sweep, "update": run_update, "eval": run_eval,
-            "versions": run_versions, "data": run_data, "label": run_label, "quickstart": run_quickstart,
-            "losses": run_losses, "report": run_report}
+COMMANDS = {"sft": run_train, "dpo": run_train, "online": run_online, "sweep": run_sweep, "update": run_update,
+            "eval": run_eval, "versions": run_versions, "data": run_data, "label": run_label, "quickstart": run_quickstart,
+            "losses": run_losses, "report": run_report, "rank": run_rank}
 
 
 def _close_progress_bars() -> None:

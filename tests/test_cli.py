@@ -134,9 +134,11 @@ def test_bad_judge(files, capsys):
     (["dpo", "--optimizer", "adamm"], "--optimizer: invalid choice 'adamm' (choose from adamw, sgd, rmsprop); "
                                       "did you mean adamw? (see dpokit dpo --help)"),
     (["dpx"], "unknown command 'dpx' (choose from sft, dpo, online, sweep, update, eval, versions, quickstart, losses, "
-              "data, label, report); did you mean dpo? (see dpokit --help)"),
+              "data, label, report, rank); did you mean dpo? (see dpokit --help)"),
     (["data", "convert", "in.jsonl"], "missing required argument: output (see dpokit data convert --help)"),
-    (["versions"], "missing the command: one of list, show, promote, rollback, diff, check, watch (see dpokit versions --help)"),
+    (["versions"], "missing the command: one of list, show, promote, rollback, diff, check, watch "
+                   "(see dpokit versions --help)"),
+    (["rank"], "missing the command: one of simulate, records, eval (see dpokit rank --help)"),
     (["eval", "--max-new-tokens"], "--max-new-tokens: expected one argument (see dpokit eval --help)"),
 ])
 def test_argparse_errors_are_one_line(capsys, argv, line):

@@ -43,7 +43,7 @@ def within(name: str, prefixes: tuple[str, ...]) -> bool:
 
 # (modules, what they may never import): the lower layer knows nothing of the higher
 ABOVE_POLICIES = ("dpokit.train", "dpokit.eval", "dpokit.online", "dpokit.update", "dpokit.sweep", "dpokit.cli",
-                  "dpokit.quickstart")
+                  "dpokit.quickstart", "dpokit.rank")
 FORBIDDEN = [
     (("dpokit.errors", "dpokit.logps"), ("dpokit",)),
     (("dpokit.store",), ("dpokit.data", "dpokit.losses", "dpokit.policies", *ABOVE_POLICIES)),
@@ -57,6 +57,9 @@ FORBIDDEN = [
     (("dpokit.online",), ("dpokit.sweep", "dpokit.cli", "dpokit.quickstart", "dpokit.report")),
     (("dpokit.sweep",), ("dpokit.online", "dpokit.cli", "dpokit.quickstart")),
     (("dpokit.update",), ("dpokit.online", "dpokit.sweep", "dpokit.cli", "dpokit.quickstart")),
+    # ranking evaluation reads logs and scores rankers; it trains nothing and runs no command
+    (("dpokit.rank",), ("dpokit.train", "dpokit.eval", "dpokit.online", "dpokit.update", "dpokit.sweep",
+                        "dpokit.cli", "dpokit.quickstart", "dpokit.losses")),
     (("dpokit.label",), ("dpokit.losses", "dpokit.policies", *ABOVE_POLICIES)),  # reads files of eval, online
     # the report reads folders; it runs no model, so it never needs training, evaluation or the policies
     (("dpokit.report",), ("dpokit.train", "dpokit.eval", "dpokit.policies", "dpokit.losses", "dpokit.cli",

@@ -245,6 +245,29 @@ class ItemRanker:
             module.save_pretrained(tmp, state_dict=weights)
 
 
+def load_ranker(path: str) -> RankerModel:
+    """A ranker folder's module, its settings and item table with it (``module.settings``, ``module.items``)."""
+    return ItemRanker(None, {}, []).load(path)
+
+
+def context_features(module: RankerModel, contexts: list[dict], where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(numeric (B, ·), hashed categorical (B, ·)) of contexts (feature dicts), as ``forward`` takes them."""
+    s = module.settings
+    feats = [_columns(ctx, s["context_numeric"], s["context_categorical"], s["buckets"], where) for ctx in contexts]
+    return (torch.tensor([f[0] for f in feats], dtype=torch.float32).view(len(contexts), -1),
+            torch.tensor([f[1] for f in feats], dtype=torch.long).view(len(contexts), -1))
+
+
+def score_contexts(module: RankerModel, contexts: list[dict], where: str) -> torch.Tensor:
+    """Scores (B, items) of every item of the module's table for each context (a feature dict),
+    for evaluation outside training; ``where`` names the contexts' source in errors."""
+    numeric, categorical = context_features(module, contexts, where)
+    n = len(module.items)
+    items = torch.arange(n).repeat_interleave(len(contexts))  # grouped by candidate, as forward wants
+    with torch.no_grad():
+        return module(numeric, categorical, items).float().view(n, len(contexts)).T
+
+
 def _read_folder(path: str) -> tuple[dict, list[dict]]:
     folder = Path(path)
     try:
