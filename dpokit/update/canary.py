@@ -13,64 +13,48 @@ with its reasons.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from dpokit.config import EvalConfig
 from dpokit.config.flags import config_flags
-from dpokit.config.model import Dtype
 from dpokit.errors import UserError
 from dpokit.store.versions import Registry, model_problem, rollback, utc_now
 
 
 @dataclass
-class CanaryConfig:
-    """A fixed canary set and the thresholds past which the current version is rolled back."""
+class CanaryConfig(EvalConfig):
+    """A fixed canary set (``prompts``, ``judge``, optional ``pairs``: the evaluation's settings) and
+    the thresholds past which the current version is rolled back. The two models compared are the
+    registry's current and previous versions, so ``model`` and ``ref_model`` are not set."""
 
-    prompts: str = ""
-    """Canary prompts both versions answer, for the judge."""
-    judge: str = ""
-    """The judge (as ``dpokit eval --judge``)."""
-    pairs: str = ""
-    """Canary preference pairs, comma-separated files; each file's reward accuracy is checked."""
     win_margin: float = 0.0
     """Roll back when the win-rate interval against the previous version lies wholly below 0.5 − this."""
     acc_drop: float = 0.05
     """Roll back when a pair file's accuracy falls more than this below the previous version's."""
-    beta: float = 0.1
-    """β of the implicit reward behind the pair accuracy."""
-    num_prompts: int = 0
-    """Use the first N canary prompts (0: all)."""
-    max_new_tokens: int = 64
-    """Answer budget per sampled answer."""
-    batch_size: int = 16
-    """Prompts per generation batch."""
-    max_length: int = 512
-    """Token budget for prompt + completion when scoring pairs."""
-    max_prompt_length: int = 256
-    """Prompts keep their last this-many tokens."""
-    seed: int = 0
-    """Sampling seed (the same for both versions)."""
-    dtype: Dtype = "auto"
-    """Precision of generation and scoring (as ``dpokit eval --dtype``)."""
     interval: float = 3600.0
     """``watch``: seconds between checks."""
     times: int = 0
     """``watch``: stop after this many checks (0: keep watching)."""
 
     def validate(self) -> CanaryConfig:
-        checks = [(not self.prompts, "prompts", "is required (--prompts)"),
-                  (not self.judge, "judge", "is required (--judge)"),
-                  (self.win_margin < 0, "win_margin", "must be ≥ 0"), (self.acc_drop < 0, "acc_drop", "must be ≥ 0"),
+        checks = [(self.win_margin < 0, "win_margin", "must be ≥ 0"), (self.acc_drop < 0, "acc_drop", "must be ≥ 0"),
                   (self.interval < 0, "interval", "must be ≥ 0"), (self.times < 0, "times", "must be ≥ 0")]
         for bad, key, msg in checks:
             if bad:
                 raise UserError(msg, where="config", field=key)
+        self.comparison("current", "previous")  # the evaluation's own checks
         return self
 
+    def comparison(self, model: str, ref_model: str) -> EvalConfig:
+        """The evaluation of ``model`` against ``ref_model`` on the canary set."""
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(EvalConfig)}
+        return EvalConfig(**{**shared, "model": model, "ref_model": ref_model, "registry": ""}).validate()
 
-CANARY_FLAG_SET = config_flags(CanaryConfig)
+
+CANARY_FLAG_SET = config_flags(CanaryConfig, skip=("model", "ref_model", "output", "registry", "version"))
 
 
 def fallen_behind(c: CanaryConfig, figures: dict) -> list[str]:
@@ -102,11 +86,8 @@ def check(registry: Registry, c: CanaryConfig, log=print) -> str:
         if problem:
             reasons = [problem]
         else:
-            ecfg = EvalConfig(model=current["model"], ref_model=previous["model"], prompts=c.prompts, judge=c.judge,
-                              beta=c.beta, max_new_tokens=c.max_new_tokens, num_prompts=c.num_prompts,
-                              batch_size=c.batch_size, max_length=c.max_length, max_prompt_length=c.max_prompt_length,
-                              seed=c.seed, dtype=c.dtype, registry="").validate()
-            figures = compare(ecfg, lineage_base(registry, previous["id"]), [p for p in c.pairs.split(",") if p], log)
+            figures = compare(c.comparison(current["model"], previous["model"]), lineage_base(registry, previous["id"]),
+                              [p for p in (c.pairs or "").split(",") if p], log)
             reasons = fallen_behind(c, figures)
         entry = {"time": utc_now(), "against": previous["id"], "figures": figures, "reasons": reasons,
                  "rolled_back": bool(reasons)}
