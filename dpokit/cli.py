@@ -1,4 +1,4 @@
-"""Command line: ``dpokit sft|dpo|online|sweep|eval|versions|data|label|report|quickstart|losses``.
+"""Command line: ``dpokit sft|dpo|online|federated|sweep|eval|versions|data|label|report|quickstart|losses``.
 Each subcommand builds a config and calls the library; a user error ends with one message and exit
 code 2, never a traceback."""
 
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_flags(p, TRAIN_FLAG_SET, RunConfig)
     _add_online_parser(sub)
     _add_sweep_parser(sub)
+    _add_federated_parser(sub)
     p = sub.add_parser("eval", help="win rate under a judge and sampled KL of a policy against a reference")
     p.add_argument("--config", help="YAML file with EvalConfig keys; flags override it")
     add_flags(p, EVAL_FLAG_SET, EvalConfig)
@@ -58,6 +59,15 @@ def _add_online_parser(sub) -> None:
     p = sub.add_parser("online", help="rounds of sampling, judging, pairing and training (docs/online.md)")
     p.add_argument("--config", help="YAML file with model/lora/data/loss/train/online sections; flags override it")
     add_flags(p, ONLINE_FLAG_SET, OnlineConfig)
+
+
+def _add_federated_parser(sub) -> None:
+    from dpokit.federated.config import FEDERATED_FLAG_SET, FederatedConfig
+
+    p = sub.add_parser("federated", help="federated DPO: clients train LoRA adapters on their own files, a Flower "
+                                         "server averages them (docs/federated.md)")
+    p.add_argument("--config", help="YAML file with model/lora/loss/train/federated sections; flags override it")
+    add_flags(p, FEDERATED_FLAG_SET, FederatedConfig)
 
 
 def _add_sweep_parser(sub) -> None:
@@ -203,6 +213,20 @@ def run_online(ns: argparse.Namespace) -> int:
     return 0
 
 
+def run_federated(ns: argparse.Namespace) -> int:
+    from dpokit.federated.config import FEDERATED_FLAG_SET, FederatedConfig
+
+    cfg = load_config(ns.config, overrides(ns, FEDERATED_FLAG_SET), root=FederatedConfig)
+    try:
+        from dpokit.federated import run_federated as run
+        import flwr  # noqa: F401
+    except ImportError as exc:
+        raise UserError(f'dpokit federated needs `pip install "dpokit[federated]"` ({exc})') from None
+    result = run(cfg)
+    print(f"final global adapter: {result.final}\nreport: {result.output / 'federated_report.json'}")
+    return 0
+
+
 def run_sweep(ns: argparse.Namespace) -> int:
     from dpokit.sweep import SweepSettings, sweep
 
@@ -284,6 +308,7 @@ def run_report(ns: argparse.Namespace) -> int:
 STOP_HINTS = {
     "online": "finished rounds, sampled and judged answers and training checkpoints are kept; run the same "
               "command to continue",
+    "federated": "the rounds finished are in OUTPUT/global and the registry; a rerun starts the rounds afresh",
     "quickstart": "finished stages and training checkpoints are kept; run the same command to continue",
     "eval": "an evaluation keeps nothing until it is complete; run the same command to evaluate again",
     "label": "every judgement made is saved; run the same command to continue",
@@ -291,7 +316,7 @@ STOP_HINTS = {
 }
 """What a stop outside a training step leaves, by command (sft and dpo stop after a step, see run_train)."""
 
-COMMANDS = {"sft": run_train, "dpo": run_train, "online": run_online, "sweep": run_sweep, "eval": run_eval,
+COMMANDS = {"sft": run_train, "dpo": run_train, "online": run_online, "federated": run_federated, "sweep": run_sweep, "eval": run_eval,
             "versions": run_versions, "data": run_data, "label": run_label, "quickstart": run_quickstart,
             "losses": run_losses, "report": run_report}
 
