@@ -19,6 +19,9 @@ class FederatedSettings:
 
     clients: str = ""
     """The clients' own preference files, comma-separated: one client each (in a simulation on one machine)."""
+    num_clients: int = 0
+    """Deployment (clients on their own machines, ``dpokit.federated.apps``): how many clients the server
+    waits for, instead of ``clients``, whose files only the clients name."""
     client_eval: str = ""
     """Each client's held-out pairs, comma-separated in the order of ``clients`` (default: none; then the
     round's held-out metrics are missing)."""
@@ -49,15 +52,22 @@ class FederatedSettings:
     def eval_files(self) -> list[str]:
         return [p.strip() for p in self.client_eval.split(",") if p.strip()]
 
+    def count(self) -> int:
+        """The clients of the run."""
+        return self.num_clients or len(self.client_files())
+
     def sampled(self) -> int:
         """Clients trained per round: as Flower's FedAvg counts them."""
-        return max(int(len(self.client_files()) * self.fraction), 1)
+        return max(int(self.count() * self.fraction), 1)
 
     def checks(self) -> list[tuple[bool, str, str]]:
         files, evals = self.client_files(), self.eval_files()
         missing = next((p for p in [*files, *evals] if not Path(p).is_file()), None)
         return [
-            (not files, "federated.clients", "is required (--clients a.jsonl,b.jsonl,...)"),
+            (not files and not self.num_clients, "federated.clients", "is required (--clients a.jsonl,b.jsonl,...)"),
+            (bool(files) and self.num_clients > 0, "federated.num_clients",
+             "is for clients on their own machines; with --clients their number is that of the files"),
+            (self.num_clients < 0, "federated.num_clients", "must be ≥ 0"),
             (bool(evals) and len(evals) != len(files), "federated.client_eval",
              f"names {len(evals)} files for {len(files)} clients; give one per client, in the same order"),
             (missing is not None, "federated.clients" if missing in files else "federated.client_eval",
@@ -97,7 +107,8 @@ class FederatedConfig(RunConfig):
                 raise UserError(msg, where="config", field=key)
         self.lora.enabled = True  # the rounds exchange adapters
         files = self.federated.client_files()
-        self.local_config(files[0], None, str(Path(self.train.output) / "check"), 1, self.lora.init, 0.0)
+        if files:
+            self.local_config(files[0], None, str(Path(self.train.output) / "check"), 1, self.lora.init, 0.0)
         return self
 
     def local_config(self, data: str, eval_data: str | None, output: str, round_no: int, init: str | None,

@@ -41,15 +41,20 @@ def client_app(cfg, home: Path):
     return ClientApp(client_fn=client_fn, mods=[fixedclipping_mod] if cfg.federated.dp_clip > 0 else [])
 
 
-def server_app(cfg, out: Path):
-    """The ServerApp: round 0's adapter from the base model, then the strategy of ``server.py``."""
-    from flwr.server import ServerApp, ServerAppComponents, ServerConfig
-
+def server_parts(cfg, out: Path):
+    """Round 0's adapter from the base model (``lora.init`` where given), then the strategy of ``server.py``."""
     from dpokit.federated.server import build_strategy
 
     start = out / "global" / "round-0"
     names = initial_adapter(cfg, start)
-    keeper = build_strategy(cfg, names, read_arrays(start / WEIGHTS, names), out, start)
+    return build_strategy(cfg, names, read_arrays(start / WEIGHTS, names), out, start)
+
+
+def server_app(cfg, out: Path):
+    """The ServerApp of a simulation, and its strategy (which keeps the rounds' records)."""
+    from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+
+    keeper = server_parts(cfg, out)
 
     def server_fn(context):
         return ServerAppComponents(strategy=keeper, config=ServerConfig(num_rounds=cfg.federated.rounds))

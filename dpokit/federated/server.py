@@ -30,8 +30,8 @@ def weighted_means(results: list[tuple[int, dict]]) -> dict[str, float]:
 
 def build_strategy(cfg, names: list[str], initial: list, out: Path, base_folder: Path) -> RoundKeeper:
     f = cfg.federated
-    evaluators = len(f.eval_files())
-    common = dict(fraction_fit=f.fraction, min_fit_clients=f.sampled(), min_available_clients=len(f.client_files()),
+    evaluators = len(f.eval_files()) if f.client_files() else f.count()  # deployed clients name their own
+    common = dict(fraction_fit=f.fraction, min_fit_clients=f.sampled(), min_available_clients=f.count(),
                   fraction_evaluate=f.eval_fraction if evaluators else 0.0,
                   min_evaluate_clients=max(int(evaluators * f.eval_fraction), 1) if evaluators else 0,
                   initial_parameters=_params(initial),
@@ -107,7 +107,7 @@ class RoundKeeper(Strategy):
         if f.dp_clip <= 0:
             return None
         return {"clip": f.dp_clip, "noise_multiplier": f.dp_noise, "sampled_per_round": f.sampled(),
-                "clients": client_epsilons(f.dp_noise, f.sampled(), len(f.client_files()), server_round,
+                "clients": client_epsilons(f.dp_noise, f.sampled(), f.count(), server_round,
                                            self.participations, f.dp_delta)}
 
     def configure_evaluate(self, server_round, parameters, client_manager):

@@ -11,16 +11,22 @@ from pathlib import Path
 
 
 def evaluate_adapter(config: str) -> dict:
+    from dpokit.config import load_config
+
+    return adapter_metrics(load_config(config))
+
+
+def adapter_metrics(cfg) -> dict:
+    """The metrics of the adapter ``cfg.lora.init`` on the base ``cfg.model.path`` over the pairs of
+    ``cfg.data.train``, the base as the reference, with the count of records."""
     from accelerate import Accelerator
 
-    from dpokit.config import load_config
     from dpokit.losses import get_loss
     from dpokit.policies import build_policy_kind
     from dpokit.policies.reference import CopyReference
     from dpokit.precision import resolve
     from dpokit.train.objective import dataset_metrics
 
-    cfg = load_config(config)
     spec, accelerator = get_loss(cfg.loss.name), Accelerator()
     autocast = resolve(cfg.train.dtype, accelerator.device.type).autocast(accelerator.device)
     kind = build_policy_kind(cfg, spec)
