@@ -23,7 +23,7 @@ SHELL_BLOCKS = ("bash", "sh", "shell", "console")
 LAUNCHERS = {  # flags of torchrun, accelerate, srun, pip and Flower's commands, which the docs also show
     "--nproc_per_node", "--config_file", "--num_processes", "--num_machines", "--machine_rank", "--main_process_ip",
     "--main_process_port", "--mpirun_hostfile", "--cpu", "--no-deps", "--ntasks-per-node", "--index-url",
-    "--insecure", "--superlink", "--node-config", "--run-config"}
+    "--insecure", "--superlink", "--node-config", "--run-config", "--host", "--port", "--stream"}
 
 
 def _blocks(path: Path):

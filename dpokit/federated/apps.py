@@ -44,7 +44,7 @@ def _client_fn(context):
 
 def _clip_where_asked(msg, context, call_next):
     """``fixedclipping_mod`` on training messages that carry the DP wrapper's clipping norm."""
-    from flwr.common.constant import MessageType
+    from flwr.app.message_type import MessageType
 
     if msg.metadata.message_type == MessageType.TRAIN and "clipping_norm" in msg.content.config_records.get(
             "fitins.config", {}):
