@@ -1,4 +1,4 @@
-"""dpokit federated on Flower's real simulation engine (Ray), two tiny clients, one round: the
+"""dpokit federated on Flower's real simulation engine (Ray), two tiny clients, one FedProx round: the
 global adapter is the record-weighted mean of the clients' adapters, the server receives only
 adapter arrays, counts and metric scalars, the clients' files are opened only in the clients'
 processes, and the round is a registry version. Plus the privacy accountant against hand values."""
@@ -50,7 +50,7 @@ def run(tmp_path_factory):
     WATCHED.update(str(f.resolve()) for f in files)
     cfg = load_config(None, {"model.path": str(base), "federated.clients": ",".join(map(str, files)),
                              "federated.rounds": 1, "federated.local_steps": 2, "federated.cpus": 2,
-                             "lora.r": 4, "lora.alpha": 8, "train.batch_size": 4, "train.lr": 1e-2,
+                             "lora.r": 4, "lora.alpha": 8, "train.proximal_mu": 0.5, "train.batch_size": 4, "train.lr": 1e-2,
                              "train.output": str(tmp / "out"), "train.registry": str(tmp / "registry"),
                              "data.max_length": 64, "data.max_prompt_length": 32}, root=FederatedConfig)
     result = run_federated(cfg)
@@ -71,6 +71,16 @@ def test_global_adapter_is_the_record_weighted_mean(run):
     for key in glob:
         expected = sum(n * c[key].astype("float64") for n, c in zip(SIZES, clients)) / sum(SIZES)
         assert abs(glob[key] - expected).max() < 1e-6, key
+
+
+def test_fedprox_sends_mu_to_the_clients_local_training(run):
+    """With --proximal-mu the server is Flower's FedProx, and μ reaches each client's own loop."""
+    import yaml
+
+    tmp, _, _ = run
+    for i in range(len(SIZES)):
+        local = yaml.safe_load((tmp / "out" / "clients" / f"client-{i}" / "round-1" / "config.yaml").read_text())
+        assert local["train"]["proximal_mu"] == 0.5 and local["lora"]["init"].endswith("global.safetensors")
 
 
 def test_the_server_receives_adapter_arrays_and_scalars_only(run):
