@@ -133,8 +133,8 @@ def test_bad_judge(files, capsys):
     (["data", "check", "a.jsonl", "b.jsonl"], "unexpected argument 'b.jsonl' (see dpokit data check --help)"),
     (["dpo", "--optimizer", "adamm"], "--optimizer: invalid choice 'adamm' (choose from adamw, sgd, rmsprop); "
                                       "did you mean adamw? (see dpokit dpo --help)"),
-    (["dpx"], "unknown command 'dpx' (choose from sft, dpo, online, sweep, eval, versions, quickstart, losses, "
-              "data, label, report); did you mean dpo? (see dpokit --help)"),
+    (["dpx"], "unknown command 'dpx' (choose from sft, dpo, online, sweep, federated, eval, versions, quickstart, "
+              "losses, data, label, report); did you mean dpo? (see dpokit --help)"),
     (["data", "convert", "in.jsonl"], "missing required argument: output (see dpokit data convert --help)"),
     (["versions"], "missing the command: one of list, show, promote, rollback, diff (see dpokit versions --help)"),
     (["eval", "--max-new-tokens"], "--max-new-tokens: expected one argument (see dpokit eval --help)"),

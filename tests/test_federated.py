@@ -128,6 +128,7 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys):
     base = tiny_model_dir(tmp_path)
     data = write(tmp_path / "a.jsonl", pairs(4, seed=0))
     common = ["federated", "--model", str(base), "--output", str(tmp_path / "out")]
+    capsys.readouterr()  # the model writer's progress bar
     cases = [(["--clients", f"{data},{tmp_path / 'missing.jsonl'}"], "federated.clients.*file not found"),
              (["--clients", str(data), "--dp-noise", "1.0"], "federated.dp_noise.*needs --dp-clip"),
              (["--clients", str(data), "--client-eval", f"{data},{data}"], "federated.client_eval.*2 files for 1"),
@@ -136,3 +137,38 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys):
         assert main(common + args) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and __import__("re").search(message, err), err
+
+
+def test_under_dp_the_mean_is_unweighted(tmp_path):
+    """The DP wrapper's noise is calibrated to one client's share C/m of a plain mean, so under DP the
+    record counts do not weigh: with z = 0 (no noise) the new global is the start plus the plain mean
+    of the (already clipped) updates, here (u1 + u2)/2, not (1·u1 + 3·u2)/4."""
+    import numpy as np
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+    from flwr.server.compat.grid_client_proxy import GridClientProxy
+
+    from dpokit.federated.server import build_strategy
+
+    base = tiny_model_dir(tmp_path)
+    data = write(tmp_path / "a.jsonl", pairs(4, seed=0))
+    cfg = load_config(None, {"model.path": str(base), "federated.clients": f"{data},{data}",
+                             "federated.dp_clip": 1.0, "federated.dp_noise": 0.0, "train.registry": "",
+                             "train.output": str(tmp_path / "out")}, root=FederatedConfig)
+    template = tmp_path / "round-0"
+    template.mkdir()
+    (template / "adapter_config.json").write_text("{}")
+    start = [np.zeros((2, 3), np.float32), np.ones(4, np.float32)]
+    keeper = build_strategy(cfg, ["a", "b"], start, tmp_path / "out", template)
+    u1 = [np.full((2, 3), 0.1, np.float32), np.full(4, -0.2, np.float32)]
+    u2 = [np.full((2, 3), 0.3, np.float32), np.full(4, 0.2, np.float32)]
+    ok = Status(Code.OK, "")
+    results = [(GridClientProxy(i, None, 0), FitRes(ok, ndarrays_to_parameters([s + u for s, u in zip(start, up)]),
+                                                    n, {"loss": 0.5}))
+               for i, (up, n) in enumerate(((u1, 1), (u2, 3)))]
+    params, _ = keeper.aggregate_fit(1, results, [])
+    from flwr.common import parameters_to_ndarrays
+
+    for got, s, a, b in zip(parameters_to_ndarrays(params), start, u1, u2):
+        np.testing.assert_allclose(got, s + (a + b) / 2, atol=1e-7)
+    (entry,) = keeper.rounds
+    assert all(c["epsilon"] == math.inf for c in entry["privacy"]["clients"].values())  # z = 0: no privacy
