@@ -33,8 +33,8 @@ WATCHED: set[str] = set()
 
 
 def _watch(event, args):
-    """Every file this (the server's) process opens that is a client's data file."""
-    if event == "open" and args and isinstance(args[0], (str, os.PathLike)):
+    """Every file this (the server's) process opens that is a client's data file (while the run lasts)."""
+    if WATCHED and event == "open" and args and isinstance(args[0], (str, os.PathLike)):
         if str(Path(os.fspath(args[0])).resolve()) in WATCHED:
             OPENED.append(os.fspath(args[0]))
 
