@@ -1,4 +1,4 @@
-"""Command line: ``dpokit sft|dpo|online|sweep|update|eval|versions|data|label|report|rank|quickstart|losses``.
+"""Command line: ``dpokit sft|dpo|online|sweep|update|federated|eval|versions|data|label|report|rank|quickstart|losses``.
 Each subcommand builds a config and calls the library; a user error ends with one message and exit
 code 2, never a traceback."""
 
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_online_parser(sub)
     _add_sweep_parser(sub)
     _add_update_parser(sub)
+    _add_federated_parser(sub)
     p = sub.add_parser("eval", help="win rate under a judge and sampled KL of a policy against a reference")
     p.add_argument("--config", help="YAML file with EvalConfig keys; flags override it")
     add_flags(p, EVAL_FLAG_SET, EvalConfig)
@@ -74,6 +75,15 @@ def _add_update_parser(sub) -> None:
                                       "A/B-test it, promote or refuse it (docs/reliability.md)")
     p.add_argument("--config", help="YAML file with model/lora/data/loss/train/update sections; flags override it")
     add_flags(p, UPDATE_FLAG_SET, UpdateConfig)
+
+
+def _add_federated_parser(sub) -> None:
+    from dpokit.federated.config import FEDERATED_FLAG_SET, FederatedConfig
+
+    p = sub.add_parser("federated", help="federated DPO: clients train LoRA adapters on their own files, a Flower "
+                                         "server averages them (docs/federated.md)")
+    p.add_argument("--config", help="YAML file with model/lora/loss/train/federated sections; flags override it")
+    add_flags(p, FEDERATED_FLAG_SET, FederatedConfig)
 
 
 def _add_sweep_parser(sub) -> None:
@@ -244,6 +254,19 @@ def run_update(ns: argparse.Namespace) -> int:
     print(state["decision"]["summary"])
     for reason in state["decision"]["reasons"]:
         print(f"  refused: {reason}")
+
+
+def run_federated(ns: argparse.Namespace) -> int:
+    from dpokit.federated.config import FEDERATED_FLAG_SET, FederatedConfig
+
+    cfg = load_config(ns.config, overrides(ns, FEDERATED_FLAG_SET), root=FederatedConfig)
+    try:
+        from dpokit.federated import run_federated as run
+        import flwr  # noqa: F401
+    except ImportError as exc:
+        raise UserError(f'dpokit federated needs `pip install "dpokit[federated]"` ({exc})') from None
+    result = run(cfg)
+    print(f"final global adapter: {result.final}\nreport: {result.output / 'federated_report.json'}")
     return 0
 
 
@@ -345,6 +368,7 @@ def run_report(ns: argparse.Namespace) -> int:
 STOP_HINTS = {
     "online": "finished rounds, sampled and judged answers and training checkpoints are kept; run the same "
               "command to continue",
+    "federated": "the rounds finished are in OUTPUT/global and the registry; a rerun starts the rounds afresh",
     "quickstart": "finished stages and training checkpoints are kept; run the same command to continue",
     "eval": "an evaluation keeps nothing until it is complete; run the same command to evaluate again",
     "label": "every judgement made is saved; run the same command to continue",
@@ -354,9 +378,9 @@ STOP_HINTS = {
 }
 """What a stop outside a training step leaves, by command (sft and dpo stop after a step, see run_train)."""
 
-COMMANDS = {"sft": run_train, "dpo": run_train, "online": run_online, "sweep": run_sweep, "update": run_update,
-            "eval": run_eval, "versions": run_versions, "data": run_data, "label": run_label, "quickstart": run_quickstart,
-            "losses": run_losses, "report": run_report, "rank": run_rank}
+COMMANDS = {"sft": run_train, "dpo": run_train, "online": run_online, "federated": run_federated, "sweep": run_sweep,
+            "update": run_update, "eval": run_eval, "versions": run_versions, "data": run_data, "label": run_label,
+            "quickstart": run_quickstart, "losses": run_losses, "report": run_report, "rank": run_rank}
 
 
 def _close_progress_bars() -> None:

@@ -133,8 +133,8 @@ def test_bad_judge(files, capsys):
     (["data", "check", "a.jsonl", "b.jsonl"], "unexpected argument 'b.jsonl' (see dpokit data check --help)"),
     (["dpo", "--optimizer", "adamm"], "--optimizer: invalid choice 'adamm' (choose from adamw, sgd, rmsprop); "
                                       "did you mean adamw? (see dpokit dpo --help)"),
-    (["dpx"], "unknown command 'dpx' (choose from sft, dpo, online, sweep, update, eval, versions, quickstart, losses, "
-              "data, label, report, rank); did you mean dpo? (see dpokit --help)"),
+    (["dpx"], "unknown command 'dpx' (choose from sft, dpo, online, sweep, update, federated, eval, versions, "
+              "quickstart, losses, data, label, report, rank); did you mean dpo? (see dpokit --help)"),
     (["data", "convert", "in.jsonl"], "missing required argument: output (see dpokit data convert --help)"),
     (["versions"], "missing the command: one of list, show, promote, rollback, diff, check, watch "
                    "(see dpokit versions --help)"),

@@ -23,9 +23,10 @@ from dpokit.update.config import UPDATE_FLAG_SET, UpdateConfig
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_BLOCKS = ("bash", "sh", "shell", "console")
-LAUNCHERS = {  # flags of torchrun, accelerate, srun and pip, which the docs also show
+LAUNCHERS = {  # flags of torchrun, accelerate, srun, pip and Flower's commands, which the docs also show
     "--nproc_per_node", "--config_file", "--num_processes", "--num_machines", "--machine_rank", "--main_process_ip",
-    "--main_process_port", "--mpirun_hostfile", "--cpu", "--no-deps", "--ntasks-per-node", "--index-url"}
+    "--main_process_port", "--mpirun_hostfile", "--cpu", "--no-deps", "--ntasks-per-node", "--index-url",
+    "--insecure", "--superlink", "--node-config", "--run-config", "--host", "--port", "--stream"}
 
 
 def _blocks(path: Path):

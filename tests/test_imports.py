@@ -42,8 +42,8 @@ def within(name: str, prefixes: tuple[str, ...]) -> bool:
 
 
 # (modules, what they may never import): the lower layer knows nothing of the higher
-ABOVE_POLICIES = ("dpokit.train", "dpokit.eval", "dpokit.online", "dpokit.update", "dpokit.sweep", "dpokit.cli",
-                  "dpokit.quickstart", "dpokit.rank")
+ABOVE_POLICIES = ("dpokit.train", "dpokit.eval", "dpokit.online", "dpokit.update", "dpokit.sweep", "dpokit.federated",
+                  "dpokit.cli", "dpokit.quickstart", "dpokit.rank")
 FORBIDDEN = [
     (("dpokit.errors", "dpokit.logps"), ("dpokit",)),
     (("dpokit.store",), ("dpokit.data", "dpokit.losses", "dpokit.policies", *ABOVE_POLICIES)),
@@ -52,7 +52,8 @@ FORBIDDEN = [
     (("dpokit.config",), ("dpokit.policies", *ABOVE_POLICIES)),
     (("dpokit.policies",), ("dpokit.losses", *ABOVE_POLICIES)),
     (("dpokit.policies.lm.logprobs", "dpokit.policies.lm.layout"), ("dpokit.policies.reference",)),
-    (("dpokit.train",), ("dpokit.eval", "dpokit.online", "dpokit.update", "dpokit.sweep", "dpokit.cli", "dpokit.quickstart")),
+    (("dpokit.train",), ("dpokit.eval", "dpokit.online", "dpokit.update", "dpokit.sweep", "dpokit.federated",
+                         "dpokit.cli", "dpokit.quickstart")),
     (("dpokit.eval",), ("dpokit.online", "dpokit.update", "dpokit.sweep", "dpokit.cli", "dpokit.quickstart", "dpokit.train.loop")),
     (("dpokit.online",), ("dpokit.sweep", "dpokit.cli", "dpokit.quickstart", "dpokit.report")),
     (("dpokit.sweep",), ("dpokit.online", "dpokit.cli", "dpokit.quickstart")),
@@ -60,6 +61,9 @@ FORBIDDEN = [
     # ranking evaluation reads logs and scores rankers; it trains nothing and runs no command
     (("dpokit.rank",), ("dpokit.train", "dpokit.eval", "dpokit.online", "dpokit.update", "dpokit.sweep",
                         "dpokit.cli", "dpokit.quickstart", "dpokit.losses")),
+    # federated rounds call training as a user's script would (a process per local run): never the other commands
+    (("dpokit.federated",), ("dpokit.online", "dpokit.sweep", "dpokit.update", "dpokit.cli", "dpokit.quickstart",
+                             "dpokit.report", "dpokit.train.loop")),
     (("dpokit.label",), ("dpokit.losses", "dpokit.policies", *ABOVE_POLICIES)),  # reads files of eval, online
     # the report reads folders; it runs no model, so it never needs training, evaluation or the policies
     (("dpokit.report",), ("dpokit.train", "dpokit.eval", "dpokit.policies", "dpokit.losses", "dpokit.cli",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,6 +49,24 @@ class LoraConfig:
     """Comma-separated module names, or ``all-linear``."""
     merge: bool = False
     """Save ``final/`` with the adapter merged into the base weights."""
+    init: str | None = None
+    """Start the adapter from these weights instead of a fresh one: an adapter folder (with
+    ``adapter_model.safetensors``) or a ``.safetensors`` file of its state dict, for the same base,
+    rank and target modules. The base model (``model.path``) is unchanged, so the reference (adapters
+    off, a copy or the cache) is still the base, whatever the adapter starts from (federated rounds)."""
+
+    def init_problem(self) -> str | None:
+        """Why ``init`` cannot be read, or None."""
+        if self.init is None:
+            return None
+        if not self.enabled:
+            return "needs LoRA (--lora): it gives the adapter's starting weights"
+        path = Path(self.init)
+        if path.is_dir() and not (path / "adapter_model.safetensors").is_file():
+            return f"{path} is a folder without adapter_model.safetensors"
+        if not path.is_dir() and (not path.is_file() or path.suffix != ".safetensors"):
+            return f"{path} is neither an adapter folder nor a .safetensors file"
+        return None
 
 
 Dtype = Literal["auto", "fp32", "bf16", "fp16"]

@@ -63,6 +63,8 @@ class RunConfig:
             (spec.token_kl and t.ref not in ("copy", "adapter"), "train.ref",
              f"loss '{spec.name}' needs the reference's full per-token distributions; use copy or adapter"),
             (self.lora.r < 1, "lora.r", "must be ≥ 1"),
+            (bool(problem := self.lora.init_problem()), "lora.init", problem),
+            (t.proximal_mu < 0, "train.proximal_mu", "must be ≥ 0 (0: no proximal term)"),
             (t.save_total_limit < 0, "train.save_total_limit", "must be ≥ 0 (0 keeps all)"),
             *self._best_checks(),
             *self.guard.checks(bool(d.eval), spec.needs_reference and t.ref != "none", t.save_steps),

@@ -40,6 +40,10 @@ class TrainConfig:
     """Decay after warm-up."""
     warmup_steps: int = 0
     """Linear warm-up steps from 0 to ``lr``."""
+    proximal_mu: float = 0.0
+    """FedProx's proximal term: adds μ/2·‖θ − θ₀‖² over the trainable weights to the objective, θ₀
+    the weights the run started from (a federated round's global model); 0: none. The logged loss
+    is the preference loss alone."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this; 0 disables clipping."""
     seed: int = 0

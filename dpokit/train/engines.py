@@ -103,6 +103,9 @@ def _check(engine: Engine, cfg) -> None:
         if cfg.guard.enabled:
             raise UserError("DeepSpeed applies the optimizer step inside backward, before dpokit's guard can "
                             "skip it: add --no-guard", where="--guard")
+        if t.proximal_mu:
+            raise UserError("DeepSpeed applies the optimizer step inside backward, before the proximal term's "
+                            "gradient can be added: drop --proximal-mu or use DDP/FSDP", where="--proximal-mu")
         if t.resume or t.save_steps:
             raise UserError("resumable checkpoints are written under DDP and FSDP only, not yet under DeepSpeed: "
                             "drop --resume/--save-steps or use examples/accelerate/fsdp.yaml", where="--save-steps")

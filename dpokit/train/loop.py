@@ -33,7 +33,7 @@ from dpokit.train.checkpoint import (TrainState, checkpoints, latest_checkpoint,
 from dpokit.train.guards import Action, Guard
 from dpokit.train.metrics import MetricsLog, MetricSums, batch_metrics
 from dpokit.train.objective import dataset_metrics, forward_loss, make_batch, unit_count
-from dpokit.train.optim import LossScaling, build_optimizer, build_scheduler
+from dpokit.train.optim import LossScaling, ProximalTerm, build_optimizer, build_scheduler
 from dpokit.train.register import register_run
 from dpokit.train.setup import build_reference, finish_reference, record_machine
 from dpokit.train.signals import StopRequest, stop_on_signals
@@ -148,6 +148,8 @@ class Run:
     """Held-out data from several sources: each source's label -> its records' indices."""
     halted: bool = False
     """Set when ``on_eval`` asked to stop."""
+    proximal: ProximalTerm | None = None
+    """FedProx's pull towards the starting weights (``train.proximal_mu``), when set."""
 
     @property
     def out(self) -> Path:
@@ -197,6 +199,9 @@ def _start(cfg: RunConfig, log) -> Run:
     policy, optimizer = accelerator.prepare(policy, optimizer)
     reference = finish_reference(cfg, engine, kind, reference, policy, datasets, autocast, log)
 
+    # The proximal term's anchor is the starting weights, taken before a checkpoint replaces them.
+    proximal = ProximalTerm(policy.parameters(), t.proximal_mu) if t.proximal_mu > 0 else None
+
     # 3. Resume: weights, optimizer, schedule, RNG and data position from the newest checkpoint.
     state = TrainState()
     if t.resume and main:
@@ -212,7 +217,7 @@ def _start(cfg: RunConfig, log) -> Run:
     bar = tqdm(total=total, initial=state.step, desc=f"{spec.name}", disable=not (t.progress and main))
     return Run(cfg, spec, log, accelerator, engine, autocast, scaling, kind, datasets, policy, reference,
                optimizer, scheduler, stream, total, state, metrics_log, Guard(cfg.guard, state), bar,
-               eval_groups=groups.get("eval", {}))
+               eval_groups=groups.get("eval", {}), proximal=proximal)
 
 
 @dataclass
@@ -250,6 +255,8 @@ def _backward(run: Run) -> Backward:
         sums.merge(batch_metrics(spec.input_kind, pol, ref, lo))
         tokens += run.kind.real_tokens(batch, group, spec.input_kind)
     run.scaling.unscale(run.optimizer)
+    if run.proximal is not None:
+        run.proximal.add_gradient()
     grad_norm = acc.clip_grad_norm_(run.policy.parameters(), t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
     if grad_norm is None:  # DeepSpeed has no norm before its first step
         grad_norm = float("nan")

@@ -18,6 +18,23 @@ def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+class ProximalTerm:
+    """FedProx (Li et al. 2020, "Federated Optimization in Heterogeneous Networks", eq. 2): the local
+    objective plus μ/2·‖θ − θ₀‖², θ₀ the trainable weights the run started from. Its gradient,
+    μ·(θ − θ₀), is added to each weight's gradient after the backward passes (and before clipping),
+    so it acts on any loss and any policy kind alike."""
+
+    def __init__(self, params, mu: float):
+        self.mu = mu
+        self.pairs = [(p, p.detach().clone()) for p in params if p.requires_grad]
+
+    @torch.no_grad()
+    def add_gradient(self) -> None:
+        for param, anchor in self.pairs:
+            if param.grad is not None:
+                param.grad.add_(param.detach() - anchor, alpha=self.mu)
+
+
 def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
     """Multiplier of the peak lr for optimizer step ``step`` (0-based).
 

@@ -167,6 +167,31 @@ def apply_lora(model, cfg: LoraConfig, base: str | None = None):
     return model
 
 
+def load_adapter_weights(model, source: str) -> None:
+    """Set ``model``'s (a fresh peft adapter's) LoRA weights from ``source``: an adapter folder or a
+    ``.safetensors`` file of the state dict ``save_pretrained`` writes. Every adapter weight must be
+    given, with its shape, and nothing else: a partial or foreign file would silently start elsewhere."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = Path(source)
+    file = path / "adapter_model.safetensors" if path.is_dir() else path
+    try:
+        weights = load_file(str(file))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read adapter weights: {str(exc).splitlines()[0]}", where=str(file),
+                        field="lora.init") from None
+    expected = get_peft_model_state_dict(model)
+    missing, extra = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
+    wrong = [k for k in expected.keys() & weights.keys() if weights[k].shape != expected[k].shape]
+    for keys, what in ((missing, "lacks"), (extra, "has weights this adapter does not have, e.g."),
+                       (wrong, "has another shape (rank? target modules?) for")):
+        if keys:
+            raise UserError(f"{what} '{keys[0]}' ({len(keys)} in all): it must be an adapter of this base with "
+                            "the same lora.r and lora.target_modules", where=str(file), field="lora.init")
+    set_peft_model_state_dict(model, weights)
+
+
 def is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 

@@ -22,7 +22,8 @@ from dpokit.data.kinds import response_names
 from dpokit.errors import UserError
 from dpokit.logps import Logps
 from dpokit.policies.lm.generate import sample
-from dpokit.policies.lm.load import apply_lora, disable_dropout, is_peft, load_model, load_tokenizer
+from dpokit.policies.lm.load import (apply_lora, disable_dropout, is_peft, load_adapter_weights, load_model,
+                                     load_tokenizer)
 from dpokit.policies.lm.logprobs import FAST, Options, completion_log_probs, completion_logps, logps_from_log_probs
 from dpokit.store.atomic import atomic_folder
 
@@ -76,7 +77,10 @@ class CausalLM:
         # starts at exactly the starting policy, and "adapter disabled" (the adapter reference) is that
         # policy, not the bare base the loaded adapter was trained on.
         torch.manual_seed(self.cfg.train.seed)
-        return apply_lora(module, self.cfg.lora, base=self.cfg.model.path)
+        model = apply_lora(module, self.cfg.lora, base=self.cfg.model.path)
+        if self.cfg.lora.init:  # the adapter starts at given weights; the base (the reference) is untouched
+            load_adapter_weights(model, self.cfg.lora.init)
+        return model
 
     def adapters_off(self, module: torch.nn.Module):
         return module.disable_adapter()
