@@ -120,6 +120,29 @@ def estimate(data: OffPolicyData, clip: float = 0.0, level: float = 0.95, bootst
     return out
 
 
+def estimate_terms(data: OffPolicyData, method: str, clip: float = 0.0, prior: float = 1.0) -> tuple[float, np.ndarray]:
+    """(value, per-record terms) of one estimator (``snips`` or ``dr``): the terms whose spread
+    gives its normal interval. Two targets evaluated on one log pair record by record, so the
+    difference of their terms gives the interval of the difference of their values."""
+    w = data.weights(clip)
+    if not w.any():
+        raise UserError("the target policy gives probability 0 to every logged item at its position: "
+                        "the log holds no evidence about it (try a softmax target)", where="log")
+    if method == "snips":
+        value = float((w * data.click).sum() / w.sum())
+        return value, w * (data.click - value) / w.mean()
+    if method != "dr":
+        raise UserError(f"unknown estimator {method!r} (snips or dr)", where="estimator")
+    q = click_table(data, prior)
+    terms = (data.target * q[data.position]).sum(1) + w * (data.click - q[data.position, data.item])
+    return float(terms.mean()), terms
+
+
+def normal_interval(method: str, value: float, terms: np.ndarray, level: float = 0.95) -> Estimate:
+    """A normal interval around ``value`` from the spread of ``terms``."""
+    return _normal(method, value, terms, level)
+
+
 def bootstrap_interval(stat, n: int, resamples: int, level: float, seed: int) -> tuple[float, float]:
     """Percentile interval of ``stat`` (index matrix (resamples, n) -> values) over records drawn with
     replacement. The data's fitted click table is kept fixed: the resampling covers the terms'
