@@ -27,7 +27,7 @@ from dpokit.policies.ranker import write_ranker
 from dpokit.rank.simulate import SlatePolicy, World, ranker_scorer, simulate
 from dpokit.store.versions import Registry
 
-TRAIN = ["--loss", "sigmoid", "--beta", "1", "--lr", "0.05", "--optimizer", "adamw", "--scheduler", "constant",
+TRAIN = ["--loss", "sigmoid", "--beta", "1", "--optimizer", "adamw", "--scheduler", "constant",
          "--batch-size", "32", "--no-progress"]
 
 
@@ -60,7 +60,7 @@ def main_(args) -> None:
     assert main(["rank", "records", "--log", str(log0), "--out", str(out / "day0" / "pairs.jsonl"), "--clip", "20"]) == 0
     r0 = write_ranker(out / "r0", world.item_table(), buckets=2048, dim=8, seed=0, **world.ranker_columns())
     assert main(["dpo", "--policy", "item_ranker", "--model", str(r0), "--data", str(out / "day0" / "pairs.jsonl"),
-                 "--ref", "copy", "--max-steps", str(args.steps), "--output", str(out / "day0" / "run"),
+                 "--ref", "copy", "--lr", "0.05", "--max-steps", str(args.steps), "--output", str(out / "day0" / "run"),
                  "--registry", str(registry), *TRAIN]) == 0
     assert main(["versions", "promote", "v1", "--registry", str(registry)]) == 0
 
@@ -74,7 +74,7 @@ def main_(args) -> None:
         if day == args.bad_day:
             flip_clicks(log)
         assert main(["rank", "update", "--registry", str(registry), "--log", str(log), "--held-out", str(held),
-                     "--max-steps", str(args.steps), "--max-kl", str(args.max_kl), *TRAIN]) == 0
+                     "--lr", str(args.lr), "--max-steps", str(args.steps), "--max-kl", str(args.max_kl), *TRAIN]) == 0
         record = next(r for r in reversed(reg.records()) if r.get("update"))
         f, decision = record["update"]["figures"], record["update"]["decision"]
         verdict = ("promoted " if decision["promoted"] else "refused ") + record["id"]
@@ -98,6 +98,7 @@ if __name__ == "__main__":
     parser.add_argument("--bad-day", type=int, default=4)
     parser.add_argument("--impressions", type=int, default=4000, help="slates per day's log (and held-out log)")
     parser.add_argument("--steps", type=int, default=60, help="training steps per day")
+    parser.add_argument("--lr", type=float, default=0.02, help="the daily updates' learning rate")
     parser.add_argument("--max-kl", type=float, default=0.5, help="the per-day KL bound")
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--items", type=int, default=30)
