@@ -68,7 +68,7 @@ def main_(args) -> None:
         return world.true_values(SlatePolicy(ranker_scorer(folder, world.item_ids), "softmax"))["click_rate"]
 
     reg = Registry(registry)
-    rows = [(0, "start (v1)", None, true_rate(reg.get("v1")["model"]), None)]
+    rows = [(0, "start (v1)", None, None, true_rate(reg.get("v1")["model"]), None)]
     for day in range(1, args.days + 1):
         log, held = day_logs(out, world_cfg, day, args.impressions)
         if day == args.bad_day:
@@ -78,15 +78,16 @@ def main_(args) -> None:
         record = next(r for r in reversed(reg.records()) if r.get("update"))
         f, decision = record["update"]["figures"], record["update"]["decision"]
         verdict = ("promoted " if decision["promoted"] else "refused ") + record["id"]
-        rows.append((day, verdict + (" (flipped clicks)" if day == args.bad_day else ""), f["challenger"],
+        rows.append((day, verdict + (" (flipped clicks)" if day == args.bad_day else ""), f["challenger"], f["gain"],
                      true_rate(reg.get(reg.current())["model"]), f["kl"]))
         if day == args.bad_day:
             assert not decision["promoted"], decision
-    print(f"\n| day | decision | challenger's SNIPS [95% CI], held-out log | true click rate of the current "
-          f"version | KL to champion (bound {args.max_kl:g}) |\n|---|---|---|---|---|")
-    for day, verdict, est, true, kl in rows:
+    print(f"\n| day | decision | challenger's SNIPS [95% CI], held-out log | gain over the champion [95% CI] | "
+          f"true click rate of the current version | KL to champion (bound {args.max_kl:g}) |\n|---|---|---|---|---|---|")
+    for day, verdict, est, gain, true, kl in rows:
         est_s = f"{est['value']:.4f} [{est['low']:.4f}, {est['high']:.4f}]" if est else ""
-        print(f"| {day} | {verdict} | {est_s} | {true:.4f} | {'' if kl is None else f'{kl:.4f}'} |")
+        gain_s = f"{gain['value']:+.4f} [{gain['low']:+.4f}, {gain['high']:+.4f}]" if gain else ""
+        print(f"| {day} | {verdict} | {est_s} | {gain_s} | {true:.4f} | {'' if kl is None else f'{kl:.4f}'} |")
     print(f"\nlogger's true click rate {world.true_values(world.logger())['click_rate']:.4f}; "
           f"{time.perf_counter() - start:.0f} s on {cpu_name()}")
 

@@ -6,6 +6,9 @@ errors with exit code 2."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import pytest
 import torch
 
@@ -103,13 +106,20 @@ def test_a_good_day_is_promoted_and_a_flipped_one_refused(day, capsys):
     assert registry.ids() == versions and registry.events()[-1]["action"] == "update v1 -> v2: promoted"
 
     # flipped clicks: the challenger learns the users' dislikes, and is refused
-    assert main(args(reg, files, "flipped")) == 0
+    sidecar = tmp / "simulator.json"  # the world's config: the true values are recorded too
+    sidecar.write_text(json.dumps({"config": asdict(world.cfg)}))
+    assert main(args(reg, files, "flipped", "--truth", str(sidecar))) == 0
     out = capsys.readouterr().out
     assert "v3 refused against v2" in out and "refused: SNIPS gain interval low" in out
     assert registry.current() == "v2"
     refused = registry.get("v3")["update"]
     assert not refused["decision"]["promoted"] and refused["figures"]["gain"]["high"] < 0
     assert registry.events()[-1]["action"] == "update v2 -> v3: refused"
+    true = refused["figures"]["true"]
+    for side, vid in (("champion", "v2"), ("challenger", "v3")):
+        policy = SlatePolicy(ranker_scorer(registry.get(vid)["model"], world.item_ids), "softmax")
+        assert true[side]["click_rate"] == pytest.approx(world.true_values(policy)["click_rate"], rel=1e-9)
+    assert true["challenger"]["click_rate"] < true["champion"]["click_rate"]
 
 
 def test_errors_are_one_line_and_exit_2(day, tmp_path, capsys):
