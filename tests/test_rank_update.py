@@ -17,7 +17,7 @@ from dpokit.config import load_config
 from dpokit.config.rank import SimulateConfig
 from dpokit.policies.ranker import load_ranker, score_contexts, write_ranker
 from dpokit.rank.logs import off_policy_data, read_log, training_records, write_jsonl
-from dpokit.rank.ope import estimate
+from dpokit.rank.ope import estimate, estimate_terms, normal_interval
 from dpokit.rank.simulate import SlatePolicy, World, ranker_scorer
 from dpokit.store.atomic import atomic_folder, folder_digest
 from dpokit.store.versions import Registry, promote
@@ -89,7 +89,12 @@ def test_a_good_day_is_promoted_and_a_flipped_one_refused(day, capsys):
     snips = {}
     for side, folder in (("champion", champion), ("challenger", challenger)):
         data = off_policy_data(held, SlatePolicy(ranker_scorer(folder, world.item_ids), "softmax"), world.item_ids)
-        snips[side] = next(e for e in estimate(data) if e.method == "SNIPS")
+        estimates = {e.method: e for e in estimate(data)}
+        snips[side] = estimates["SNIPS"]
+        dr_value, dr_terms = estimate_terms(data, "dr")  # the other estimator the rule may read
+        dr = normal_interval("DR", dr_value, dr_terms)
+        assert (dr.value, dr.low, dr.high) == pytest.approx((estimates["DR"].value, estimates["DR"].low,
+                                                             estimates["DR"].high), rel=1e-9)
         assert f[side]["value"] == pytest.approx(snips[side].value, rel=1e-9)
         assert (f[side]["low"], f[side]["high"]) == pytest.approx((snips[side].low, snips[side].high), rel=1e-9)
     gain = f["gain"]
@@ -144,3 +149,6 @@ def test_errors_are_one_line_and_exit_2(day, tmp_path, capsys):
     assert main([*args(reg, files, "day"), "--model", "x"]) == 2
     assert main(["rank", "update", "--registry", str(reg), "--log", str(files["day"])]) == 2
     assert "daily.held_out" in capsys.readouterr().err
+    assert main(["rank", "update", "--registry", str(reg), "--log", str(files["day"]), "--held-out",
+                 str(files["day"])]) == 2
+    assert "is the day's log" in capsys.readouterr().err

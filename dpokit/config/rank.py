@@ -5,6 +5,7 @@ records from a log, the off-policy evaluation of a ranker on a log, and a ranker
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from dpokit.config.run import RunConfig
@@ -186,6 +187,9 @@ class RankDailySettings:
         return [
             (not self.log, "daily.log", "is required (--log: the day's logged records)"),
             (not self.held_out, "daily.held_out", "is required (--held-out: logged records to evaluate on)"),
+            (bool(self.log) and Path(self.log).resolve() == Path(self.held_out).resolve(), "daily.held_out",
+             "is the day's log: estimates on the clicks the challenger trained on are biased upward; "
+             "give a log it does not train on"),
             (self.negatives < 1, "daily.negatives", "must be ≥ 1"),
             (self.records_clip < 0, "daily.records_clip", "must be ≥ 0 (0: no clipping)"),
             (self.temperature <= 0, "daily.temperature", "must be > 0"),

@@ -99,13 +99,18 @@ def doubly_robust(w: np.ndarray, click: np.ndarray, q_logged: np.ndarray, q_targ
     return _normal("DR", terms.mean(), terms, level)
 
 
-def estimate(data: OffPolicyData, clip: float = 0.0, level: float = 0.95, bootstrap: int = 0, seed: int = 0,
-             prior: float = 1.0) -> list[Estimate]:
-    """IPS, SNIPS and DR of the target's click rate, with normal (and bootstrap) intervals."""
+def _evidence_weights(data: OffPolicyData, clip: float) -> np.ndarray:
     w = data.weights(clip)
     if not w.any():  # SNIPS would be 0/0, and IPS's 0 ± 0 no evidence
         raise UserError("the target policy gives probability 0 to every logged item at its position: "
                         "the log holds no evidence about it (try a softmax target)", where="log")
+    return w
+
+
+def estimate(data: OffPolicyData, clip: float = 0.0, level: float = 0.95, bootstrap: int = 0, seed: int = 0,
+             prior: float = 1.0) -> list[Estimate]:
+    """IPS, SNIPS and DR of the target's click rate, with normal (and bootstrap) intervals."""
+    w = _evidence_weights(data, clip)
     q = click_table(data, prior)
     q_logged = q[data.position, data.item]
     q_target = (data.target * q[data.position]).sum(1)
@@ -124,10 +129,7 @@ def estimate_terms(data: OffPolicyData, method: str, clip: float = 0.0, prior: f
     """(value, per-record terms) of one estimator (``snips`` or ``dr``): the terms whose spread
     gives its normal interval. Two targets evaluated on one log pair record by record, so the
     difference of their terms gives the interval of the difference of their values."""
-    w = data.weights(clip)
-    if not w.any():
-        raise UserError("the target policy gives probability 0 to every logged item at its position: "
-                        "the log holds no evidence about it (try a softmax target)", where="log")
+    w = _evidence_weights(data, clip)
     if method == "snips":
         value = float((w * data.click).sum() / w.sum())
         return value, w * (data.click - value) / w.mean()
