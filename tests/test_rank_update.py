@@ -152,3 +152,36 @@ def test_errors_are_one_line_and_exit_2(day, tmp_path, capsys):
     assert main(["rank", "update", "--registry", str(reg), "--log", str(files["day"]), "--held-out",
                  str(files["day"])]) == 2
     assert "is the day's log" in capsys.readouterr().err
+
+
+def test_a_crash_after_training_continues_at_the_evaluation(day, tmp_path):
+    """A crash between training and deciding (here: raised from the log line the evaluation
+    writes) leaves the champion current and the challenger registered once; the same command
+    again continues at the evaluation, trains nothing, and decides."""
+    import shutil
+
+    from dpokit.cli import RANK_FLAG_SETS, build_parser
+    from dpokit.config.flags import overrides
+    from dpokit.config.rank import RankUpdateConfig
+    from dpokit.update.rank import rank_update
+
+    _, _, reg, files = day
+    copy = tmp_path / "registry"
+    shutil.copytree(reg, copy, ignore=shutil.ignore_patterns("updates"))
+    registry = Registry(copy)
+    registry.set_history(["v1"], "back to v1 for this test")
+    ns = build_parser().parse_args(args(copy, files, "day", "--seed", "1"))  # another update than the first test's
+    cfg = load_config(None, overrides(ns, RANK_FLAG_SETS["update"]), root=RankUpdateConfig)
+
+    def crash(line: str) -> None:
+        if line.startswith("[rank update] SNIPS"):
+            raise RuntimeError("killed")
+    before = registry.ids()
+    with pytest.raises(RuntimeError):
+        rank_update(cfg, log=crash)
+    assert registry.current() == "v1" and len(registry.ids()) == len(before) + 1
+    lines: list[str] = []
+    state = rank_update(cfg, log=lines.append)
+    assert any("continuing at evaluate" in line for line in lines)
+    assert len(registry.ids()) == len(before) + 1 and state["step"] == "done"
+    assert registry.current() == state["challenger"] and state["decision"]["promoted"]
