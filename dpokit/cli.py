@@ -13,6 +13,7 @@ from dpokit.cli_errors import OneLineParser
 from dpokit.config import (DATA_COMMAND_NOT_FLAGS, TRAIN_FLAG_SET, DataCommandConfig, EvalConfig, RankEvalConfig,
                            RankRecordsConfig, RunConfig, SimulateConfig, default_registry, load_config)
 from dpokit.config.flags import add_flags, config_flags, overrides, spellings
+from dpokit.config.rank import RANK_UPDATE_NOT_FLAGS, RankUpdateConfig
 from dpokit.data.kinds import KIND_NAMES
 from dpokit.errors import Stopped, UserError, stops_raise
 
@@ -22,8 +23,10 @@ EVAL_FLAGS = spellings(EVAL_FLAG_SET)
 DATA_FLAG_SET = config_flags(DataCommandConfig, skip=DATA_COMMAND_NOT_FLAGS)
 DATA_FLAGS = spellings(DATA_FLAG_SET)
 """Each spelling of a ``dpokit data`` flag (underscores) -> the field it sets."""
-RANK_CONFIGS = {"simulate": SimulateConfig, "records": RankRecordsConfig, "eval": RankEvalConfig}
-RANK_FLAG_SETS = {name: config_flags(cls) for name, cls in RANK_CONFIGS.items()}
+RANK_CONFIGS = {"simulate": SimulateConfig, "records": RankRecordsConfig, "eval": RankEvalConfig,
+                "update": RankUpdateConfig}
+RANK_FLAG_SETS = {name: config_flags(cls, skip=RANK_UPDATE_NOT_FLAGS if name == "update" else ())
+                  for name, cls in RANK_CONFIGS.items()}
 VERSION_ACTIONS = {"list": "list the versions; * marks the current one",
                    "show": "one version's lineage, data, metrics and evaluation (default: the current one)",
                    "promote": "make a version current", "rollback": "make the previous current version current again",
@@ -191,7 +194,9 @@ def _add_rank_parser(sub) -> None:
                             ("records", "item_ranker training records from a log's clicks: pairs, skip-above "
                                         "pairs or lists, IPS-weighted"),
                             ("eval", "IPS, SNIPS and DR estimates of a ranker's click rate on a log, with intervals "
-                                     "(and the true values when the log came from the simulator)")):
+                                     "(and the true values when the log came from the simulator)"),
+                            ("update", "a daily update: train a challenger of the registry's current ranker on a "
+                                       "day's log, estimate both on a held-out log, promote or refuse it")):
         p = commands.add_parser(name, help=help_text)
         p.add_argument("--config", help="YAML file of the command's keys; flags override it")
         add_flags(p, RANK_FLAG_SETS[name], RANK_CONFIGS[name])
@@ -355,6 +360,10 @@ def run_rank(ns: argparse.Namespace) -> int:
 
     name = ns.rank_command
     cfg = load_config(ns.config, overrides(ns, RANK_FLAG_SETS[name]), root=RANK_CONFIGS[name])
+    if name == "update":
+        from dpokit.update.rank import run_rank_update
+
+        return run_rank_update(cfg)
     return {"simulate": commands.run_simulate, "records": commands.run_records, "eval": commands.run_eval}[name](cfg)
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dpokit.cli import DATA_FLAG_SET, EVAL_FLAG_SET, build_parser
+from dpokit.cli import DATA_FLAG_SET, EVAL_FLAG_SET, RANK_FLAG_SETS, build_parser
+from dpokit.config.rank import RANK_UPDATE_NOT_FLAGS, RankUpdateConfig
 from dpokit.config import (DATA_COMMAND_NOT_FLAGS, FORMAT_NAMES, TRAIN_FLAG_SET, DataCommandConfig, EvalConfig,
                            RunConfig, load_config)
 from dpokit.errors import UserError
@@ -24,7 +25,8 @@ FLAG_SETS = {"sft": TRAIN_FLAG_SET, "dpo": TRAIN_FLAG_SET, "online": ONLINE_FLAG
              "data check": DATA_FLAG_SET, "data stats": DATA_FLAG_SET, "data convert": DATA_FLAG_SET}
 POSITIONAL = {"data check": ["in.jsonl"], "data stats": ["in.jsonl"], "data convert": ["in.jsonl", "out.jsonl"]}
 ROOTS = [(RunConfig, TRAIN_FLAG_SET, {}), (OnlineConfig, ONLINE_FLAG_SET, SET_BY_LOOP), (EvalConfig, EVAL_FLAG_SET, {}),
-         (DataCommandConfig, DATA_FLAG_SET, DATA_COMMAND_NOT_FLAGS)]
+         (DataCommandConfig, DATA_FLAG_SET, DATA_COMMAND_NOT_FLAGS),
+         (RankUpdateConfig, RANK_FLAG_SETS["update"], RANK_UPDATE_NOT_FLAGS)]
 
 
 def _subparser(words: list[str]) -> argparse.ArgumentParser:

@@ -78,7 +78,8 @@ def test_training_records_from_a_hand_log(tmp_path):
     above, _ = training_records(logged, "skip_above")
     assert [p["items"] for p in above] == [["c", "a"], ["c", "b"]]
     lists, _ = training_records(logged, "lists", negatives=2, clip=3.0)
-    assert lists == [{"context": {"user": "u"}, "items": ["c", "a", "b"], "weight": 3.0}]
+    assert lists == [{"context": {"user": "u"}, "items": ["c", "a", "b"], "weight": 3.0,
+                      "log_propensities": [math.log(.2), math.log(.3), math.log(.3)]}]
     assert training_records(logged, "pairs", ips=False)[0][0]["weight"] == 1.0
     # skip-above keeps only what lies above the click: a click at the top gives nothing
     top = read_log(write_log(tmp_path / "top.jsonl", [rec(0, 1, s0, 1, .3), rec(0, 2, s0, 0, .3)]), ITEMS)

@@ -1,11 +1,14 @@
-"""``dpokit rank simulate`` and ``dpokit rank eval``: the click simulator's world and logger, and
-the off-policy evaluation of a ranker on a log (docs/ranking.md)."""
+"""``dpokit rank simulate|records|eval|update``: the click simulator's world and logger, training
+records from a log, the off-policy evaluation of a ranker on a log, and a ranker's daily update
+(docs/ranking.md)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
+from dpokit.config.run import RunConfig
 from dpokit.errors import UserError
 
 MAX_SLATE = 5
@@ -142,3 +145,86 @@ class RankRecordsConfig:
             (self.clip < 0, "clip", "must be ≥ 0 (0: no clipping)"),
         ])
         return self
+
+
+@dataclass
+class RankDailySettings:
+    """A ranker's daily update: the day's log to train on, the held-out log to evaluate on, and the
+    rule that promotes or refuses (docs/ranking.md)."""
+
+    log: str = ""
+    """The day's logged-bandit records: the challenger trains on the records made from its clicks."""
+    held_out: str = ""
+    """Logged-bandit records the challenger never trains on: both policies' click rates are estimated on them."""
+    truth: str | None = None
+    """The simulator's sidecar for the true values (recorded, never decided on); default: the one beside the held-out log, if any."""
+    mode: Literal["pairs", "skip_above", "lists"] = "pairs"
+    """The training records made from the day's clicks (as ``dpokit rank records --mode``)."""
+    negatives: int = 1
+    """Unclicked items per list (mode lists)."""
+    ips: bool = True
+    """Weight each training record by 1/propensity of its click."""
+    records_clip: float = 20.0
+    """Clip those weights at this value (0: no clipping)."""
+    estimator: Literal["snips", "dr"] = "snips"
+    """The off-policy estimator of both policies' click rates on the held-out log."""
+    target: Literal["softmax", "greedy"] = "softmax"
+    """The slate policy a ranker serves: Plackett-Luce sampling of softmax(score / temperature), or its top items."""
+    temperature: float = 1.0
+    """Temperature of the softmax target, and of the candidate distributions the KL compares."""
+    eval_clip: float = 0.0
+    """Clip the estimator's importance weights at this value (0: no clipping)."""
+    level: float = 0.95
+    """Coverage of the intervals."""
+    min_gain: float = 0.0
+    """Promote only if the lower end of the interval of the click-rate gain (challenger − champion) exceeds this."""
+    max_kl: float = 0.5
+    """Promote only if the mean KL of the challenger to the champion over the held-out contexts is at most this (nats)."""
+    wait: bool = False
+    """When another update holds the registry, wait for it (default: exit with code 2)."""
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (not self.log, "daily.log", "is required (--log: the day's logged records)"),
+            (not self.held_out, "daily.held_out", "is required (--held-out: logged records to evaluate on)"),
+            (bool(self.log) and Path(self.log).resolve() == Path(self.held_out).resolve(), "daily.held_out",
+             "is the day's log: estimates on the clicks the challenger trained on are biased upward; "
+             "give a log it does not train on"),
+            (self.negatives < 1, "daily.negatives", "must be ≥ 1"),
+            (self.records_clip < 0, "daily.records_clip", "must be ≥ 0 (0: no clipping)"),
+            (self.temperature <= 0, "daily.temperature", "must be > 0"),
+            (self.eval_clip < 0, "daily.eval_clip", "must be ≥ 0 (0: no clipping)"),
+            (not 0 < self.level < 1, "daily.level", "must be in (0, 1)"),
+            (self.min_gain < 0, "daily.min_gain", "must be ≥ 0"),
+            (self.max_kl <= 0, "daily.max_kl", "must be > 0"),
+        ]
+
+
+@dataclass
+class RankUpdateConfig(RunConfig):
+    """``dpokit rank update``: the challenger's training run (the flags of ``dpokit dpo``), started
+    from the registry's current ranker with it as the reference, plus the day's settings."""
+
+    daily: RankDailySettings = field(default_factory=RankDailySettings)
+
+    def validate(self) -> RankUpdateConfig:
+        _raise_first([
+            (not self.train.registry, "train.registry", "is required (--registry, or set DPOKIT_REGISTRY)"),
+            (bool(self.model.path), "model.path", "is the registry's current version; do not set it"),
+            (self.model.ref_path is not None, "model.ref_path", "is the champion (the reference of a daily update)"),
+            (bool(self.data.train), "data.train", "is made from the day's log (--log); do not set it"),
+            *self.daily.checks(),
+        ])
+        from dpokit.losses import get_loss
+
+        try:
+            self.loss.resolve_defaults(get_loss(self.loss.name).defaults)
+        except (KeyError, ValueError) as exc:
+            raise UserError(exc.args[0], where="config", field="loss.name") from None
+        return self  # the training settings are checked once the champion fills model.path
+
+
+RANK_UPDATE_NOT_FLAGS = ("model.path", "model.ref_path", "model.policy", "data.train", "train.output",
+                         "train.resume", "train.ref")
+"""Set by the update itself: the champion (an item_ranker) and its reference, the training records
+made from the day's log, the update's run folder, and resuming."""

@@ -80,6 +80,7 @@ class RunConfig:
              "'adapter' needs LoRA (--lora): the reference is the policy with adapters off"),
             (t.ref == "adapter" and self.model.ref_path is not None, "train.ref",
              "'adapter' uses the policy's own base weights; drop --ref-model or use copy/precomputed"),
+            *self._logged_checks(),
         ]
         for bad, key, msg in checks:
             if bad:
@@ -96,6 +97,17 @@ class RunConfig:
             (t.ref_sync_steps > 0 and t.ref == "copy" and self.lora.enabled, "train.ref_sync_steps",
              "a moving copied reference mixes in the policy's full weights; with LoRA use --ref adapter"),
             (not 0 < t.ref_sync_alpha <= 1, "train.ref_sync_alpha", "must be in (0, 1]"),
+        ]
+
+    def _logged_checks(self) -> list[tuple[bool, str, str]]:
+        """The logged reference reads the logger's propensities from the records, not from a model."""
+        t, policy = self.train, self.model.policy
+        return [
+            (t.ref == "logged" and policy != "item_ranker", "train.ref",
+             f"'logged' takes the reference from the logged propensities that item_ranker records carry "
+             f"(dpokit rank records); policy '{policy}' has none: use copy or precomputed"),
+            (t.ref == "logged" and self.model.ref_path is not None, "train.ref",
+             "'logged' takes the reference from the records' propensities; drop --ref-model"),
         ]
 
     def _best_checks(self) -> list[tuple[bool, str, str]]:

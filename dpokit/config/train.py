@@ -12,8 +12,9 @@ from dpokit.config.model import Dtype, default_registry
 class TrainConfig:
     output: str = "runs/dpokit"
     """Run folder: metrics.jsonl, checkpoint-STEP/, final/."""
-    ref: Literal["copy", "adapter", "precomputed", "none"] = "precomputed"
-    """Reference strategy: frozen copy, LoRA adapters off, log-probs cached on disk, or none."""
+    ref: Literal["copy", "adapter", "precomputed", "logged", "none"] = "precomputed"
+    """Reference strategy: frozen copy, LoRA adapters off, log-probs cached on disk, the logging
+    policy's propensities the records carry (item_ranker records made by ``dpokit rank records``), or none."""
     ref_sync_steps: int = 0
     """TR-DPO: every this many optimizer steps the copied reference moves towards the policy (0: it stays)."""
     ref_sync_alpha: float = 1.0

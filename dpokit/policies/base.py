@@ -72,6 +72,9 @@ class Policy(Protocol):
 
     # Optional, for kinds that generate (the LM; evaluation and online rounds sample through it):
     # def sample(self, module, prompt_ids, max_new_tokens, temperature, top_p, batch_size, seed) -> list[list[int]]
+    # Optional, for kinds whose records can carry the logging policy's propensities (the item_ranker;
+    # the logged reference strategy, ``--ref logged``, reads them):
+    # def logged_logps(self, batch, group) -> Logps
 
     def checks(self, spec) -> list[tuple[bool, str, str]]:
         """Settings this kind cannot honour with the loss ``spec`` (a ``losses.LossSpec``):

@@ -42,6 +42,8 @@ class RankRecord:
     source: str
     weight: float = 1.0
     labels: list[float] | None = None
+    log_propensities: list[float] | None = None
+    """The logging policy's log π₀ of each item, in ``items`` order (records made from a log)."""
 
     @property
     def responses(self) -> int:
@@ -199,7 +201,24 @@ class ItemRanker:
             raise UserError("must be a positive finite number", where, "weight")
         nums, cats = _columns(ctx, self.settings["context_numeric"], self.settings["context_categorical"],
                               self.settings["buckets"], where)
-        return RankRecord(nums, cats, rows, where.rsplit(":", 1)[0], float(weight))
+        return RankRecord(nums, cats, rows, where.rsplit(":", 1)[0], float(weight),
+                          log_propensities=self._log_propensities(obj, len(items), where))
+
+    def _log_propensities(self, obj: dict, n: int, where: str) -> list[float] | None:
+        """The record's ``log_propensities``, checked: one finite log-probability ≤ 0 per item;
+        required when the reference is the logged one (``--ref logged``)."""
+        values = obj.get("log_propensities")
+        if values is None:
+            if self.cfg is not None and self.cfg.train.ref == "logged":
+                raise UserError("missing: --ref logged needs each item's logged log-propensity "
+                                "(dpokit rank records writes them)", where, "log_propensities")
+            return None
+        if not isinstance(values, list) or len(values) != n:
+            raise UserError(f"must be a list of {n} numbers, one per item", where, "log_propensities")
+        for i, v in enumerate(values):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v <= 0):
+                raise UserError("must be a finite log-probability (≤ 0)", where, f"log_propensities[{i}]")
+        return [float(v) for v in values]
 
     def load(self, path: str) -> RankerModel:
         settings, items = _read_folder(path)
@@ -224,7 +243,22 @@ class ItemRanker:
                  "items": torch.tensor([r.items[g] for g in range(group) for r in chosen], dtype=torch.long),
                  "completion_mask": torch.ones(group * len(chosen), 1, dtype=torch.bool),
                  "weights": torch.tensor([r.weight for r in chosen], dtype=torch.float32)}
+        if all(r.log_propensities is not None for r in chosen):
+            batch["log_propensities"] = torch.tensor([r.log_propensities[g] for g in range(group) for r in chosen],
+                                                     dtype=torch.float32)
         return {k: v.to(device) for k, v in batch.items()}
+
+    def logged_logps(self, batch: dict, group: int) -> Logps:
+        """The logging policy as the reference (``--ref logged``): log π₀(y_i | x, C) =
+        log p_i − log Σ_{j∈C} p_j, the logged propensities of the record's candidates renormalised
+        over them, so that they are a distribution over C as the ranker's log-softmax is (pairwise
+        and listwise losses see only their differences, where the normaliser cancels)."""
+        if "log_propensities" not in batch:
+            raise UserError("the records carry no log_propensities: --ref logged needs records made from a log "
+                            "(dpokit rank records)", where="config", field="train.ref")
+        logp = batch["log_propensities"].view(group, -1)
+        logp = logp - torch.logsumexp(logp, dim=0)
+        return Logps(logp.unsqueeze(-1), batch["completion_mask"].view(group, -1, 1))
 
     def logps(self, module, batch: dict, group: int, reference: Logps | None = None, full: bool = False) -> Logps:
         scores = module(batch["numeric"], batch["categorical"], batch["items"]).float().view(group, -1)

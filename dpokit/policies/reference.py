@@ -3,6 +3,8 @@
 - ``CopyReference``: a frozen model (a copy of the starting policy, or ``--ref-model``).
 - ``AdapterReference``: the LoRA policy itself with its adapters switched off; for TR-DPO,
   ``MovingAdapterReference`` adds a dense weight delta per adapted layer that follows the adapter.
+- ``LoggedReference``: no model; the logging policy's propensities that the records carry (a
+  ranker's records made from a log), for a policy kind that has them (``logged_logps``).
 - ``CachedReference``: log-probs computed once before training and stored on disk, keyed by
   hashes of the model weights, the policy kind's fingerprint of its encoder and the encoded
   data, and the settings; the reference model is then freed, so training holds one model.
@@ -134,6 +136,24 @@ def _adds(delta: torch.Tensor, fan_in_fan_out: bool):
         weight = delta.T if fan_in_fan_out else delta
         return output + torch.nn.functional.linear(inputs[0].to(delta.dtype), weight).to(output.dtype)
     return hook
+
+
+class LoggedReference:
+    """The policy that logged the data as the reference, read from the records: the kind's
+    ``logged_logps`` (the item_ranker's records made from a log carry each item's propensity)."""
+
+    def __init__(self, kind: Policy):
+        if not hasattr(kind, "logged_logps"):
+            raise UserError(f"policy '{kind.name}' has no logged propensities to use as the reference",
+                            where="config", field="train.ref")
+        self.kind = kind
+
+    def logps(self, batch: dict, group_size: int, full: bool = False) -> Logps:
+        assert not full, "logged propensities hold no full distributions (validate() refuses this)"
+        return self.kind.logged_logps(batch, group_size)
+
+    def after_step(self, policy, step: int) -> None:
+        """Nothing: the logging policy does not move."""
 
 
 class CachedReference:

@@ -174,7 +174,8 @@ def training_records(records: list[Logged], mode: str = "pairs", negatives: int 
     (for ``softmax_dpo``, whose winner is the first; ``plackett_luce`` would also read the slate
     order of the negatives as a preference). Impressions with too few negatives are counted, not
     used. The weight is 1/propensity of the clicked record (clipped at ``clip`` if > 0) with ``ips``,
-    else 1."""
+    else 1. Each record also carries ``log_propensities``, the logger's log π₀ of each of its items
+    at the position it was shown, for the logged reference (``--ref logged``)."""
     if mode not in ("pairs", "skip_above", "lists"):
         raise UserError(f"unknown mode {mode!r} (pairs, skip_above, lists)", where="mode")
     if negatives < 1:
@@ -194,8 +195,8 @@ def training_records(records: list[Logged], mode: str = "pairs", negatives: int 
             else:
                 lists = [[n] for n in negs]
             counts["without_negatives"] += not lists
-            out += [{"context": clicked.context, "items": [clicked.item, *(n.item for n in neg)], "weight": weight}
-                    for neg in lists]
+            out += [{"context": clicked.context, "items": [clicked.item, *(n.item for n in neg)], "weight": weight,
+                     "log_propensities": [math.log(r.propensity) for r in (clicked, *neg)]} for neg in lists]
     counts["records"] = len(out)
     return out, counts
 

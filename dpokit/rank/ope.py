@@ -99,13 +99,18 @@ def doubly_robust(w: np.ndarray, click: np.ndarray, q_logged: np.ndarray, q_targ
     return _normal("DR", terms.mean(), terms, level)
 
 
-def estimate(data: OffPolicyData, clip: float = 0.0, level: float = 0.95, bootstrap: int = 0, seed: int = 0,
-             prior: float = 1.0) -> list[Estimate]:
-    """IPS, SNIPS and DR of the target's click rate, with normal (and bootstrap) intervals."""
+def _evidence_weights(data: OffPolicyData, clip: float) -> np.ndarray:
     w = data.weights(clip)
     if not w.any():  # SNIPS would be 0/0, and IPS's 0 ± 0 no evidence
         raise UserError("the target policy gives probability 0 to every logged item at its position: "
                         "the log holds no evidence about it (try a softmax target)", where="log")
+    return w
+
+
+def estimate(data: OffPolicyData, clip: float = 0.0, level: float = 0.95, bootstrap: int = 0, seed: int = 0,
+             prior: float = 1.0) -> list[Estimate]:
+    """IPS, SNIPS and DR of the target's click rate, with normal (and bootstrap) intervals."""
+    w = _evidence_weights(data, clip)
     q = click_table(data, prior)
     q_logged = q[data.position, data.item]
     q_target = (data.target * q[data.position]).sum(1)
@@ -118,6 +123,26 @@ def estimate(data: OffPolicyData, clip: float = 0.0, level: float = 0.95, bootst
         for est in out:
             est.boot_low, est.boot_high = bootstrap_interval(stats[est.method], len(w), bootstrap, level, seed)
     return out
+
+
+def estimate_terms(data: OffPolicyData, method: str, clip: float = 0.0, prior: float = 1.0) -> tuple[float, np.ndarray]:
+    """(value, per-record terms) of one estimator (``snips`` or ``dr``): the terms whose spread
+    gives its normal interval. Two targets evaluated on one log pair record by record, so the
+    difference of their terms gives the interval of the difference of their values."""
+    w = _evidence_weights(data, clip)
+    if method == "snips":
+        value = float((w * data.click).sum() / w.sum())
+        return value, w * (data.click - value) / w.mean()
+    if method != "dr":
+        raise UserError(f"unknown estimator {method!r} (snips or dr)", where="estimator")
+    q = click_table(data, prior)
+    terms = (data.target * q[data.position]).sum(1) + w * (data.click - q[data.position, data.item])
+    return float(terms.mean()), terms
+
+
+def normal_interval(method: str, value: float, terms: np.ndarray, level: float = 0.95) -> Estimate:
+    """A normal interval around ``value`` from the spread of ``terms``."""
+    return _normal(method, value, terms, level)
 
 
 def bootstrap_interval(stat, n: int, resamples: int, level: float, seed: int) -> tuple[float, float]:

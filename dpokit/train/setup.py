@@ -62,6 +62,8 @@ def build_reference(cfg: RunConfig, spec: LossSpec, kind: Policy, policy, datase
                                                    cfg.train.ref_sync_alpha)
     elif strategy == "adapter":
         reference = ref_lib.AdapterReference(lambda: policy, kind, autocast)
+    elif strategy == "logged":
+        reference = ref_lib.LoggedReference(kind)
     return reference, policy
 
 

@@ -12,12 +12,14 @@ disk, a permission error) leaves the champion serving.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import random
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 from dpokit.config import RunConfig
 from dpokit.data.sources import iter_rows
@@ -37,13 +39,20 @@ def update(cfg: UpdateConfig, log=print) -> dict:
     with registry_lock(registry.root, wait=cfg.update.wait):
         key = update_key(cfg)
         folder = registry.root / UPDATES / key
-        try:
+        with champion_kept(registry, folder):
             return _run(cfg, registry, key, folder, log)
-        except OSError as exc:  # disk full, permissions: nothing was made current
-            raise UserError(f"the update failed ({exc.strerror or exc}){_serving(registry)}",
-                            where=str(exc.filename or folder)) from None
-        except UserError as exc:
-            raise UserError(f"{exc.detail}{_serving(registry)}", exc.where, exc.field) from None
+
+
+@contextlib.contextmanager
+def champion_kept(registry: Registry, folder: Path) -> Iterator[None]:
+    """Any failure inside as one UserError that names the champion still serving."""
+    try:
+        yield
+    except OSError as exc:  # disk full, permissions: nothing was made current
+        raise UserError(f"the update failed ({exc.strerror or exc}){_serving(registry)}",
+                        where=str(exc.filename or folder)) from None
+    except UserError as exc:
+        raise UserError(f"{exc.detail}{_serving(registry)}", exc.where, exc.field) from None
 
 
 def _serving(registry: Registry) -> str:
@@ -52,7 +61,9 @@ def _serving(registry: Registry) -> str:
     return f"; {current} is still current" if current else ""
 
 
-def _run(cfg: UpdateConfig, registry: Registry, key: str, folder: Path, log) -> dict:
+def open_journal(registry: Registry, key: str, folder: Path, log) -> tuple[Path, dict]:
+    """(journal path, state): a new journal naming the current version as the champion, or the one
+    an earlier run of the same update left (its step says where to continue; ``done``: finished)."""
     journal = folder / "journal.json"
     state = json.loads(journal.read_text()) if journal.is_file() else None
     if state is None:
@@ -62,34 +73,40 @@ def _run(cfg: UpdateConfig, registry: Registry, key: str, folder: Path, log) -> 
                             where=str(registry.root))
         folder.mkdir(parents=True, exist_ok=True)
         state = {"id": key, "started": utc_now(), "champion": champion, "step": "train"}
-        _save(journal, state)
+        save_journal(journal, state)
         log(f"[update] {key}: challenger of {champion}")
     elif state["step"] == "done":
         log(f"[update] {key} was already done: {state['decision']['summary']}")
-        return state
     else:
         log(f"[update] {key}: continuing at {state['step']}")
+    return journal, state
+
+
+def _run(cfg: UpdateConfig, registry: Registry, key: str, folder: Path, log) -> dict:
+    journal, state = open_journal(registry, key, folder, log)
+    if state["step"] == "done":
+        return state
     if state["step"] == "train":
         state["data"], data = mixed_data(cfg, folder, log)
         state["challenger"] = train_challenger(cfg, registry, state, folder, data, log)
-        _advance(journal, state, "evaluate")
+        advance(journal, state, "evaluate")
     if state["step"] == "evaluate":
         from dpokit.update.ab import ab_figures
 
         state["figures"] = ab_figures(cfg, registry, state, folder, log)
-        _advance(journal, state, "decide")
+        advance(journal, state, "decide")
     conclude(cfg, registry, state)
-    _advance(journal, state, "done")
+    advance(journal, state, "done")
     return state
 
 
-def _save(journal: Path, state: dict) -> None:
+def save_journal(journal: Path, state: dict) -> None:
     write_text_atomic(journal, json.dumps(state, indent=1))
 
 
-def _advance(journal: Path, state: dict, step: str) -> None:
+def advance(journal: Path, state: dict, step: str) -> None:
     state["step"] = step
-    _save(journal, state)
+    save_journal(journal, state)
 
 
 def update_key(cfg: UpdateConfig) -> str:
@@ -99,7 +116,11 @@ def update_key(cfg: UpdateConfig) -> str:
     settings["train"].pop("registry")
     settings["update"].pop("wait")
     u = cfg.update
-    files = [cfg.data.train, *(p for p, _ in u.replay()), u.eval_prompts, *u.pair_files()]
+    return settings_key(settings, [cfg.data.train, *(p for p, _ in u.replay()), u.eval_prompts, *u.pair_files()])
+
+
+def settings_key(settings: dict, files: list[str]) -> str:
+    """An update's id: a digest of its settings and of its files' contents."""
     digests = {p: file_sha256(Path(p)) if Path(p).is_file() else p for p in files}
     blob = json.dumps({"settings": settings, "files": digests}, sort_keys=True, default=str)
     return "u-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -127,6 +148,13 @@ def run_config(cfg: UpdateConfig, registry: Registry, state: dict, folder: Path,
 
 def train_challenger(cfg: UpdateConfig, registry: Registry, state: dict, folder: Path, data: str, log) -> str:
     """The challenger's version id: trained (or its training continued) and registered once."""
+    return train_registered(lambda: run_config(cfg, registry, state, folder, data), registry, state, folder,
+                            {"reference": cfg.update.reference}, log)
+
+
+def train_registered(make_run, registry: Registry, state: dict, folder: Path, info: dict, log) -> str:
+    """The version id of the run ``make_run()`` gives (its output ``folder/run``, its registry
+    ``registry``): trained, or continued, and its record marked with the update (and ``info``) once."""
     from dpokit.train.loop import train_within
 
     found = [r["id"] for r in registry.records() if (r.get("update") or {}).get("id") == state["id"]]
@@ -137,11 +165,10 @@ def train_challenger(cfg: UpdateConfig, registry: Registry, state: dict, folder:
     if vid is None:
         if final.exists():  # finished but never registered (a kill in between): train it again
             shutil.rmtree(final)
-        train_within(run_config(cfg, registry, state, folder, data), "the challenger's training", log)
+        train_within(make_run(), "the challenger's training", log)
         vid = registry.find_model(str(final))
     record = registry.get(vid)
-    record["update"] = {"id": state["id"], "champion": state["champion"], "data": state["data"],
-                        "reference": cfg.update.reference}
+    record["update"] = {"id": state["id"], "champion": state["champion"], "data": state["data"], **info}
     registry.update(record)
     return vid
 
@@ -176,19 +203,25 @@ def mixed_data(cfg: UpdateConfig, folder: Path, log) -> tuple[dict, str]:
 
 def conclude(cfg: UpdateConfig, registry: Registry, state: dict) -> None:
     """Decide by the rule, record the decision in the challenger's version, then promote or refuse."""
-    champion, challenger = state["champion"], state["challenger"]
     promoted, reasons = decide(cfg.update.rule(), state["figures"])
+    f = state["figures"]
+    settle(registry, state, promoted, reasons, f"win rate {f['win_rate']:.1%} [{f['win_low']:.1%}, "
+           f"{f['win_high']:.1%}], KL {f['kl']:.3f}", dataclasses.asdict(cfg.update.rule()))
+
+
+def settle(registry: Registry, state: dict, promoted: bool, reasons: list[str], details: str, rule: dict) -> None:
+    """Record a decision (and ``state["figures"]``) in the challenger's version and the index,
+    then promote or refuse; a current version that changed meanwhile refuses."""
+    champion, challenger = state["champion"], state["challenger"]
     current = registry.current()
     if current not in (champion, challenger):
         promoted, reasons = False, [*reasons, f"the current version changed from {champion} to {current} "
                                               "while the challenger was trained"]
-    f = state["figures"]
-    summary = (f"{challenger} {'promoted over' if promoted else 'refused against'} {champion}: win rate "
-               f"{f['win_rate']:.1%} [{f['win_low']:.1%}, {f['win_high']:.1%}], KL {f['kl']:.3f}")
-    state["decision"] = {"promoted": promoted, "reasons": reasons, "summary": summary,
-                         "rule": dataclasses.asdict(cfg.update.rule()), "time": utc_now()}
+    summary = f"{challenger} {'promoted over' if promoted else 'refused against'} {champion}: {details}"
+    state["decision"] = {"promoted": promoted, "reasons": reasons, "summary": summary, "rule": rule,
+                         "time": utc_now()}
     record = registry.get(challenger)
-    record["update"] = {**record.get("update", {}), "decision": state["decision"], "figures": f}
+    record["update"] = {**record.get("update", {}), "decision": state["decision"], "figures": state["figures"]}
     registry.update(record)
     action = f"update {champion} -> {challenger}: " + ("promoted" if promoted else "refused")
     if promoted:
