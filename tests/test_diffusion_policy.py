@@ -33,7 +33,7 @@ SIZE = 8
 
 def png(pixels: torch.Tensor) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(pixels.numpy().astype("uint8"), mode="L").save(buf, format="PNG")
+    Image.fromarray(pixels.numpy().astype("uint8")).save(buf, format="PNG")
     return buf.getvalue()
 
 
