@@ -221,13 +221,19 @@ def test_bad_records_name_file_row_and_field(task, tmp_path):
         assert err.value.where == f"{path}:2" and err.value.field == field
 
 
-def test_refusals_name_the_setting(task):
+def test_refusals_name_the_setting(task, tmp_path):
     with pytest.raises(UserError) as err:
         build_policy_kind(diffusion_config(task, "r", train__ref="precomputed"), get_loss("diffusion_dpo"))
     assert err.value.field == "train.ref"
     with pytest.raises(UserError) as err:
         build_policy_kind(diffusion_config(task, "r", loss__name="kto"), get_loss("kto"))
     assert err.value.field == "loss.name"
+    latent = write_denoiser(tmp_path / "latent", sample_size=4, channels=4, buckets=16)
+    with pytest.raises(UserError, match="in_channels") as err:
+        build_policy_kind(diffusion_config(task, "r", model__path=str(latent)), get_loss("diffusion_dpo"))
+    assert err.value.field == "model.path"
+    with pytest.raises(UserError, match="not a diffusion folder"):
+        build_policy_kind(diffusion_config(task, "r", model__path=str(tmp_path)), get_loss("diffusion_dpo"))
 
 
 def test_the_command_line_trains_a_denoiser_and_refuses_bad_records(task, tmp_path):

@@ -116,8 +116,6 @@ def _image(value, base: Path, where: str, field: str, opts: ImageOptions) -> tor
                                                                        Image.Resampling.BICUBIC)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise UserError(f"not a decodable image ({exc.__class__.__name__})", where, field) from None
-    if opts.channels not in (1, 3):
-        raise UserError("the UNet's in_channels must be 1 or 3 for pixel-space images", where, field)
     data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
     return data.view(opts.sample_size, opts.sample_size, opts.channels).permute(2, 0, 1).contiguous()
 

@@ -65,6 +65,9 @@ class DiffusionPolicy:
              f"the diffusion policy trains on image pairs: '{spec.name}' takes {spec.input_kind} records; "
              "use diffusion_dpo (or another pairwise loss)"),
             (spec.token_kl, "loss.name", f"'{spec.name}' needs per-token distributions, which a denoiser has not"),
+            (self.unet_config.get("in_channels") not in (1, 3), "model.path",
+             "the UNet denoises images in pixel space: in_channels must be 1 (grey) or 3 (RGB); latent "
+             "(VAE) models are not supported yet"),
             (t.ref == "precomputed", "train.ref",
              "a denoiser's reference error depends on each step's fresh timestep and noise; use copy (or adapter "
              "with LoRA)"),
@@ -107,7 +110,9 @@ class DiffusionPolicy:
 
     def batch(self, records: list[ImagePair], indices: list[int], device) -> dict:
         chosen = [records[i] for i in indices]
-        step_seed = int(torch.randint(0, 2**62, ()).item())  # one draw of torch's (checkpointed) generator
+        # One draw of torch's (checkpointed) generator per training batch; none for held-out records,
+        # so evaluating (or not) leaves the training draws as they were.
+        step_seed = 0 if all(r.fixed_noise for r in chosen) else int(torch.randint(0, 2**62, ()).item())
         draws = [self._draw(records[i], i, step_seed) for i in indices]
         width = max(len(r.words) for r in chosen)
         words = torch.full((2, len(chosen), width), -1, dtype=torch.long)
