@@ -164,6 +164,9 @@ def test_ties_are_counted_when_dropped_and_kept_for_a_tie_loss(task, tmp_path):
     kind = build_policy_kind(diffusion_config(task, "ties", data__cache=False), get_loss("diffusion_dpo"))
     assert len(kind.records(str(data), "pair", "train", lines.append)) == 7
     assert "3 ties dropped" in lines[0] and "10 records" in lines[0]
+    report = json.loads((task["tmp"] / "ties" / "data_report_train.json").read_text())
+    assert report["dropped"] == {"tie (label_0 = 0.5)": 3} and report["records_out"] == 7
+    assert [e["record"] for e in report["events"]] == [f"{data}:{row}" for row in (8, 9, 10)]
     keep = build_policy_kind(diffusion_config(task, "ties", data__ties="keep", loss__name="dpo_rk", data__cache=False),
                              get_loss("dpo_rk"))
     kept = keep.records(str(data), "pair", "train", lines.append)

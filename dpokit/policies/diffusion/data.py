@@ -4,7 +4,8 @@ A record is ``caption``, ``jpg_0`` and ``jpg_1`` (image bytes, as Pick-a-Pic's P
 them, or a path relative to the data file) and ``label_0``: 1 when ``jpg_0`` is preferred, 0 when
 ``jpg_1`` is, 0.5 for a tie. Any file ``dpokit.data.sources.iter_rows`` reads works (JSONL,
 Parquet...). Ties are dropped (counted in the summary line) or, with ``data.ties=keep``, kept
-as tied pairs for the losses that train on ties.
+as tied pairs for the losses that train on ties; the report (``OUTPUT/data_report_<name>.json``,
+as for text data) lists every dropped tie by row.
 
 Images are decoded with PIL, converted to the model's channels, resized to its sample size and
 kept as uint8; ``batch`` maps them to [−1, 1]. The decoded records are cached on disk under a
@@ -18,12 +19,14 @@ import hashlib
 import io
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from dpokit.data.cache import data_hash
+from dpokit.data.report import DataReport
 from dpokit.data.sources import iter_rows
 from dpokit.errors import UserError
 
@@ -56,27 +59,37 @@ class ImageOptions:
     ties: str
 
 
-def read_pairs(path: str, opts: ImageOptions, cache_dir: Path | None, log) -> list[ImagePair]:
-    """The records of ``path``, from the cache when the same data and settings were read before."""
+def read_pairs(path: str, opts: ImageOptions, cache_dir: Path | None, report_path: Path, log) -> list[ImagePair]:
+    """The records of ``path``, from the cache when the same data and settings were read before;
+    the report (every dropped tie, by row) is written to ``report_path``."""
     key = _key(path, opts) if cache_dir is not None else None
     if key is not None and (cache_dir / f"{key}.safetensors").is_file():
         pairs, summary = _load(cache_dir, key)
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cache_dir / f"{key}.report.json", report_path)
         log(f"{summary} (cached)")
         return pairs
-    pairs, ties, rows = [], 0, 0
+    report = DataReport(path)
+    report.format, report.kind = "pick-a-pic", "image pairs"
+    pairs = []
     for where, row in iter_rows(path):
-        rows += 1
+        report.rows += 1
         pair = _pair(where, row, Path(path).parent, opts)
         if pair.tie and opts.ties == "drop":
-            ties += 1
+            report.drop(where, "tie (label_0 = 0.5)")
             continue
         pairs.append(pair)
+    report.records_out = len(pairs)
+    ties = report.total("dropped")
     if not pairs:
-        raise UserError(f"no usable records ({rows} read, {ties} ties dropped)", where=path)
-    summary = (f"{len(pairs)} image pairs of {rows} records; {ties} ties dropped (label_0 = 0.5; data.ties=keep "
-               f"trains on them with a tie loss); {sum(p.tie for p in pairs)} ties kept")
+        raise UserError(f"no usable records ({report.rows} read, {ties} ties dropped)", where=path)
+    summary = (f"{len(pairs)} image pairs of {report.rows} records; {ties} ties dropped (label_0 = 0.5; "
+               f"data.ties=keep trains on them with a tie loss); {sum(p.tie for p in pairs)} ties kept; "
+               f"report: {report_path}")
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report.write_json(report_path)
     if key is not None:
-        _save(cache_dir, key, pairs, summary)
+        _save(cache_dir, key, pairs, summary, report_path)
     log(summary)
     return pairs
 
@@ -138,10 +151,11 @@ def _key(path: str, opts: ImageOptions) -> str:
     return h.hexdigest()[:32]
 
 
-def _save(folder: Path, key: str, pairs: list[ImagePair], summary: str) -> None:
+def _save(folder: Path, key: str, pairs: list[ImagePair], summary: str, report: Path) -> None:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(report, folder / f"{key}.report.json")
     meta = {"summary": summary, "records": [[p.words, p.source, p.tie] for p in pairs]}
     (folder / f"{key}.json").write_text(json.dumps(meta))
     tmp = folder / f".{key}.tmp{os.getpid()}"

@@ -77,8 +77,9 @@ class DiffusionPolicy:
         d = self.cfg.data
         opts = ImageOptions(self.unet_config["sample_size"], self.unet_config["in_channels"],
                             self.settings["buckets"], self.settings["max_words"], d.ties)
-        cache = Path(d.cache_dir or Path(self.cfg.train.output) / "data_cache") if d.cache else None
-        pairs = read_pairs(path, opts, cache, lambda line: log(f"[data:{name}] {line}"))
+        out = Path(self.cfg.train.output)
+        cache = Path(d.cache_dir or out / "data_cache") if d.cache else None
+        pairs = read_pairs(path, opts, cache, out / f"data_report_{name}.json", lambda line: log(f"[data:{name}] {line}"))
         for p in pairs:
             p.fixed_noise = name != "train"
         return pairs
