@@ -144,6 +144,15 @@ def test_resume_gives_identical_weights(task):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_evaluating_every_step_leaves_the_training_draws_as_they_were(task):
+    """Held-out batches take no draw from torch's generator: three steps with an evaluation after
+    each end in the same weights as three steps without held-out data."""
+    evals = train(diffusion_config(task, "evals", train__max_steps=3, train__eval_steps=1), log=lambda *_: None)
+    plain = train(diffusion_config(task, "plain", train__max_steps=3, data__eval=None), log=lambda *_: None)
+    a, b = read_denoiser(str(evals.final)).unet.state_dict(), read_denoiser(str(plain.final)).unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_lora_with_the_adapters_off_reference(task):
     """LoRA on the attention projections: ln 2 at step 1 (adapters start at B = 0), the base weights
     untouched, and final/ holds the merged UNet, which differs from the start."""
