@@ -30,7 +30,8 @@ class ModelConfig:
     policy: str = "causal_lm"
     """The kind of policy: ``causal_lm`` (a Hugging Face causal LM, GGUF file or adapter) or
     ``linear_scorer`` (a linear model scoring candidate items for a context) or ``item_ranker``
-    (a torch ranker over context and item feature columns, docs/ranking.md); docs/architecture.md."""
+    (a torch ranker over context and item feature columns, docs/ranking.md) or ``diffusion`` (a
+    caption-conditioned diffusers UNet, docs/diffusion.md); docs/architecture.md."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
 

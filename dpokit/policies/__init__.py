@@ -3,7 +3,8 @@ reference strategies built on it (``reference``).
 
 - ``causal_lm`` (``lm/``): any local Hugging Face causal LM, GGUF, LoRA (the default);
 - ``linear_scorer`` (``scorer.py``): a linear model scoring candidate items for a context;
-- ``item_ranker`` (``ranker.py``): a torch ranker over context and item feature columns.
+- ``item_ranker`` (``ranker.py``): a torch ranker over context and item feature columns;
+- ``diffusion`` (``diffusion/``): a caption-conditioned diffusers UNet (Diffusion-DPO).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import importlib
 from dpokit.errors import UserError
 
 KINDS = {"causal_lm": "dpokit.policies.lm.policy:CausalLM", "linear_scorer": "dpokit.policies.scorer:LinearScorer",
-         "item_ranker": "dpokit.policies.ranker:ItemRanker"}
+         "item_ranker": "dpokit.policies.ranker:ItemRanker",
+         "diffusion": "dpokit.policies.diffusion.policy:DiffusionPolicy"}
 """Registered name -> where its class is (imported only when a run asks for it)."""
 
 

@@ -68,6 +68,10 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def load_model_weights(model, folder: Path) -> None:
     """Load trained weights saved by ``save_model`` into a model of the same shape."""
+    own = getattr(model, "load_saved_weights", None)
+    if own is not None:  # a module that writes its own folder format (the diffusion denoiser) reads it back
+        own(folder)
+        return
     if is_peft(model):
         from peft import set_peft_model_state_dict
 
