@@ -263,6 +263,7 @@ def run_update(ns: argparse.Namespace) -> int:
     print(state["decision"]["summary"])
     for reason in state["decision"]["reasons"]:
         print(f"  refused: {reason}")
+    return 0
 
 
 def run_federated(ns: argparse.Namespace) -> int:
