@@ -112,7 +112,8 @@ def test_a_ranker_of_flipped_clicks_promoted_by_hand_is_rolled_back(days, tmp_pa
     capsys.readouterr()
     assert main(check_args(registry.root, files, "--margin", "0.01")) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[-1].startswith("v2 is current again (was v3): loses to the previous version: SNIPS gain interval high")
+    said = out.splitlines()[-1]
+    assert said.startswith("v2 is current again (was v3): loses to the previous version: SNIPS gain interval high")
     assert registry.history() == ["v1", "v2"]
     event = registry.last_event()
     assert event["action"] == "check: rollback v3" and event["current"] == "v2"

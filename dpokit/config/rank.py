@@ -231,6 +231,7 @@ class RankCheckConfig(HeldOutSettings):
         _raise_first([
             (not self.registry, "registry", "is required (--registry, or set DPOKIT_REGISTRY)"),
             *self.estimate_checks(),
+            (bool(self.truth) and not Path(self.truth).is_file(), "truth", f"file not found: {self.truth}"),
             (self.margin < 0, "margin", "must be ≥ 0"),
             (self.interval < 0, "interval", "must be ≥ 0"),
             (self.times < 0, "times", "must be ≥ 0"),

@@ -1,4 +1,4 @@
-"""The figures a ranker's daily update decides on, and its rule.
+"""The figures a ranker's daily update decides on (and ``dpokit rank check`` reads again), and its rule.
 
 On a held-out log (records neither ranker trained on), for the champion and the challenger:
 

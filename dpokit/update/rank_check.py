@@ -12,6 +12,7 @@ when the gain's interval lies wholly below −``margin``: it clearly earns fewer
 from __future__ import annotations
 
 import math
+import time
 
 from dpokit.config.rank import RankCheckConfig
 from dpokit.errors import UserError
@@ -52,8 +53,6 @@ def rank_check(registry: Registry, c: RankCheckConfig, log=print) -> str:
     return check_current(registry, assess, summary)
 
 
-def rank_watch(registry: Registry, c: RankCheckConfig, log=print, sleep=None) -> None:
+def rank_watch(registry: Registry, c: RankCheckConfig, log=print, sleep=time.sleep) -> None:
     """``rank_check`` every ``interval`` seconds, ``times`` times (0: until stopped)."""
-    import time
-
-    watch_checks(lambda: rank_check(registry, c, log), c.interval, c.times, log, sleep or time.sleep)
+    watch_checks(lambda: rank_check(registry, c, log), c.interval, c.times, log, sleep)
