@@ -104,6 +104,17 @@ def test_a_promoted_good_day_holds_up(days, tmp_path, capsys):
     assert f["gain"]["low"] > 0 and f["records"] == len(canary)
     assert registry.events() == events  # a check that holds up logs nothing in the index
 
+    # by DR: its values are dpokit.rank.ope.estimate's DR, and the gain their difference
+    assert main(check_args(registry.root, files, "--estimator", "dr")) == 0
+    assert "v2 holds up against v1: DR click rate" in capsys.readouterr().out
+    f = registry.get("v2")["checks"][-1]["figures"]
+    dr = {side: {e.method: e for e in estimate(off_policy_data(
+        canary, SlatePolicy(ranker_scorer(folder, world.item_ids), "softmax"), world.item_ids))}["DR"].value
+        for side, folder in (("current", current), ("previous", previous))}
+    assert (f["estimator"], f["current"]["value"], f["previous"]["value"]) == pytest.approx(
+        ("DR", dr["current"], dr["previous"]), rel=1e-9)
+    assert f["gain"]["value"] == pytest.approx(dr["current"] - dr["previous"], rel=1e-9) and f["gain"]["low"] > 0
+
 
 def test_a_ranker_of_flipped_clicks_promoted_by_hand_is_rolled_back(days, tmp_path, capsys):
     _, world, reg, files = days
