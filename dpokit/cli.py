@@ -13,7 +13,7 @@ from dpokit.cli_errors import OneLineParser
 from dpokit.config import (DATA_COMMAND_NOT_FLAGS, TRAIN_FLAG_SET, DataCommandConfig, EvalConfig, RankEvalConfig,
                            RankRecordsConfig, RunConfig, SimulateConfig, default_registry, load_config)
 from dpokit.config.flags import add_flags, config_flags, overrides, spellings
-from dpokit.config.rank import RANK_UPDATE_NOT_FLAGS, RankUpdateConfig
+from dpokit.config.rank import RANK_UPDATE_NOT_FLAGS, RankCheckConfig, RankUpdateConfig
 from dpokit.data.kinds import KIND_NAMES
 from dpokit.errors import Stopped, UserError, stops_raise
 
@@ -24,7 +24,7 @@ DATA_FLAG_SET = config_flags(DataCommandConfig, skip=DATA_COMMAND_NOT_FLAGS)
 DATA_FLAGS = spellings(DATA_FLAG_SET)
 """Each spelling of a ``dpokit data`` flag (underscores) -> the field it sets."""
 RANK_CONFIGS = {"simulate": SimulateConfig, "records": RankRecordsConfig, "eval": RankEvalConfig,
-                "update": RankUpdateConfig}
+                "update": RankUpdateConfig, "check": RankCheckConfig, "watch": RankCheckConfig}
 RANK_FLAG_SETS = {name: config_flags(cls, skip=RANK_UPDATE_NOT_FLAGS if name == "update" else ())
                   for name, cls in RANK_CONFIGS.items()}
 VERSION_ACTIONS = {"list": "list the versions; * marks the current one",
@@ -196,7 +196,11 @@ def _add_rank_parser(sub) -> None:
                             ("eval", "IPS, SNIPS and DR estimates of a ranker's click rate on a log, with intervals "
                                      "(and the true values when the log came from the simulator)"),
                             ("update", "a daily update: train a challenger of the registry's current ranker on a "
-                                       "day's log, estimate both on a held-out log, promote or refuse it")):
+                                       "day's log, estimate both on a held-out log, promote or refuse it"),
+                            ("check", "re-estimate the current ranker on a canary log against the previous one; "
+                                      "roll it back when its click-rate gain is clearly negative or its folder "
+                                      "fails verification"),
+                            ("watch", "rank check every --interval seconds")):
         p = commands.add_parser(name, help=help_text)
         p.add_argument("--config", help="YAML file of the command's keys; flags override it")
         add_flags(p, RANK_FLAG_SETS[name], RANK_CONFIGS[name])
@@ -259,6 +263,7 @@ def run_update(ns: argparse.Namespace) -> int:
     print(state["decision"]["summary"])
     for reason in state["decision"]["reasons"]:
         print(f"  refused: {reason}")
+    return 0
 
 
 def run_federated(ns: argparse.Namespace) -> int:
@@ -364,6 +369,16 @@ def run_rank(ns: argparse.Namespace) -> int:
         from dpokit.update.rank import run_rank_update
 
         return run_rank_update(cfg)
+    if name in ("check", "watch"):
+        from dpokit.store.versions import Registry
+        from dpokit.update.rank_check import rank_check, rank_watch
+
+        registry = Registry(cfg.registry)
+        if name == "check":
+            print(rank_check(registry, cfg))
+        else:
+            rank_watch(registry, cfg)
+        return 0
     return {"simulate": commands.run_simulate, "records": commands.run_records, "eval": commands.run_eval}[name](cfg)
 
 

@@ -138,7 +138,7 @@ def test_bad_judge(files, capsys):
     (["data", "convert", "in.jsonl"], "missing required argument: output (see dpokit data convert --help)"),
     (["versions"], "missing the command: one of list, show, promote, rollback, diff, check, watch "
                    "(see dpokit versions --help)"),
-    (["rank"], "missing the command: one of simulate, records, eval, update (see dpokit rank --help)"),
+    (["rank"], "missing the command: one of simulate, records, eval, update, check, watch (see dpokit rank --help)"),
     (["eval", "--max-new-tokens"], "--max-new-tokens: expected one argument (see dpokit eval --help)"),
 ])
 def test_argparse_errors_are_one_line(capsys, argv, line):

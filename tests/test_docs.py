@@ -14,7 +14,7 @@ import pytest
 
 from dpokit.cli import DATA_FLAGS, EVAL_FLAGS, RANK_FLAG_SETS, build_parser
 from dpokit.config import FLAG_FIELDS, EvalConfig, RunConfig
-from dpokit.config.rank import RankUpdateConfig
+from dpokit.config.rank import RankCheckConfig, RankUpdateConfig
 from dpokit.errors import UserError
 from dpokit.online.config import ONLINE_FLAGS, OnlineConfig
 from dpokit.config.flags import spellings
@@ -166,7 +166,8 @@ def _defaults() -> dict[str, set[str]]:
     for flags, root in ((FLAG_FIELDS, RunConfig()), (ONLINE_FLAGS, OnlineConfig()), (EVAL_FLAGS, EvalConfig()),
                         (DATA_FLAGS, RunConfig()), (spellings(UPDATE_FLAG_SET), UpdateConfig()),
                         (spellings(CANARY_FLAG_SET), CanaryConfig()),
-                        (spellings(RANK_FLAG_SETS["update"]), RankUpdateConfig())):
+                        (spellings(RANK_FLAG_SETS["update"]), RankUpdateConfig()),
+                        (spellings(RANK_FLAG_SETS["check"]), RankCheckConfig())):
         for flag, dotted in flags.items():
             value = root
             for part in dotted.split("."):

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from dpokit.cli import DATA_FLAG_SET, EVAL_FLAG_SET, RANK_FLAG_SETS, build_parser
-from dpokit.config.rank import RANK_UPDATE_NOT_FLAGS, RankUpdateConfig
+from dpokit.config.rank import RANK_UPDATE_NOT_FLAGS, RankCheckConfig, RankUpdateConfig
 from dpokit.config import (DATA_COMMAND_NOT_FLAGS, FORMAT_NAMES, TRAIN_FLAG_SET, DataCommandConfig, EvalConfig,
                            RunConfig, load_config)
 from dpokit.errors import UserError
@@ -26,7 +26,8 @@ FLAG_SETS = {"sft": TRAIN_FLAG_SET, "dpo": TRAIN_FLAG_SET, "online": ONLINE_FLAG
 POSITIONAL = {"data check": ["in.jsonl"], "data stats": ["in.jsonl"], "data convert": ["in.jsonl", "out.jsonl"]}
 ROOTS = [(RunConfig, TRAIN_FLAG_SET, {}), (OnlineConfig, ONLINE_FLAG_SET, SET_BY_LOOP), (EvalConfig, EVAL_FLAG_SET, {}),
          (DataCommandConfig, DATA_FLAG_SET, DATA_COMMAND_NOT_FLAGS),
-         (RankUpdateConfig, RANK_FLAG_SETS["update"], RANK_UPDATE_NOT_FLAGS)]
+         (RankUpdateConfig, RANK_FLAG_SETS["update"], RANK_UPDATE_NOT_FLAGS),
+         (RankCheckConfig, RANK_FLAG_SETS["check"], ())]
 
 
 def _subparser(words: list[str]) -> argparse.ArgumentParser:
@@ -91,6 +92,11 @@ def test_a_flag_has_its_fields_type_choices_and_docstring():
     assert steps.help == field_info(RunConfig, "train.max_steps")[1] and steps.help.startswith("Optimizer steps")
     assert optimizer.choices == ("adamw", "sgd", "rmsprop")
     assert _subparser(["data", "check"])._option_string_actions["--format"].choices == FORMAT_NAMES.__args__
+    # a field a config inherits keeps its docstring as help (rank check's canary log, versions check's prompts)
+    for words, flag, start in ((["rank", "check"], "--held-out", "Logged-bandit records neither ranker"),
+                               (["rank", "update"], "--held-out", "Logged-bandit records neither ranker"),
+                               (["versions", "check"], "--prompts", field_info(EvalConfig, "prompts")[1])):
+        assert _subparser(words)._option_string_actions[flag].help.startswith(start) and start
 
 
 def test_fields_that_were_yaml_only_are_flags_now(tmp_path):

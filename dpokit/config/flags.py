@@ -98,13 +98,17 @@ def spellings(flags: typing.Iterable[Flag]) -> dict[str, str]:
 
 @functools.cache
 def docstrings(cls: type) -> dict[str, str]:
-    """The docstring under each annotated field of a config class (parsed once per class)."""
+    """The docstring under each annotated field of a config class, its bases' fields included
+    (parsed once per class)."""
     import ast
     import inspect
 
-    body = ast.parse(inspect.getsource(cls)).body[0].body
-    return {node.target.id: nxt.value.value for node, nxt in zip(body, body[1:])
-            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr)}
+    out: dict[str, str] = {}
+    for base in reversed([c for c in cls.__mro__ if dataclasses.is_dataclass(c)]):  # a subclass's own text wins
+        body = ast.parse(inspect.getsource(base)).body[0].body
+        out.update({node.target.id: nxt.value.value for node, nxt in zip(body, body[1:])
+                    if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr)})
+    return out
 
 
 def field_info(root: type, dotted: str) -> tuple[Any, str]:

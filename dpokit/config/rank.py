@@ -1,6 +1,6 @@
-"""``dpokit rank simulate|records|eval|update``: the click simulator's world and logger, training
-records from a log, the off-policy evaluation of a ranker on a log, and a ranker's daily update
-(docs/ranking.md)."""
+"""``dpokit rank simulate|records|eval|update|check|watch``: the click simulator's world and logger,
+training records from a log, the off-policy evaluation of a ranker on a log, a ranker's daily update
+and the check that rolls back a current ranker fallen behind the previous one (docs/ranking.md)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from dpokit.config.model import default_registry
 from dpokit.config.run import RunConfig
 from dpokit.errors import UserError
 
@@ -148,24 +149,14 @@ class RankRecordsConfig:
 
 
 @dataclass
-class RankDailySettings:
-    """A ranker's daily update: the day's log to train on, the held-out log to evaluate on, and the
-    rule that promotes or refuses (docs/ranking.md)."""
+class HeldOutSettings:
+    """Two rankers' click rates estimated on a log neither trained on, and the paired gain of one
+    over the other: the figures a daily update decides on and a check re-reads."""
 
-    log: str = ""
-    """The day's logged-bandit records: the challenger trains on the records made from its clicks."""
     held_out: str = ""
-    """Logged-bandit records the challenger never trains on: both policies' click rates are estimated on them."""
+    """Logged-bandit records neither ranker trains on: both rankers' click rates are estimated on them."""
     truth: str | None = None
     """The simulator's sidecar for the true values (recorded, never decided on); default: the one beside the held-out log, if any."""
-    mode: Literal["pairs", "skip_above", "lists"] = "pairs"
-    """The training records made from the day's clicks (as ``dpokit rank records --mode``)."""
-    negatives: int = 1
-    """Unclicked items per list (mode lists)."""
-    ips: bool = True
-    """Weight each training record by 1/propensity of its click."""
-    records_clip: float = 20.0
-    """Clip those weights at this value (0: no clipping)."""
     estimator: Literal["snips", "dr"] = "snips"
     """The off-policy estimator of both policies' click rates on the held-out log."""
     target: Literal["softmax", "greedy"] = "softmax"
@@ -176,6 +167,31 @@ class RankDailySettings:
     """Clip the estimator's importance weights at this value (0: no clipping)."""
     level: float = 0.95
     """Coverage of the intervals."""
+
+    def estimate_checks(self, prefix: str = "") -> list[tuple[bool, str, str]]:
+        return [
+            (not self.held_out, f"{prefix}held_out", "is required (--held-out: logged records to evaluate on)"),
+            (self.temperature <= 0, f"{prefix}temperature", "must be > 0"),
+            (self.eval_clip < 0, f"{prefix}eval_clip", "must be ≥ 0 (0: no clipping)"),
+            (not 0 < self.level < 1, f"{prefix}level", "must be in (0, 1)"),
+        ]
+
+
+@dataclass
+class RankDailySettings(HeldOutSettings):
+    """A ranker's daily update: the day's log to train on, the held-out log to evaluate on, and the
+    rule that promotes or refuses (docs/ranking.md)."""
+
+    log: str = ""
+    """The day's logged-bandit records: the challenger trains on the records made from its clicks."""
+    mode: Literal["pairs", "skip_above", "lists"] = "pairs"
+    """The training records made from the day's clicks (as ``dpokit rank records --mode``)."""
+    negatives: int = 1
+    """Unclicked items per list (mode lists)."""
+    ips: bool = True
+    """Weight each training record by 1/propensity of its click."""
+    records_clip: float = 20.0
+    """Clip those weights at this value (0: no clipping)."""
     min_gain: float = 0.0
     """Promote only if the lower end of the interval of the click-rate gain (challenger − champion) exceeds this."""
     max_kl: float = 0.5
@@ -186,18 +202,41 @@ class RankDailySettings:
     def checks(self) -> list[tuple[bool, str, str]]:
         return [
             (not self.log, "daily.log", "is required (--log: the day's logged records)"),
-            (not self.held_out, "daily.held_out", "is required (--held-out: logged records to evaluate on)"),
+            *self.estimate_checks("daily."),
             (bool(self.log) and Path(self.log).resolve() == Path(self.held_out).resolve(), "daily.held_out",
              "is the day's log: estimates on the clicks the challenger trained on are biased upward; "
              "give a log it does not train on"),
             (self.negatives < 1, "daily.negatives", "must be ≥ 1"),
             (self.records_clip < 0, "daily.records_clip", "must be ≥ 0 (0: no clipping)"),
-            (self.temperature <= 0, "daily.temperature", "must be > 0"),
-            (self.eval_clip < 0, "daily.eval_clip", "must be ≥ 0 (0: no clipping)"),
-            (not 0 < self.level < 1, "daily.level", "must be in (0, 1)"),
             (self.min_gain < 0, "daily.min_gain", "must be ≥ 0"),
             (self.max_kl <= 0, "daily.max_kl", "must be > 0"),
         ]
+
+
+@dataclass
+class RankCheckConfig(HeldOutSettings):
+    """``dpokit rank check`` and ``watch``: the registry's current ranker against the version current
+    before it, on a fixed canary log (``held_out``), and the margin past which it is rolled back."""
+
+    registry: str | None = field(default_factory=default_registry)
+    """The registry folder whose current version is checked (default: $DPOKIT_REGISTRY)."""
+    margin: float = 0.0
+    """Roll back when the interval of the click-rate gain (current − previous) lies wholly below −this."""
+    interval: float = 3600.0
+    """``watch``: seconds between checks."""
+    times: int = 0
+    """``watch``: stop after this many checks (0: keep watching)."""
+
+    def validate(self) -> RankCheckConfig:
+        _raise_first([
+            (not self.registry, "registry", "is required (--registry, or set DPOKIT_REGISTRY)"),
+            *self.estimate_checks(),
+            (bool(self.truth) and not Path(self.truth).is_file(), "truth", f"file not found: {self.truth}"),
+            (self.margin < 0, "margin", "must be ≥ 0"),
+            (self.interval < 0, "interval", "must be ≥ 0"),
+            (self.times < 0, "times", "must be ≥ 0"),
+        ])
+        return self
 
 
 @dataclass

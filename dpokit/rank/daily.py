@@ -1,4 +1,4 @@
-"""The figures a ranker's daily update decides on, and its rule.
+"""The figures a ranker's daily update decides on (and ``dpokit rank check`` reads again), and its rule.
 
 On a held-out log (records neither ranker trained on), for the champion and the challenger:
 
@@ -66,8 +66,11 @@ def _interval(est) -> dict:
     return {"value": est.value, "low": est.low, "high": est.high, "se": est.se}
 
 
-def daily_figures(champion: str, challenger: str, settings, log=print) -> dict:
-    """The figures of ``settings`` (a ``RankDailySettings``) for two ranker folders with one item table."""
+def daily_figures(champion: str, challenger: str, settings, log=print,
+                  sides: tuple[str, str] = ("champion", "challenger"), stage: str = "rank update") -> dict:
+    """The figures of ``settings`` (a ``HeldOutSettings``) for two ranker folders with one item
+    table, each ranker's under its name in ``sides`` (a check names them previous and current);
+    the gain is the second's click rate less the first's, the KL the second's to the first."""
     from dpokit.policies.ranker import load_ranker
 
     module = load_ranker(champion)
@@ -78,13 +81,15 @@ def daily_figures(champion: str, challenger: str, settings, log=print) -> dict:
     out: dict = {"estimator": method, "held_out": settings.held_out, "records": len(records),
                  "target": settings.target, "temperature": settings.temperature}
     terms = {}
-    for side, folder in (("champion", champion), ("challenger", challenger)):
+    pair = tuple(zip(sides, (champion, challenger)))
+    for side, folder in pair:
         policy = SlatePolicy(ranker_scorer(folder, ids), settings.target, settings.temperature)
         value, terms[side] = estimate_terms(off_policy_data(records, policy, ids), settings.estimator,
                                             settings.eval_clip)
         out[side] = _interval(normal_interval(method, value, terms[side], settings.level))
-    gain = out["challenger"]["value"] - out["champion"]["value"]
-    out["gain"] = _interval(normal_interval(method, gain, terms["challenger"] - terms["champion"], settings.level))
+    first, second = sides
+    gain = out[second]["value"] - out[first]["value"]
+    out["gain"] = _interval(normal_interval(method, gain, terms[second] - terms[first], settings.level))
     counts = Counter(json.dumps(r.context, sort_keys=True) for r in _first_of_each_impression(records))
     out["kl"] = mean_kl(champion, challenger, [json.loads(c) for c in counts], list(counts.values()),
                         settings.temperature)
@@ -93,10 +98,9 @@ def daily_figures(champion: str, challenger: str, settings, log=print) -> dict:
         raise UserError("file not found", where=str(sidecar), field="daily.truth")
     if sidecar.is_file():
         world = world_from_sidecar(sidecar)
-        out["true"] = {side: _true(world, folder, settings) for side, folder in
-                       (("champion", champion), ("challenger", challenger))}
-    log(f"[rank update] {method} on {len(records)} held-out records: champion {out['champion']['value']:.5f}, "
-        f"challenger {out['challenger']['value']:.5f}, gain {gain:+.5f} [{out['gain']['low']:+.5f}, "
+        out["true"] = {side: _true(world, folder, settings) for side, folder in pair}
+    log(f"[{stage}] {method} on {len(records)} held-out records: {first} {out[first]['value']:.5f}, "
+        f"{second} {out[second]['value']:.5f}, gain {gain:+.5f} [{out['gain']['low']:+.5f}, "
         f"{out['gain']['high']:+.5f}], KL {out['kl']:.4f}")
     return out
 

@@ -17,6 +17,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from dpokit.config import EvalConfig
 from dpokit.config.flags import config_flags
@@ -73,8 +74,25 @@ def fallen_behind(c: CanaryConfig, figures: dict) -> list[str]:
 def check(registry: Registry, c: CanaryConfig, log=print) -> str:
     """One check of the current version; rolls it back when it has fallen behind. Returns what happened."""
     from dpokit.update.ab import compare
-    from dpokit.update.lock import registry_lock
     from dpokit.update.run import lineage_base
+
+    def assess(current: dict, previous: dict) -> tuple[dict, list[str]]:
+        figures = compare(c.comparison(current["model"], previous["model"]), lineage_base(registry, previous["id"]),
+                          [p for p in (c.pairs or "").split(",") if p], log)
+        return figures, fallen_behind(c, figures)
+
+    return check_current(registry, assess, lambda f: f"win rate {f['win_rate']:.1%} [{f['win_low']:.1%}, "
+                                                     f"{f['win_high']:.1%}]")
+
+
+def check_current(registry: Registry, assess: Callable[[dict, dict], tuple[dict, list[str]]],
+                  summary: Callable[[dict], str]) -> str:
+    """The check of any kind of model: the registry's current version against the previous one,
+    under the update lock. ``assess(current, previous)`` (the version records) gives the figures and
+    the reasons to roll back; a model folder that fails verification is one on its own, without
+    figures. The check goes into the current version's record (``checks``), a rollback into
+    ``index.json`` with its reasons. ``summary(figures)`` words a check that holds up."""
+    from dpokit.update.lock import registry_lock
 
     with registry_lock(registry.require().root, wait=True):  # never beside an update's decision
         history = registry.history()
@@ -86,27 +104,29 @@ def check(registry: Registry, c: CanaryConfig, log=print) -> str:
         if problem:
             reasons = [problem]
         else:
-            figures = compare(c.comparison(current["model"], previous["model"]), lineage_base(registry, previous["id"]),
-                              [p for p in (c.pairs or "").split(",") if p], log)
-            reasons = fallen_behind(c, figures)
+            figures, reasons = assess(current, previous)
         entry = {"time": utc_now(), "against": previous["id"], "figures": figures, "reasons": reasons,
                  "rolled_back": bool(reasons)}
         if not problem:
             current.setdefault("checks", []).append(entry)
             registry.update(current)
         if not reasons:
-            return (f"{current['id']} holds up against {previous['id']}: win rate {figures['win_rate']:.1%} "
-                    f"[{figures['win_low']:.1%}, {figures['win_high']:.1%}]")
+            return f"{current['id']} holds up against {previous['id']}: {summary(figures)}"
         done = rollback(registry, f"check: rollback {current['id']}", {"reasons": reasons})
         return f"{done}: " + "; ".join(reasons)
 
 
 def watch(registry: Registry, c: CanaryConfig, log=print, sleep=time.sleep) -> None:
     """``check`` every ``interval`` seconds, ``times`` times (0: until stopped)."""
+    watch_checks(lambda: check(registry, c, log), c.interval, c.times, log, sleep)
+
+
+def watch_checks(check_once: Callable[[], str], interval: float, times: int, log=print, sleep=time.sleep) -> None:
+    """``check_once`` every ``interval`` seconds, ``times`` times (0: until stopped), each outcome logged."""
     n = 0
     while True:
-        log(f"[watch] {utc_now()} {check(registry, c, log)}")
+        log(f"[watch] {utc_now()} {check_once()}")
         n += 1
-        if c.times and n >= c.times:
+        if times and n >= times:
             return
-        sleep(c.interval)
+        sleep(interval)

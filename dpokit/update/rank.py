@@ -58,15 +58,16 @@ def rank_update_key(cfg: RankUpdateConfig) -> str:
     return settings_key(settings, [d.log, d.held_out, *([d.truth] if d.truth else [])])
 
 
-def champion_ranker(registry: Registry, vid: str) -> str:
-    """The champion's model folder, which must be an item_ranker folder that verifies."""
+def champion_ranker(registry: Registry, vid: str, role: str = "the champion") -> str:
+    """The model folder of version ``vid`` (``role``, for the message), which must be an
+    item_ranker folder that verifies."""
     record = registry.get(vid)
     if problem := model_problem(record):
-        raise UserError(f"the champion {vid}: {problem}", where=str(registry.root))
+        raise UserError(f"{role} {vid}: {problem}", where=str(registry.root))
     if not (Path(record["model"]) / "ranker.json").is_file():
-        raise UserError(f"the current version {vid} is not an item_ranker folder (no ranker.json in "
-                        f"{record['model']}): dpokit rank update trains rankers; dpokit update trains language models",
-                        where=str(registry.root))
+        raise UserError(f"{role} {vid} is not an item_ranker folder (no ranker.json in {record['model']}): "
+                        "dpokit rank update and check take rankers; dpokit update and versions check, language "
+                        "models", where=str(registry.root))
     return record["model"]
 
 
