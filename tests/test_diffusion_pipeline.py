@@ -134,6 +134,7 @@ def test_logps_match_vae_noise_unet_by_hand(task):
 
     kind = build_policy_kind(sd_config(task, "naive"), get_loss("diffusion_dpo"))
     model = kind.load(str(task["model"])).requires_grad_(False)
+    assert {n.split(".")[0] for n, _ in model.named_parameters()} == {"unet"}  # the VAE and CLIP stay outside
     records = kind.records(str(task["held"]), "pair", "eval", lambda *_: None)
     batch = kind.batch(records, [0, 1, 2], "cpu")
     got = kind.logps(model, batch, 2)
@@ -227,6 +228,20 @@ def test_lora_with_the_adapters_off_reference(task):
         sha(task["model"] / "vae/diffusion_pytorch_model.safetensors")
 
 
+def test_resume_from_a_pipeline_checkpoint_gives_identical_weights(task):
+    """Four steps straight, against two, the checkpoint (a pipeline folder), and two more after --resume."""
+    import shutil
+
+    full = train(sd_config(task, "full"), log=lambda *_: None)
+    part = task["tmp"] / "part"
+    train(sd_config(task, "part", train__save_steps=2), log=lambda *_: None)
+    shutil.rmtree(part / "final")
+    shutil.rmtree(part / "checkpoint-4", ignore_errors=True)
+    resumed = train(sd_config(task, "part", train__save_steps=2, train__resume=True), log=lambda *_: None)
+    a, b = read_denoiser(str(full.final)).unet.state_dict(), read_denoiser(str(resumed.final)).unet.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_sdxl_and_mismatched_folders_are_refused(task, tmp_path):
     index = json.loads((task["model"] / "model_index.json").read_text())
     xl = tmp_path / "xl"
@@ -244,3 +259,10 @@ def test_sdxl_and_mismatched_folders_are_refused(task, tmp_path):
     (bad / "text_encoder/config.json").write_text(json.dumps({**text, "hidden_size": 48}))
     with pytest.raises(UserError, match="cross_attention_dim"):
         build_policy_kind(sd_config(task, "r", model__path=str(bad)), get_loss("diffusion_dpo"))
+    from dpokit.policies.diffusion import write_denoiser
+
+    pixels = write_denoiser(tmp_path / "pixels", sample_size=4, buckets=16)
+    with pytest.raises(UserError) as err:  # a latent draw means nothing in pixel space: refused, not ignored
+        build_policy_kind(sd_config(task, "r", model__path=str(pixels), data__latents="sample"),
+                          get_loss("diffusion_dpo"))
+    assert err.value.field == "data.latents"

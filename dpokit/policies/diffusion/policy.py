@@ -80,6 +80,9 @@ class DiffusionPolicy:
             (self.vae_config is None and self.unet_config.get("in_channels") not in (1, 3), "model.path",
              "the UNet denoises images in pixel space: in_channels must be 1 (grey) or 3 (RGB); a latent "
              "model loads from a Stable Diffusion-style folder (model_index.json, vae/, text_encoder/...)"),
+            (self.vae_config is None and self.cfg.data.latents != "mean", "data.latents",
+             "latents are drawn only for a Stable Diffusion-style folder (with vae/); this denoiser works in "
+             "pixel space"),
             (t.ref == "precomputed", "train.ref",
              "a denoiser's reference error depends on each step's fresh timestep and noise; use copy (or adapter "
              "with LoRA)"),
