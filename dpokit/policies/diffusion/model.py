@@ -176,10 +176,10 @@ def _read_pipeline(folder: Path) -> Denoiser:
         raise UserError("holds a LoRA checkpoint's adapter only; load the run's final/ folder (merged)",
                         where=str(folder))
     try:
-        unet = UNet2DConditionModel.from_pretrained(str(folder / UNET), local_files_only=True)
+        unet = UNet2DConditionModel.from_pretrained(str(folder / UNET), local_files_only=True, use_safetensors=True)
         scheduler = DDPMScheduler.from_pretrained(str(folder / SCHEDULER), local_files_only=True)
     except (OSError, ValueError, EnvironmentError) as exc:
-        raise UserError(f"cannot load the UNet or its scheduler: {str(exc).splitlines()[0]}",
+        raise UserError(f"cannot load the UNet (safetensors) or its scheduler: {str(exc).splitlines()[0]}",
                         where=str(folder)) from None
     return Denoiser(unet, scheduler, dict(PIPELINE_SETTINGS), pipeline=folder.resolve()).eval()
 
@@ -191,6 +191,9 @@ def sample_images(model: Denoiser, words: torch.Tensor, seed: int, steps: int = 
     starting noise and the same per-step noise."""
     from diffusers import DDPMScheduler
 
+    if model.pipeline is not None:
+        raise UserError("sample_images is for pixel-space denoisers; sample a Stable Diffusion-style folder with "
+                        "diffusers.StableDiffusionPipeline.from_pretrained", where=str(model.pipeline))
     cfg = model.unet.config
     scheduler = DDPMScheduler.from_config(model.scheduler.config)
     scheduler.set_timesteps(steps)

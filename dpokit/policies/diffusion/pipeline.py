@@ -97,11 +97,14 @@ def encode_pairs(folder, pairs: list, latents: str, seed: int, log) -> None:
     folder = Path(folder)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        vae = AutoencoderKL.from_pretrained(str(folder / VAE), local_files_only=True).to(device).eval()
-        text = CLIPTextModel.from_pretrained(str(folder / TEXT_ENCODER), local_files_only=True).to(device).eval()
+        # safetensors only: a pickled .bin can run code when read (model.allow_pickle is for LM folders)
+        vae = AutoencoderKL.from_pretrained(str(folder / VAE), local_files_only=True,
+                                            use_safetensors=True).to(device).eval()
+        text = CLIPTextModel.from_pretrained(str(folder / TEXT_ENCODER), local_files_only=True,
+                                             use_safetensors=True).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER), local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load the VAE, text encoder or tokenizer: {str(exc).splitlines()[0]}",
+        raise UserError(f"cannot load the VAE, text encoder (safetensors) or tokenizer: {str(exc).splitlines()[0]}",
                         where=str(folder)) from None
     images = torch.stack([p.images for p in pairs]).flatten(0, 1)  # (2N, 3, H, W): pair i's images at 2i, 2i+1
     z = torch.cat([_latents(vae, to_unit_range(images[i: i + ENCODE_BATCH]), latents, seed, i, device)
