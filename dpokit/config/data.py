@@ -47,6 +47,10 @@ class DataConfig:
     ties: Literal["drop", "keep"] = "drop"
     """Pairs judged a tie: dropped, or kept marked ``"tie": true`` (``dpokit data convert``, and the
     losses that train on ties: ``dpo_rk``, ``dpo_davidson``)."""
+    latents: Literal["mean", "sample"] = "mean"
+    """Diffusion policy on a Stable Diffusion-style folder: each image's latent is the VAE
+    posterior's mean, or one draw from it (seeded by ``train.seed`` and the image's place), encoded
+    once and cached (docs/diffusion.md)."""
     click_min_dwell: float = 0.0
     """Click logs: a click with a dwell time (seconds) below this counts as no click."""
     click_bias: float = 0.0

@@ -8,7 +8,9 @@ as tied pairs for the losses that train on ties; the report (``OUTPUT/data_repor
 as for text data) lists every dropped tie by row.
 
 Images are decoded with PIL, converted to the model's channels, resized to its sample size and
-kept as uint8; ``batch`` maps them to [−1, 1]. The decoded records are cached on disk under a
+kept as uint8; ``batch`` maps them to [−1, 1]. For a Stable Diffusion-style folder
+(``pipeline``) the images are then encoded to VAE latents and the captions to text-encoder states
+before caching, so the cache holds what the UNet reads. The decoded (or encoded) records are cached on disk under a
 key that hashes the data file, every image file it names, the path and the settings that change
 the output (dpokit.data.cache does the same for tokenized text).
 """
@@ -30,7 +32,7 @@ from dpokit.data.report import DataReport
 from dpokit.data.sources import iter_rows
 from dpokit.errors import UserError
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 LABELS = {1: (0, 1), 0: (1, 0), 0.5: (0, 1)}
 """label_0 -> (index of the preferred image, index of the other); a tie keeps the file's order."""
 
@@ -38,10 +40,13 @@ LABELS = {1: (0, 1), 0: (1, 0), 0.5: (0, 1)}
 @dataclass
 class ImagePair:
     images: torch.Tensor
-    """(2, C, H, W) uint8, preferred first."""
+    """(2, C, H, W) uint8, preferred first; for a pipeline folder (2, latent C, h, w) float latents."""
     words: list[int]
-    """The caption's hashed word ids (``model.caption_ids``)."""
+    """The caption's hashed word ids (``model.caption_ids``); for a pipeline folder its token ids."""
     source: str
+    caption: str = ""
+    context: torch.Tensor | None = None
+    """A pipeline folder's text-encoder states of the caption (tokens, hidden); None for hashed words."""
     tie: bool = False
     weight: float = 1.0
     fixed_noise: bool = False
@@ -57,11 +62,15 @@ class ImageOptions:
     buckets: int
     max_words: int
     ties: str
+    encoder: str = ""
+    """A pipeline folder's ``encoder_identity`` (its frozen parts, the latent mode); "" for pixel space."""
 
 
-def read_pairs(path: str, opts: ImageOptions, cache_dir: Path | None, report_path: Path, log) -> list[ImagePair]:
+def read_pairs(path: str, opts: ImageOptions, cache_dir: Path | None, report_path: Path, log,
+               encode=None) -> list[ImagePair]:
     """The records of ``path``, from the cache when the same data and settings were read before;
-    the report (every dropped tie, by row) is written to ``report_path``."""
+    the report (every dropped tie, by row) is written to ``report_path``. ``encode(pairs)``, when
+    given, turns the decoded pairs into what is cached (a pipeline folder's latents and states)."""
     key = _key(path, opts) if cache_dir is not None else None
     if key is not None and (cache_dir / f"{key}.safetensors").is_file():
         pairs, summary = _load(cache_dir, key)
@@ -83,6 +92,8 @@ def read_pairs(path: str, opts: ImageOptions, cache_dir: Path | None, report_pat
     ties = report.total("dropped")
     if not pairs:
         raise UserError(f"no usable records ({report.rows} read, {ties} ties dropped)", where=path)
+    if encode is not None:
+        encode(pairs)
     summary = (f"{len(pairs)} image pairs of {report.rows} records; {ties} ties dropped (label_0 = 0.5; "
                f"data.ties=keep trains on them with a tie loss); {sum(p.tie for p in pairs)} ties kept; "
                f"report: {report_path}")
@@ -106,8 +117,8 @@ def _pair(where: str, row: dict, base: Path, opts: ImageOptions) -> ImagePair:
                         where, "label_0")
     images = [_image(row.get(f"jpg_{i}"), base, where, f"jpg_{i}", opts) for i in (0, 1)]
     first, second = LABELS[label]
-    return ImagePair(torch.stack([images[first], images[second]]), caption_ids(caption, opts.buckets, opts.max_words),
-                     where, tie=label == 0.5)
+    words = caption_ids(caption, opts.buckets, opts.max_words) if opts.buckets else []  # else: tokenized later
+    return ImagePair(torch.stack([images[first], images[second]]), words, where, caption, tie=label == 0.5)
 
 
 def _image(value, base: Path, where: str, field: str, opts: ImageOptions) -> torch.Tensor:
@@ -156,10 +167,16 @@ def _save(folder: Path, key: str, pairs: list[ImagePair], summary: str, report: 
 
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(report, folder / f"{key}.report.json")
-    meta = {"summary": summary, "records": [[p.words, p.source, p.tie] for p in pairs]}
+    captions = sorted({p.caption for p in pairs if p.context is not None})  # one state tensor per caption
+    meta = {"summary": summary, "captions": captions,
+            "records": [[p.words, p.source, p.tie, p.caption] for p in pairs]}
     (folder / f"{key}.json").write_text(json.dumps(meta))
     tmp = folder / f".{key}.tmp{os.getpid()}"
-    save_file({"images": torch.stack([p.images for p in pairs])}, str(tmp))
+    tensors = {"images": torch.stack([p.images for p in pairs]).contiguous()}  # a VAE's output may be strided
+    if captions:
+        first = {p.caption: p.context for p in reversed(pairs)}
+        tensors["contexts"] = torch.stack([first[c] for c in captions]).contiguous()
+    save_file(tensors, str(tmp))
     os.replace(tmp, folder / f"{key}.safetensors")  # last: marks the entry complete
 
 
@@ -167,6 +184,10 @@ def _load(folder: Path, key: str) -> tuple[list[ImagePair], str]:
     from safetensors.torch import load_file
 
     meta = json.loads((folder / f"{key}.json").read_text())
-    images = load_file(str(folder / f"{key}.safetensors"))["images"]
-    return [ImagePair(images[i], words, source, tie) for i, (words, source, tie) in enumerate(meta["records"])], \
-        meta["summary"]
+    tensors = load_file(str(folder / f"{key}.safetensors"))
+    row = {c: k for k, c in enumerate(meta["captions"])}
+    contexts = tensors.get("contexts")
+    pairs = [ImagePair(tensors["images"][i], words, source, caption, tie=tie,
+                       context=contexts[row[caption]] if contexts is not None else None)
+             for i, (words, source, tie, caption) in enumerate(meta["records"])]
+    return pairs, meta["summary"]

@@ -13,6 +13,9 @@ A folder holds ``denoiser.json`` (dpokit's settings), ``scheduler/scheduler_conf
 ``diffusion_pytorch_model.safetensors``), the layout of a Stable Diffusion folder's own
 ``unet/`` and ``scheduler/``; a training checkpoint of a LoRA run holds ``unet/adapter_model.safetensors``
 (the adapter) instead. ``write_denoiser`` makes a small random one.
+
+A Stable Diffusion-style folder (``model_index.json``; ``pipeline.py``) loads as a denoiser too:
+its UNet, conditioned on the frozen text encoder's states, which the data carries.
 """
 
 from __future__ import annotations
@@ -42,13 +45,16 @@ def caption_ids(caption: str, buckets: int, max_words: int) -> list[int]:
 class Denoiser(torch.nn.Module):
     """ε_θ(x_t, t, caption): the UNet (or, with LoRA, peft's model around it) and its schedule."""
 
-    def __init__(self, unet, scheduler, settings: dict):
+    def __init__(self, unet, scheduler, settings: dict, pipeline: Path | None = None):
         super().__init__()
         self.unet, self.scheduler, self.settings = unet, scheduler, settings
+        self.pipeline = pipeline  # the SD-style folder this UNet came from: a save links its frozen parts
 
     def forward(self, sample: torch.Tensor, timesteps: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
         """Predicted noise for ``sample`` (N, C, H, W) at ``timesteps`` (N,), given hashed caption
-        ``words`` (N, W) padded with −1."""
+        ``words`` (N, W) padded with −1, or (a pipeline folder) text-encoder states (N, L, D)."""
+        if words.is_floating_point():
+            return self.unet(sample, timesteps, encoder_hidden_states=words.to(sample.dtype)).sample
         keep = words >= 0
         onehot = torch.nn.functional.one_hot(words.clamp(min=0), self.settings["buckets"]).to(sample.dtype)
         return self.unet(sample, timesteps, encoder_hidden_states=onehot,
@@ -66,8 +72,13 @@ class Denoiser(torch.nn.Module):
                             where="config", field="train.engine")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / SETTINGS).write_text(json.dumps(self.settings, indent=1))
-        self.scheduler.save_config(str(folder / SCHEDULER))
+        if self.pipeline is not None:  # the folder's own scheduler (for sampling), VAE, text encoder...
+            from dpokit.policies.diffusion.pipeline import link_frozen_parts
+
+            link_frozen_parts(self.pipeline, folder)
+        else:
+            (folder / SETTINGS).write_text(json.dumps(self.settings, indent=1))
+            self.scheduler.save_config(str(folder / SCHEDULER))
         if self.adapted:
             from peft import get_peft_model_state_dict
             from safetensors.torch import save_file
@@ -124,6 +135,10 @@ def read_denoiser(path: str) -> Denoiser:
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     folder = Path(path)
+    from dpokit.policies.diffusion.pipeline import is_pipeline
+
+    if is_pipeline(folder):
+        return _read_pipeline(folder)
     try:
         settings = json.loads((folder / SETTINGS).read_text())
     except (OSError, ValueError):
@@ -146,6 +161,29 @@ def read_denoiser(path: str) -> Denoiser:
     return Denoiser(unet, scheduler, settings).eval()
 
 
+PIPELINE_SETTINGS = {"policy": "diffusion", "conditioning": "text_encoder"}
+
+
+def _read_pipeline(folder: Path) -> Denoiser:
+    """The UNet of a Stable Diffusion-style folder, with a DDPM schedule from its scheduler's config
+    (the same betas and steps: training noise, whatever sampler the folder names)."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from dpokit.policies.diffusion.pipeline import check_pipeline
+
+    check_pipeline(folder)
+    if (folder / UNET / ADAPTER).is_file():
+        raise UserError("holds a LoRA checkpoint's adapter only; load the run's final/ folder (merged)",
+                        where=str(folder))
+    try:
+        unet = UNet2DConditionModel.from_pretrained(str(folder / UNET), local_files_only=True, use_safetensors=True)
+        scheduler = DDPMScheduler.from_pretrained(str(folder / SCHEDULER), local_files_only=True)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise UserError(f"cannot load the UNet (safetensors) or its scheduler: {str(exc).splitlines()[0]}",
+                        where=str(folder)) from None
+    return Denoiser(unet, scheduler, dict(PIPELINE_SETTINGS), pipeline=folder.resolve()).eval()
+
+
 @torch.no_grad()
 def sample_images(model: Denoiser, words: torch.Tensor, seed: int, steps: int = 50) -> torch.Tensor:
     """Images (N, C, H, W) in [−1, 1] drawn by DDPM ancestral sampling over ``steps`` of the
@@ -153,6 +191,9 @@ def sample_images(model: Denoiser, words: torch.Tensor, seed: int, steps: int = 
     starting noise and the same per-step noise."""
     from diffusers import DDPMScheduler
 
+    if model.pipeline is not None:
+        raise UserError("sample_images is for pixel-space denoisers; sample a Stable Diffusion-style folder with "
+                        "diffusers.StableDiffusionPipeline.from_pretrained", where=str(model.pipeline))
     cfg = model.unet.config
     scheduler = DDPMScheduler.from_config(model.scheduler.config)
     scheduler.set_timesteps(steps)

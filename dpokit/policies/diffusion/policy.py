@@ -13,6 +13,9 @@ the loop seeds from ``train.seed`` and every checkpoint saves, so a resumed run 
 and the record's index; a held-out record's draw depends on ``train.seed`` and its index only,
 so every evaluation of a run measures the same noisy images.
 
+A Stable Diffusion-style folder (``pipeline.py``) trains the same way on VAE latents, with the
+frozen text encoder's states in place of the hashed words; both are computed once in ``records``.
+
 A precomputed reference is refused: its values would be for one draw of t and ε, and every step
 draws new ones.
 """
@@ -30,7 +33,8 @@ import torch
 from dpokit.errors import UserError
 from dpokit.logps import Logps
 from dpokit.policies.diffusion.data import ImageOptions, ImagePair, read_pairs, to_unit_range
-from dpokit.policies.diffusion.model import SCHEDULER, SETTINGS, UNET, Denoiser, read_denoiser
+from dpokit.policies.diffusion.model import PIPELINE_SETTINGS, SCHEDULER, SETTINGS, UNET, Denoiser, read_denoiser
+from dpokit.policies.diffusion import pipeline as sd
 from dpokit.store.atomic import atomic_folder
 
 UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -41,14 +45,22 @@ UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 class DiffusionPolicy:
     name = "diffusion"
 
-    def __init__(self, cfg, settings: dict, unet: dict, scheduler) -> None:
+    def __init__(self, cfg, settings: dict, unet: dict, scheduler, vae: dict | None = None) -> None:
         self.cfg, self.settings, self.unet_config, self.scheduler = cfg, settings, unet, scheduler
+        self.vae_config = vae  # set for a pipeline (SD-style) folder: the model trains on its latents
 
     @classmethod
     def from_config(cls, cfg) -> DiffusionPolicy:
         from diffusers import DDPMScheduler
 
         folder = Path(cfg.model.path)
+        if sd.is_pipeline(folder):
+            unet, vae, _ = sd.check_pipeline(folder)
+            try:
+                scheduler = DDPMScheduler.from_pretrained(str(folder / SCHEDULER), local_files_only=True)
+            except (OSError, ValueError) as exc:
+                raise UserError(f"cannot read scheduler/: {str(exc).splitlines()[0]}", where=str(folder)) from None
+            return cls(cfg, dict(PIPELINE_SETTINGS), unet, scheduler, vae)
         try:
             settings = json.loads((folder / SETTINGS).read_text())
             unet = json.loads((folder / UNET / "config.json").read_text())
@@ -65,21 +77,31 @@ class DiffusionPolicy:
              f"the diffusion policy trains on image pairs: '{spec.name}' takes {spec.input_kind} records; "
              "use diffusion_dpo (or another pairwise loss)"),
             (spec.token_kl, "loss.name", f"'{spec.name}' needs per-token distributions, which a denoiser has not"),
-            (self.unet_config.get("in_channels") not in (1, 3), "model.path",
-             "the UNet denoises images in pixel space: in_channels must be 1 (grey) or 3 (RGB); latent "
-             "(VAE) models are not supported yet"),
+            (self.vae_config is None and self.unet_config.get("in_channels") not in (1, 3), "model.path",
+             "the UNet denoises images in pixel space: in_channels must be 1 (grey) or 3 (RGB); a latent "
+             "model loads from a Stable Diffusion-style folder (model_index.json, vae/, text_encoder/...)"),
+            (self.vae_config is None and self.cfg.data.latents != "mean", "data.latents",
+             "latents are drawn only for a Stable Diffusion-style folder (with vae/); this denoiser works in "
+             "pixel space"),
             (t.ref == "precomputed", "train.ref",
              "a denoiser's reference error depends on each step's fresh timestep and noise; use copy (or adapter "
              "with LoRA)"),
         ]
 
     def records(self, path: str, input_kind: str, name: str, log) -> list[ImagePair]:
-        d = self.cfg.data
-        opts = ImageOptions(self.unet_config["sample_size"], self.unet_config["in_channels"],
-                            self.settings["buckets"], self.settings["max_words"], d.ties)
+        d, seed = self.cfg.data, self.cfg.train.seed
+        say = lambda line: log(f"[data:{name}] {line}")  # noqa: E731
+        if self.vae_config is None:
+            opts, encode = ImageOptions(self.unet_config["sample_size"], self.unet_config["in_channels"],
+                                        self.settings["buckets"], self.settings["max_words"], d.ties), None
+        else:  # RGB at the VAE's input size, then latents and caption states, cached as such
+            folder = self.cfg.model.path
+            opts = ImageOptions(sd.pixel_size(self.unet_config, self.vae_config), 3, 0, 0, d.ties,
+                                sd.encoder_identity(folder, d.latents, seed))
+            encode = lambda pairs: sd.encode_pairs(folder, pairs, d.latents, seed, say)  # noqa: E731
         out = Path(self.cfg.train.output)
         cache = Path(d.cache_dir or out / "data_cache") if d.cache else None
-        pairs = read_pairs(path, opts, cache, out / f"data_report_{name}.json", lambda line: log(f"[data:{name}] {line}"))
+        pairs = read_pairs(path, opts, cache, out / f"data_report_{name}.json", say, encode)
         for p in pairs:
             p.fixed_noise = name != "train"
         return pairs
@@ -115,12 +137,9 @@ class DiffusionPolicy:
         # so evaluating (or not) leaves the training draws as they were.
         step_seed = 0 if all(r.fixed_noise for r in chosen) else int(torch.randint(0, 2**62, ()).item())
         draws = [self._draw(records[i], i, step_seed) for i in indices]
-        width = max(len(r.words) for r in chosen)
-        words = torch.full((2, len(chosen), width), -1, dtype=torch.long)
-        for b, r in enumerate(chosen):
-            words[:, b, : len(r.words)] = torch.tensor(r.words)
-        batch = {"images": to_unit_range(torch.stack([r.images[g] for g in range(2) for r in chosen])),
-                 "words": words.view(2 * len(chosen), width),
+        images = torch.stack([r.images[g] for g in range(2) for r in chosen])
+        batch = {"images": to_unit_range(images) if images.dtype == torch.uint8 else images,  # else: latents
+                 "words": _condition(chosen),
                  "timesteps": torch.stack([t for t, _ in draws]), "noise": torch.stack([e for _, e in draws]),
                  "completion_mask": torch.ones(2 * len(chosen), 1, dtype=torch.bool),
                  "weights": torch.tensor([r.weight for r in chosen], dtype=torch.float32)}
@@ -155,6 +174,8 @@ class DiffusionPolicy:
         for r in records:
             h.update(r.images.numpy().tobytes())
             h.update(json.dumps([r.words, r.source, r.tie]).encode())
+            if r.context is not None:
+                h.update(r.context.numpy().tobytes())
         return h.hexdigest()
 
     def save(self, module: Denoiser, folder: Path, weights: dict | None = None) -> None:
@@ -164,6 +185,18 @@ class DiffusionPolicy:
             module.unet = module.unet.merge_and_unload()
         with atomic_folder(Path(folder), "model") as tmp:
             module.save_pretrained(tmp, state_dict=weights)
+
+
+def _condition(chosen: list[ImagePair]) -> torch.Tensor:
+    """(2B, ...) what the UNet is conditioned on, winners then losers: text-encoder states, or hashed
+    word ids padded with −1."""
+    if chosen[0].context is not None:
+        return torch.stack([r.context for r in chosen]).repeat(2, 1, 1)
+    width = max(len(r.words) for r in chosen)
+    words = torch.full((2, len(chosen), width), -1, dtype=torch.long)
+    for b, r in enumerate(chosen):
+        words[:, b, : len(r.words)] = torch.tensor(r.words)
+    return words.view(2 * len(chosen), width)
 
 
 def _target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
