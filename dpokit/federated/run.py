@@ -26,11 +26,13 @@ class FederatedResult:
 
 
 def client_app(cfg, home: Path):
-    """The ClientApp of a simulation: virtual node i is the client of the i-th file."""
+    """The ClientApp of a simulation: virtual node i is the client of the i-th file. Under secure
+    aggregation the SecAgg+ mod masks what the (inner) clipping mod left."""
     from flwr.client import ClientApp
     from flwr.client.mod import fixedclipping_mod
 
     from dpokit.federated.client import make_client
+    from dpokit.federated.secure import secure_sum_mod
 
     files, evals = cfg.federated.client_files(), cfg.federated.eval_files()
 
@@ -38,7 +40,8 @@ def client_app(cfg, home: Path):
         i = int(context.node_config["partition-id"])
         return make_client(cfg, files[i], evals[i] if evals else None, home / f"client-{i}").to_client()
 
-    return ClientApp(client_fn=client_fn, mods=[fixedclipping_mod] if cfg.federated.dp_clip > 0 else [])
+    mods = [secure_sum_mod] if cfg.federated.secure_aggregation else []
+    return ClientApp(client_fn=client_fn, mods=mods + ([fixedclipping_mod] if cfg.federated.dp_clip > 0 else []))
 
 
 def server_parts(cfg, out: Path):
@@ -51,15 +54,20 @@ def server_parts(cfg, out: Path):
 
 
 def server_app(cfg, out: Path):
-    """The ServerApp of a simulation, and its strategy (which keeps the rounds' records)."""
-    from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+    """The ServerApp of a simulation (Flower's default rounds, through SecAgg+ where asked), and its
+    strategy (which keeps the rounds' records)."""
+    from flwr.server import ServerApp
+
+    from dpokit.federated.secure import run_rounds
 
     keeper = server_parts(cfg, out)
+    app = ServerApp()
 
-    def server_fn(context):
-        return ServerAppComponents(strategy=keeper, config=ServerConfig(num_rounds=cfg.federated.rounds))
+    @app.main()
+    def main(grid, context):
+        run_rounds(cfg, keeper, grid, context)
 
-    return ServerApp(server_fn=server_fn), keeper
+    return app, keeper
 
 
 def run_federated(cfg, log=print) -> FederatedResult:
