@@ -94,4 +94,18 @@ def run_federated(cfg, log=print) -> FederatedResult:
             f"clients" + (f", version {e['version']}" if e.get("version") else ""))
     final = Path(rounds[-1]["model"]) if rounds and "model" in rounds[-1] else None
     (out / "federated_report.json").write_text(json.dumps({"rounds": rounds}, indent=1), encoding="utf-8")
+    if f.secure_aggregation:
+        _every_round_aggregated(rounds, f.rounds, out)
     return FederatedResult(out, rounds, final)
+
+
+def _every_round_aggregated(rounds: list[dict], expected: int, out: Path) -> None:
+    """SecAgg+ halts a round where too few clients answered, and leaves out a client that failed
+    (of a refusal in secure.py, say): either is an error here, not a round quietly missing a client."""
+    from dpokit.errors import UserError
+
+    done = {e["round"]: e for e in rounds if "model" in e}
+    bad = next((r for r in range(1, expected + 1) if r not in done or done[r]["failures"]), None)
+    if bad is not None:
+        raise UserError(f"round {bad}'s secure aggregation {'halted' if bad not in done else 'lost a client'}: a "
+                        f"client failed or dropped out (its error is logged above)", where=str(out))
