@@ -20,6 +20,7 @@ from flwr.client.mod import fixedclipping_mod
 from dpokit.config import load_config
 from dpokit.errors import UserError
 from dpokit.federated.config import FederatedConfig
+from dpokit.federated.secure import run_rounds, secure_sum_mod
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
@@ -52,23 +53,23 @@ def _clip_where_asked(msg, context, call_next):
     return call_next(msg, context)
 
 
-client = ClientApp(client_fn=_client_fn, mods=[_clip_where_asked])
-
-
-def _server_fn(context):
-    from flwr.server import ServerAppComponents, ServerConfig
-
-    from dpokit.federated.run import server_parts
-
-    cfg = _config(context.run_config, "run config (--run-config)")
-    keeper = server_parts(cfg, Path(cfg.train.output))
-    return ServerAppComponents(strategy=keeper, config=ServerConfig(num_rounds=cfg.federated.rounds))
+client = ClientApp(client_fn=_client_fn, mods=[secure_sum_mod, _clip_where_asked])
+"""SecAgg+ (where the server runs it) masks what the clipping (where the server asks for it) left."""
 
 
 def _server():
     from flwr.server import ServerApp
 
-    return ServerApp(server_fn=_server_fn)
+    from dpokit.federated.run import server_parts
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid, context):
+        cfg = _config(context.run_config, "run config (--run-config)")
+        run_rounds(cfg, server_parts(cfg, Path(cfg.train.output)), grid, context)
+
+    return app
 
 
 server = _server()

@@ -41,6 +41,12 @@ class FederatedSettings:
     the mean of the m sampled clients' clipped updates. Needs ``dp_clip``."""
     dp_delta: float = 1e-5
     """δ of the (ε, δ) reported for each client and round."""
+    secure_aggregation: bool = False
+    """Train through Flower's SecAgg+ protocol: the server sees only the sum of the sampled clients'
+    (masked, quantised) adapters, never one client's. Needs at least 2 clients per round."""
+    secagg_max_weight: float = 1000.0
+    """Secure aggregation: the most records a client may hold (its weight is its count over this; the
+    mean's precision is about 4e-6·this/records of the round). Under DP every client weighs 1."""
     client_cpus: float = 1.0
     """CPU cores the simulation gives each client (clients train at once where cores allow)."""
     cpus: int = 0
@@ -81,6 +87,9 @@ class FederatedSettings:
             (self.dp_noise > 0 and self.dp_clip == 0, "federated.dp_noise",
              "needs --dp-clip: the noise is calibrated to the clipping norm"),
             (not 0 < self.dp_delta < 1, "federated.dp_delta", "must be in (0, 1)"),
+            (self.secure_aggregation and self.sampled() < 2, "federated.secure_aggregation",
+             f"needs at least 2 clients per round (this run samples {self.sampled()}): a sum of one is the client"),
+            (self.secagg_max_weight <= 0, "federated.secagg_max_weight", "must be > 0"),
             (self.client_cpus <= 0, "federated.client_cpus", "must be > 0"),
             (self.cpus < 0, "federated.cpus", "must be ≥ 0 (0: every core)"),
         ]

@@ -26,11 +26,13 @@ class FederatedResult:
 
 
 def client_app(cfg, home: Path):
-    """The ClientApp of a simulation: virtual node i is the client of the i-th file."""
+    """The ClientApp of a simulation: virtual node i is the client of the i-th file. Under secure
+    aggregation the SecAgg+ mod masks what the (inner) clipping mod left."""
     from flwr.client import ClientApp
     from flwr.client.mod import fixedclipping_mod
 
     from dpokit.federated.client import make_client
+    from dpokit.federated.secure import secure_sum_mod
 
     files, evals = cfg.federated.client_files(), cfg.federated.eval_files()
 
@@ -38,7 +40,8 @@ def client_app(cfg, home: Path):
         i = int(context.node_config["partition-id"])
         return make_client(cfg, files[i], evals[i] if evals else None, home / f"client-{i}").to_client()
 
-    return ClientApp(client_fn=client_fn, mods=[fixedclipping_mod] if cfg.federated.dp_clip > 0 else [])
+    mods = [secure_sum_mod] if cfg.federated.secure_aggregation else []
+    return ClientApp(client_fn=client_fn, mods=mods + ([fixedclipping_mod] if cfg.federated.dp_clip > 0 else []))
 
 
 def server_parts(cfg, out: Path):
@@ -51,15 +54,20 @@ def server_parts(cfg, out: Path):
 
 
 def server_app(cfg, out: Path):
-    """The ServerApp of a simulation, and its strategy (which keeps the rounds' records)."""
-    from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+    """The ServerApp of a simulation (Flower's default rounds, through SecAgg+ where asked), and its
+    strategy (which keeps the rounds' records)."""
+    from flwr.server import ServerApp
+
+    from dpokit.federated.secure import run_rounds
 
     keeper = server_parts(cfg, out)
+    app = ServerApp()
 
-    def server_fn(context):
-        return ServerAppComponents(strategy=keeper, config=ServerConfig(num_rounds=cfg.federated.rounds))
+    @app.main()
+    def main(grid, context):
+        run_rounds(cfg, keeper, grid, context)
 
-    return ServerApp(server_fn=server_fn), keeper
+    return app, keeper
 
 
 def run_federated(cfg, log=print) -> FederatedResult:
@@ -86,4 +94,18 @@ def run_federated(cfg, log=print) -> FederatedResult:
             f"clients" + (f", version {e['version']}" if e.get("version") else ""))
     final = Path(rounds[-1]["model"]) if rounds and "model" in rounds[-1] else None
     (out / "federated_report.json").write_text(json.dumps({"rounds": rounds}, indent=1), encoding="utf-8")
+    if f.secure_aggregation:
+        _every_round_aggregated(rounds, f.rounds, out)
     return FederatedResult(out, rounds, final)
+
+
+def _every_round_aggregated(rounds: list[dict], expected: int, out: Path) -> None:
+    """SecAgg+ halts a round where too few clients answered, and leaves out a client that failed
+    (of a refusal in secure.py, say): either is an error here, not a round quietly missing a client."""
+    from dpokit.errors import UserError
+
+    done = {e["round"]: e for e in rounds if "model" in e}
+    bad = next((r for r in range(1, expected + 1) if r not in done or done[r]["failures"]), None)
+    if bad is not None:
+        raise UserError(f"round {bad}'s secure aggregation {'halted' if bad not in done else 'lost a client'}: a "
+                        f"client failed or dropped out (its error is logged above)", where=str(out))

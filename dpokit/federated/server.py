@@ -96,10 +96,12 @@ class RoundKeeper(Strategy):
         return params, metrics
 
     def _audit(self, cid: str, res: FitRes) -> dict:
-        """What one client sent: the shapes and dtypes of its arrays, its record count, its metric names."""
+        """What one client sent: the shapes and dtypes of its arrays, its record count, its metric names.
+        Under secure aggregation it sent a masked vector: the arrays here are already the round's mean."""
         arrays = parameters_to_ndarrays(res.parameters)
         return {"client": cid, "num_examples": res.num_examples,
                 "arrays": [[list(a.shape), str(a.dtype)] for a in arrays],
+                "sent": "masked (SecAgg+)" if self.cfg.federated.secure_aggregation else "adapter",
                 "metrics": {k: type(v).__name__ for k, v in res.metrics.items()}}
 
     def _privacy(self, server_round: int) -> dict | None:
