@@ -163,6 +163,36 @@ def grid(ref: torch.Tensor, tuned: torch.Tensor, path: Path, columns: int = 8, s
     canvas.save(path)
 
 
+def held_out_figures(base, tuned, judge, images, args) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """The judge's win rate of the tuned model over the reference on held-out seeds, both models'
+    scores and accuracies, and the drift between them (and from real digits); with the samples."""
+    from dpokit.eval.evaluate import win_rate
+
+    seed = args.seed + 1000  # held-out sampling seeds: none of them made a training pair
+    ref_s = sample(base, list(range(10)), args.eval_per_class, seed, args.sample_steps)
+    new_s = sample(tuned, list(range(10)), args.eval_per_class, seed, args.sample_steps)
+    outcomes, ref_scores, new_scores, ref_acc, new_acc = [], [], [], [], []
+    for c in range(10):
+        r, n = judge.score(ref_s[c], c), judge.score(new_s[c], c)
+        outcomes += [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(n, r)]
+        ref_scores += r.tolist()
+        new_scores += n.tolist()
+        ref_acc += judge.accuracy(ref_s[c], c).tolist()
+        new_acc += judge.accuracy(new_s[c], c).tolist()
+    wr = win_rate(outcomes, args.seed)
+    pixel = float(((new_s - ref_s).abs() / 2).mean())  # in [0, 1] units of the image's range
+    real = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[:500]]
+    figures = {"win_rate_tuned_over_reference": wr["win_rate"], "win_rate_ci95": wr["win_rate_ci95"],
+               "wins_ties_losses": [wr["wins"], wr["ties"], wr["losses"]],
+               "judge_score_reference": float(np.mean(ref_scores)), "judge_score_tuned": float(np.mean(new_scores)),
+               "judge_accuracy_reference": float(np.mean(ref_acc)), "judge_accuracy_tuned": float(np.mean(new_acc)),
+               "drift_mean_pixel_distance": pixel,
+               "drift_mmd2_tuned_vs_reference": mmd2(new_s.flatten(0, 1), ref_s.flatten(0, 1)),
+               "mmd2_reference_vs_real_digits": mmd2(ref_s.flatten(0, 1), real),
+               "mmd2_tuned_vs_real_digits": mmd2(new_s.flatten(0, 1), real)}
+    return figures, ref_s, new_s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/diffusion_digits")
@@ -182,7 +212,6 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from dpokit.config import load_config
-    from dpokit.eval.evaluate import win_rate
     from dpokit.policies.diffusion import read_denoiser
     from dpokit.train import train
 
@@ -208,30 +237,9 @@ def main() -> None:
     result = train(cfg, log=print)
     t_dpo = time.perf_counter() - t0 - t_pre - t_pairs
     tuned = read_denoiser(str(result.final))
-    seed = args.seed + 1000  # held-out sampling seeds: none of them made a training pair
-    ref_s = sample(base, list(range(10)), args.eval_per_class, seed, args.sample_steps)
-    new_s = sample(tuned, list(range(10)), args.eval_per_class, seed, args.sample_steps)
-    outcomes, ref_scores, new_scores, ref_acc, new_acc = [], [], [], [], []
-    for c in range(10):
-        r, n = judge.score(ref_s[c], c), judge.score(new_s[c], c)
-        outcomes += [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(n, r)]
-        ref_scores += r.tolist()
-        new_scores += n.tolist()
-        ref_acc += judge.accuracy(ref_s[c], c).tolist()
-        new_acc += judge.accuracy(new_s[c], c).tolist()
-    wr = win_rate(outcomes, args.seed)
-    pixel = float(((new_s - ref_s).abs() / 2).mean())  # in [0, 1] units of the image's range
-    real = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[:500]]
+    figures, ref_s, new_s = held_out_figures(base, tuned, judge, images, args)
     report = {"cpu": cpu_name(), "torch_threads": torch.get_num_threads(), "args": vars(args),
-              "pairs": counts, "dpo_final": result.last_metrics,
-              "win_rate_tuned_over_reference": wr["win_rate"], "win_rate_ci95": wr["win_rate_ci95"],
-              "wins_ties_losses": [wr["wins"], wr["ties"], wr["losses"]],
-              "judge_score_reference": float(np.mean(ref_scores)), "judge_score_tuned": float(np.mean(new_scores)),
-              "judge_accuracy_reference": float(np.mean(ref_acc)), "judge_accuracy_tuned": float(np.mean(new_acc)),
-              "drift_mean_pixel_distance": pixel,
-              "drift_mmd2_tuned_vs_reference": mmd2(new_s.flatten(0, 1), ref_s.flatten(0, 1)),
-              "mmd2_reference_vs_real_digits": mmd2(ref_s.flatten(0, 1), real),
-              "mmd2_tuned_vs_real_digits": mmd2(new_s.flatten(0, 1), real),
+              "pairs": counts, "dpo_final": result.last_metrics, **figures,
               "seconds": {"pretrain": round(t_pre), "pairs": round(t_pairs), "dpo": round(t_dpo),
                           "total": round(time.perf_counter() - t0)}}
     grid(ref_s, new_s, out / "before_after.png")

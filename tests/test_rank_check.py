@@ -12,41 +12,21 @@ import numpy as np
 import pytest
 
 from dpokit.cli import main
-from dpokit.config import load_config
-from dpokit.config.rank import SimulateConfig
-from dpokit.policies.ranker import write_ranker
-from dpokit.rank.logs import off_policy_data, read_log, training_records, write_jsonl
+from dpokit.rank.logs import off_policy_data, read_log, write_jsonl
 from dpokit.rank.ope import estimate
-from dpokit.rank.simulate import SlatePolicy, World, ranker_scorer
-from dpokit.store.versions import Registry, promote
+from dpokit.rank.simulate import SlatePolicy, ranker_scorer
+from dpokit.store.versions import Registry
 
-TRAIN = ["--loss", "sigmoid", "--beta", "1", "--lr", "0.02", "--optimizer", "adamw", "--scheduler", "constant",
-         "--batch-size", "32", "--max-steps", "30", "--no-progress"]
+from helpers.rank import TRAIN, ranker_registry
 
 
 @pytest.fixture(scope="module")
 def days(tmp_path_factory):
     """v1 trained on day 0's clicks and current; v2, a good day's update of it, promoted; v3, an
     update on the same day's clicks flipped, refused; and a canary log no ranker trained on."""
-    from dpokit.train import train
-
     tmp = tmp_path_factory.mktemp("rank_check")
-    world = World(SimulateConfig(users=60, items=16, seed=2).validate())
-    pairs, _ = training_records(read_log(write_jsonl(tmp / "day0.jsonl", world.sample_log(2000, seed=1))),
-                                clip=20.0)
-    start = write_ranker(tmp / "r0", world.item_table(), buckets=512, dim=8, seed=0, **world.ranker_columns())
-    reg = tmp / "registry"
-    train(load_config(None, {"model.policy": "item_ranker", "model.path": str(start),
-                             "data.train": str(write_jsonl(tmp / "pairs0.jsonl", pairs)), "loss.name": "sigmoid",
-                             "loss.beta": 1.0, "train.lr": 0.05, "train.scheduler": "constant", "train.batch_size": 32,
-                             "train.max_steps": 40, "train.ref": "copy", "train.output": str(tmp / "run0"),
-                             "train.progress": False, "train.registry": str(reg)}), log=lambda *_: None)
-    promote(Registry(reg), "v1")
-    day1 = world.sample_log(2000, seed=2)
-    files = {"day": write_jsonl(tmp / "day1.jsonl", day1),
-             "flipped": write_jsonl(tmp / "flipped.jsonl", [{**r, "click": 1 - r["click"]} for r in day1]),
-             "held": write_jsonl(tmp / "held.jsonl", world.sample_log(2000, seed=3)),
-             "canary": write_jsonl(tmp / "canary.jsonl", world.sample_log(2000, seed=4))}
+    world, reg, files = ranker_registry(tmp)
+    files["canary"] = write_jsonl(tmp / "canary.jsonl", world.sample_log(2000, seed=4))
     for which in ("day", "flipped"):
         assert main(["rank", "update", "--registry", str(reg), "--log", str(files[which]), "--held-out",
                      str(files["held"]), "--max-kl", "0.5", *TRAIN]) == 0

@@ -14,41 +14,23 @@ import torch
 
 from dpokit.cli import main
 from dpokit.config import load_config
-from dpokit.config.rank import SimulateConfig
-from dpokit.policies.ranker import load_ranker, score_contexts, write_ranker
-from dpokit.rank.logs import off_policy_data, read_log, training_records, write_jsonl
+from dpokit.policies.ranker import load_ranker, score_contexts
+from dpokit.rank.logs import off_policy_data, read_log
 from dpokit.rank.ope import estimate, estimate_terms, normal_interval
-from dpokit.rank.simulate import SlatePolicy, World, ranker_scorer
+from dpokit.rank.simulate import SlatePolicy, ranker_scorer
 from dpokit.store.atomic import atomic_folder, folder_digest
 from dpokit.store.versions import Registry, promote
 from dpokit.update.lock import registry_lock
 
-TRAIN = ["--loss", "sigmoid", "--beta", "1", "--lr", "0.02", "--optimizer", "adamw", "--scheduler", "constant",
-         "--batch-size", "32", "--max-steps", "30", "--no-progress"]
+from helpers.rank import TRAIN, ranker_registry
 
 
 @pytest.fixture(scope="module")
 def day(tmp_path_factory):
     """A registry whose current version v1 is a ranker trained on day 0's clicks; day 1's log, its
     flipped twin and a held-out log of the same world."""
-    from dpokit.train import train
-
     tmp = tmp_path_factory.mktemp("rank_update")
-    world = World(SimulateConfig(users=60, items=16, seed=2).validate())
-    pairs, _ = training_records(read_log(write_jsonl(tmp / "day0.jsonl", world.sample_log(2000, seed=1))),
-                                clip=20.0)
-    start = write_ranker(tmp / "r0", world.item_table(), buckets=512, dim=8, seed=0, **world.ranker_columns())
-    reg = tmp / "registry"
-    train(load_config(None, {"model.policy": "item_ranker", "model.path": str(start),
-                             "data.train": str(write_jsonl(tmp / "pairs0.jsonl", pairs)), "loss.name": "sigmoid",
-                             "loss.beta": 1.0, "train.lr": 0.05, "train.scheduler": "constant", "train.batch_size": 32,
-                             "train.max_steps": 40, "train.ref": "copy", "train.output": str(tmp / "run0"),
-                             "train.progress": False, "train.registry": str(reg)}), log=lambda *_: None)
-    promote(Registry(reg), "v1")
-    day1 = world.sample_log(2000, seed=2)
-    files = {"day": write_jsonl(tmp / "day1.jsonl", day1),
-             "flipped": write_jsonl(tmp / "flipped.jsonl", [{**r, "click": 1 - r["click"]} for r in day1]),
-             "held": write_jsonl(tmp / "held.jsonl", world.sample_log(2000, seed=3))}
+    world, reg, files = ranker_registry(tmp)
     return tmp, world, reg, files
 
 

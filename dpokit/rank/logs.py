@@ -112,11 +112,17 @@ def read_log(path: str | Path, item_ids: Iterable[str] | None = None, columns: I
     def skip(err: UserError) -> None:
         report.rows += 1
         report.skip(err.where or str(path), skip_reason(err))
+    return collect(iter_rows(path, skip if skipping else None),
+                   lambda where, row: parse_logged(row, where, known, columns, numeric), report, skipping, path)
+
+
+def collect(rows, parse, report: DataReport, skipping: bool, path) -> list[Logged]:
+    """``parse(where, row)`` of every row; a bad row raises, or with ``skipping`` is counted in ``report``."""
     out = []
-    for where, row in iter_rows(path, skip if skipping else None):
+    for where, row in rows:
         report.rows += 1
         try:
-            out.append(parse_logged(row, where, known, columns, numeric))
+            out.append(parse(where, row))
         except UserError as err:
             if not skipping:
                 raise

@@ -19,7 +19,7 @@ import numpy as np
 from dpokit.data.report import DataReport
 from dpokit.data.sources import iter_rows
 from dpokit.errors import UserError
-from dpokit.rank.logs import Logged, parse_logged, skip_reason
+from dpokit.rank.logs import Logged, collect, parse_logged
 
 NUMBERS = {"position": int, "click": int, "propensity_score": float}
 
@@ -66,21 +66,14 @@ def read_obd(path: str | Path, item_ids=None, on_error: str = "raise", report: D
     """Every row of an OBD log as a checked logged record (``on_error="skip"``: bad rows counted)."""
     report = report if report is not None else DataReport(str(path))
     report.source, report.format, report.kind = str(path), "open bandit", "logged records"
-    known, skipping, out = None if item_ids is None else {str(i) for i in item_ids}, on_error == "skip", []
-    columns = None  # the header's user columns, from the first row
-    for where, row in iter_rows(path):
-        report.rows += 1
-        columns = columns or [k for k in row if k.startswith(("user_feature_", "user-item_affinity_"))]
-        try:
-            out.append(obd_record(row, where, known, columns))
-        except UserError as err:
-            if not skipping:
-                raise
-            report.skip(err.where or where, skip_reason(err))
-    report.records_out = len(out)
-    if not out:
-        raise UserError("no usable rows", where=str(path))
-    return out
+    known = None if item_ids is None else {str(i) for i in item_ids}
+    columns: list[str] = []  # the header's user columns, from the first row
+
+    def parse(where: str, row: dict) -> Logged:
+        columns[:] = columns or [k for k in row if k.startswith(("user_feature_", "user-item_affinity_"))]
+        return obd_record(row, where, known, columns)
+
+    return collect(iter_rows(path), parse, report, on_error == "skip", path)
 
 
 class EmpiricalPolicy:

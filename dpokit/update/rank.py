@@ -20,34 +20,32 @@ from dpokit.errors import UserError
 from dpokit.rank.daily import ClickRule, daily_figures, decide_clicks
 from dpokit.rank.logs import read_log, training_records, write_jsonl
 from dpokit.store.versions import Registry, model_problem
-from dpokit.update.lock import registry_lock
-from dpokit.update.run import (UPDATES, advance, champion_kept, open_journal, settings_key, settle,
-                               train_registered)
+from dpokit.update.run import advance, open_journal, settings_key, settle, train_registered, update_session
 
 
 def rank_update(cfg: RankUpdateConfig, log=print) -> dict:
     """Run (or continue) the daily update ``cfg`` asks for; returns its finished journal."""
-    registry = Registry(cfg.train.registry).require()
-    with registry_lock(registry.root, wait=cfg.daily.wait):
-        key = rank_update_key(cfg)
-        folder = registry.root / UPDATES / key
-        with champion_kept(registry, folder):
-            journal, state = open_journal(registry, key, folder, log)
-            if state["step"] == "done":
-                return state
-            champion = champion_ranker(registry, state["champion"])
-            if state["step"] == "train":
-                state["data"], data = day_records(cfg, champion, folder, log)
-                state["challenger"] = train_registered(lambda: run_config(cfg, champion, folder, data), registry,
-                                                       state, folder, {"reference": "champion", "kind": "ranker"}, log)
-                advance(journal, state, "evaluate")
-            if state["step"] == "evaluate":
-                challenger = registry.get(state["challenger"])["model"]
-                state["figures"] = daily_figures(champion, challenger, cfg.daily, log)
-                advance(journal, state, "decide")
-            conclude(cfg, registry, state)
-            advance(journal, state, "done")
-            return state
+    with update_session(cfg.train.registry, cfg.daily.wait, lambda: rank_update_key(cfg)) as (registry, key, folder):
+        return _run_day(cfg, registry, key, folder, log)
+
+
+def _run_day(cfg: RankUpdateConfig, registry: Registry, key: str, folder: Path, log) -> dict:
+    journal, state = open_journal(registry, key, folder, log)
+    if state["step"] == "done":
+        return state
+    champion = champion_ranker(registry, state["champion"])
+    if state["step"] == "train":
+        state["data"], data = day_records(cfg, champion, folder, log)
+        state["challenger"] = train_registered(lambda: run_config(cfg, champion, folder, data), registry,
+                                               state, folder, {"reference": "champion", "kind": "ranker"}, log)
+        advance(journal, state, "evaluate")
+    if state["step"] == "evaluate":
+        challenger = registry.get(state["challenger"])["model"]
+        state["figures"] = daily_figures(champion, challenger, cfg.daily, log)
+        advance(journal, state, "decide")
+    conclude(cfg, registry, state)
+    advance(journal, state, "done")
+    return state
 
 
 def rank_update_key(cfg: RankUpdateConfig) -> str:

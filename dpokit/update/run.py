@@ -35,12 +35,20 @@ UPDATES = "updates"
 
 def update(cfg: UpdateConfig, log=print) -> dict:
     """Run (or continue) the update ``cfg`` asks for; returns its finished journal."""
-    registry = Registry(cfg.train.registry).require()
-    with registry_lock(registry.root, wait=cfg.update.wait):
-        key = update_key(cfg)
+    with update_session(cfg.train.registry, cfg.update.wait, lambda: update_key(cfg)) as (registry, key, folder):
+        return _run(cfg, registry, key, folder, log)
+
+
+@contextlib.contextmanager
+def update_session(root: str, wait: bool, key_of) -> Iterator[tuple[Registry, str, Path]]:
+    """(registry, update id, its folder) with the registry's update lock held, and any failure
+    inside reported with the champion still serving (``champion_kept``)."""
+    registry = Registry(root).require()
+    with registry_lock(registry.root, wait=wait):
+        key = key_of()
         folder = registry.root / UPDATES / key
         with champion_kept(registry, folder):
-            return _run(cfg, registry, key, folder, log)
+            yield registry, key, folder
 
 
 @contextlib.contextmanager
